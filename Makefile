@@ -1,0 +1,36 @@
+# The two set-up commands of the README: `make demo` and `make test`. Python 3.11+ and apt are all they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OUT    ?= demo
+
+.PHONY: demo test test-fast install data clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian (the slow tests use it; they skip where it cannot be had).
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "not root: install dataset-fashion-mnist yourself for the Fashion-MNIST tests"; fi; fi
+
+# The main job on the embedded digits data: train a teacher, then measure it.
+demo: install
+	mkdir -p $(OUT)
+	$(BIN)/dpl teach --data digits --arch cnn-s --epochs 20 -o $(OUT)/teacher.safetensors --force
+	$(BIN)/dpl eval $(OUT)/teacher.safetensors
+
+test: install data
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow'
+
+clean:
+	rm -rf $(OUT) build *.egg-info

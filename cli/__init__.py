@@ -1,0 +1,1 @@
+"""dpl.cli: the typer layer."""

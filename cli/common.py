@@ -1,0 +1,141 @@
+"""What every subcommand shares: options, --config files, error handling, progress, output checks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dpl.core import DplError, artifacts, data
+from dpl.core.train import TrainingError
+
+stderr = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2):
+    # One plain line: rich would wrap a long message over several.
+    sys.stderr.write(f"dpl: error: {message}\n")
+    raise typer.Exit(code)
+
+
+def guarded(func):
+    """Bad input -> one line and exit 2; a failed run -> exit 1; Ctrl-C -> exit 130. Never a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DplError as e:
+            fail(str(e), 2)
+        except TrainingError as e:
+            fail(str(e), 1)
+        except KeyboardInterrupt:
+            sys.stderr.write("dpl: interrupted; no output was written\n")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+# ---- --config -------------------------------------------------------------------------------------
+
+def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    """Feed a YAML file's keys (option names) to ctx.default_map; explicit flags still win."""
+    if value is None:
+        return value
+    try:
+        loaded = yaml.safe_load(Path(value).read_text())
+    except OSError as e:
+        raise typer.BadParameter(f"{value}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise typer.BadParameter(f"{value}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    config = {}
+    for key, v in loaded.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known or name == "config":
+            raise typer.BadParameter(f"{value}: unknown option {key!r} for dpl {ctx.command.name}")
+        config[name] = ",".join(map(str, v)) if name == "randaugment" and isinstance(v, list) else v
+    ctx.default_map = {**(ctx.default_map or {}), **config}
+    return value
+
+
+Config = Annotated[Path | None, typer.Option(
+    "--config", is_eager=True, callback=load_config, help="YAML file of option values (keys are option names); explicit flags override it.")]
+
+# ---- data options ---------------------------------------------------------------------------------
+
+LabeledPerClass = Annotated[int | None, typer.Option(
+    min=1, help="Labeled/unlabeled partition: this many labeled samples per class (stratified, from --split-seed).")]
+Labeled = Annotated[int | None, typer.Option(
+    min=1, help="Labeled/unlabeled partition: this many labeled samples in all, spread evenly over the classes.")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the labeled/unlabeled partition.")]
+Part = Annotated[str | None, typer.Option(
+    help="Which part of a partitioned split to use: labeled, unlabeled or all. [default: the command's own]")]
+Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+def partition(labeled_per_class: int | None, labeled: int | None, split_seed: int) -> data.Partition:
+    if labeled_per_class is not None and labeled is not None:
+        raise DplError("give --labeled-per-class or --labeled, not both")
+    return data.Partition(labeled_per_class, labeled, split_seed)
+
+
+def check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise DplError(f"{path} exists; pass --force to replace it")
+    if path.is_dir():
+        raise DplError(f"{path} is a folder")
+    artifacts.check_writable(path)
+
+
+def command_line() -> list[str]:
+    return ["dpl", *sys.argv[1:]]
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False) + "\n")
+
+
+# ---- progress -------------------------------------------------------------------------------------
+
+class TrainingProgress:
+    """A rich progress bar on stderr fed by the core's progress events; silent when stderr is no terminal."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=stderr, disable=not sys.stderr.isatty(), transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.task = self.bar.add_task(self.description, total=event["steps"], stats="")
+        elif kind == "step":
+            stats = " ".join(f"{k} {v:.3f}" for k, v in event.items() if k not in ("event", "epoch", "step", "lr"))
+            self.bar.update(self.task, completed=event["step"], stats=f"epoch {event['epoch'] + 1} {stats}")
+        elif kind == "total":
+            self.task = self.bar.add_task(self.description, total=event["total"], stats="")
+        elif kind == "advance":
+            self.bar.update(self.task, advance=event["n"])

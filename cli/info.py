@@ -1,0 +1,115 @@
+"""dpl info: an artifact's metadata and lineage, or an architecture's layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dpl.cli import common
+from dpl.core import DplError, artifacts, data, models
+
+
+@common.guarded
+def info_command(
+    target: Annotated[str | None, typer.Argument(help="An artifact (checkpoint), or with --layers an architecture name.")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="List the model's layers by module path, with output shapes.")] = False,
+    archs: Annotated[bool, typer.Option("--archs", help="List the registered architectures.")] = False,
+    data_spec: Annotated[str, typer.Option("--data", help="With --layers ARCH: the data whose input shape and classes to assume.")] = "digits",
+    as_json: common.Json = False,
+):
+    """Show what an artifact is and where it came from, or the layers of a model."""
+    if archs:
+        return _show({"archs": list(models.REGISTRY)}, as_json, lambda r: "\n".join(r["archs"]))
+    if target is None:
+        raise DplError("give an artifact path, or --layers ARCH, or --archs")
+    if layers:
+        if Path(target).is_file():
+            ckpt = artifacts.load_checkpoint(Path(target))
+            model, shape = ckpt.build_model(), (ckpt.input["channels"], ckpt.input["size"], ckpt.input["size"])
+        else:
+            ds = data.load(data_spec)
+            c, h, _ = ds.shape
+            model = models.build(models.arch_spec(target, num_classes=ds.num_classes, in_channels=c, image_size=h))
+            shape = ds.shape
+        rows = models.list_layers(model, shape)
+        if as_json:
+            return common.print_json({"layers": rows, "input": list(shape), "params": models.count_params(model)})
+        table = Table(title=f"{target}: {models.count_params(model):,} parameters, input {'x'.join(map(str, shape))}")
+        for col in ("path", "type", "output", "params"):
+            table.add_column(col, justify="right" if col == "params" else "left")
+        for r in rows:
+            table.add_row(r["path"], r["type"], "x".join(map(str, r["shape"])) if r["shape"] else "-", f"{r['params']:,}")
+        common.stderr.print(table)
+        return
+    header = artifacts.read_header(Path(target))
+    meta = dict(header.meta)
+    meta["sha256"] = artifacts.sha256_file(header.path)
+    meta["tensors"] = len(header.tensors)
+    meta["parameters"] = sum(_numel(t["shape"]) for t in header.tensors.values())
+    meta["lineage"] = lineage(meta.get("parents", []))
+    _show(meta, as_json, _render)
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
+    """Follow parents by path while the file there still has the recorded sha256."""
+    chain = []
+    for p in parents:
+        entry = {"role": p.get("role"), "path": p.get("path"), "sha256": p.get("sha256"), "depth": depth}
+        path = Path(p.get("path") or "")
+        if path.is_file():
+            try:
+                entry["status"] = "present" if artifacts.sha256_file(path) == p.get("sha256") else "changed on disk"
+                if entry["status"] == "present" and depth < 16:
+                    chain.append(entry)
+                    chain += lineage(artifacts.read_header(path).meta.get("parents", []), depth + 1)
+                    continue
+            except DplError:
+                entry["status"] = "unreadable"
+        else:
+            entry["status"] = "missing"
+        chain.append(entry)
+    return chain
+
+
+def _show(obj: dict, as_json: bool, render) -> None:
+    if as_json:
+        common.print_json(obj)
+    else:
+        common.stderr.print(render(obj), highlight=False)
+
+
+def _render(meta: dict) -> str:
+    lines = [f"[bold]{meta['dpl.kind']}[/bold]  sha256 {meta['sha256'][:16]}…  format {meta['dpl.format']}, "
+             f"dpl {meta.get('dpl.version')}, created {meta.get('created')}"]
+    if "arch" in meta:
+        arch = meta["arch"]
+        knobs = ", ".join(f"{k}={v}" for k, v in arch.items() if k != "name")
+        lines.append(f"arch      {arch['name']} ({knobs}); {meta['parameters']:,} values in {meta['tensors']} tensors")
+    if "input" in meta:
+        i = meta["input"]
+        lines.append(f"input     {i['channels']}x{i['size']}x{i['size']}, mean {i['mean']}, std {i['std']}")
+    if "data" in meta:
+        d = meta["data"]
+        extra = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("spec", "fingerprint"))
+        lines.append(f"data      {d.get('spec')} ({extra}), fingerprint {str(d.get('fingerprint'))[:16]}…")
+    if "metrics" in meta:
+        lines.append("metrics   " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in meta["metrics"].items()))
+    for key in ("seed", "command"):
+        if key in meta:
+            value = " ".join(meta[key]) if isinstance(meta[key], list) else meta[key]
+            lines.append(f"{key:<9} {value}")
+    lines.append("lineage   " + ("(none: trained from scratch)" if not meta["lineage"] else ""))
+    for p in meta["lineage"]:
+        lines.append(f"{'  ' * (p['depth'] + 1)}← {p['role']}: {p['path']} ({str(p['sha256'])[:16]}…, {p['status']})")
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""The `dpl` command."""
+
+from __future__ import annotations
+
+import typer
+
+from dpl.cli.evaluate import eval_command
+from dpl.cli.info import info_command
+from dpl.cli.teach import teach_command
+
+app = typer.Typer(
+    name="dpl",
+    help="Distillation and pseudo-labeling pipelines: teach, label, distill, hint, pretrain, eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("teach")(teach_command)
+app.command("eval")(eval_command)
+app.command("info")(info_command)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,222 @@
+"""Reading and writing dpl artifacts: safetensors files with string metadata. No pickle anywhere.
+
+Every read goes through `read_header`, which checks the safetensors header (size, JSON, dtypes, shapes,
+offsets) against the file before anything is allocated, so a truncated, foreign or hostile file is
+refused with a `DplError` naming it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dpl.core import DplError, __version__, models
+
+FORMAT = "1"
+PLAIN_KEYS = {"dpl.kind", "dpl.format", "dpl.version", "created"}   # stored as-is; every other key is JSON
+MAX_HEADER = 64 << 20
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
+# Tensor-name prefixes that belong to a training objective (regressor, pretext head), not the model.
+EXTRA_PREFIXES = ("regressor.", "pretext.")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when the output cannot be written."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise DplError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DplError(f"{path}: folder {folder} is not writable")
+
+
+def encode_metadata(meta: dict) -> dict[str, str]:
+    return {k: v if k in PLAIN_KEYS else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], kind: str, meta: dict) -> None:
+    header = {"dpl.kind": kind, "dpl.format": FORMAT, "dpl.version": __version__,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **meta}
+    # clone() breaks storage sharing, which safetensors refuses.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=encode_metadata(header)))
+
+
+@dataclass
+class Header:
+    path: Path
+    meta: dict                  # decoded: JSON values for structured keys
+    tensors: dict[str, dict]    # name -> {"dtype", "shape", "data_offsets"}
+
+
+def read_header(path: Path, kind: str | None = None) -> Header:
+    path = Path(path)
+    if not path.exists():
+        raise DplError(f"{path}: no such file")
+    if path.is_dir():
+        raise DplError(f"{path}: is a folder, expected a .safetensors file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise DplError(f"{path}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n + 8 > size:
+                raise DplError(f"{path}: not a safetensors file (header size {n} does not fit a {size}-byte file)")
+            raw = f.read(n)
+    except OSError as e:
+        raise DplError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DplError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise DplError(f"{path}: not a safetensors file (header is not an object)")
+    stored = header.pop("__metadata__", None) or {}
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise DplError(f"{path}: corrupt safetensors metadata")
+    data_len = size - 8 - n
+    for name, info in header.items():
+        _check_entry(path, name, info, data_len)
+    if "dpl.kind" not in stored:
+        raise DplError(f"{path}: a safetensors file, but not a dpl artifact (no dpl.kind in its metadata)")
+    if kind is not None and stored["dpl.kind"] != kind:
+        raise DplError(f"{path}: a dpl {stored['dpl.kind']!r} artifact, expected a {kind}")
+    if stored.get("dpl.format") != FORMAT:
+        raise DplError(f"{path}: dpl format {stored.get('dpl.format')!r} is not supported (this dpl reads {FORMAT})")
+    meta = {}
+    for k, v in stored.items():
+        try:
+            meta[k] = v if k in PLAIN_KEYS else json.loads(v)
+        except json.JSONDecodeError:
+            raise DplError(f"{path}: corrupt metadata value for {k!r}") from None
+    return Header(path, meta, header)
+
+
+def _check_entry(path: Path, name: str, info, data_len: int) -> None:
+    bad = f"{path}: corrupt tensor entry {name!r}"
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise DplError(bad)
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise DplError(f"{bad} (dtype {dtype!r})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
+        raise DplError(f"{bad} (shape)")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len):
+        raise DplError(f"{bad} (offsets outside the file: truncated?)")
+    if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_SIZES[dtype]:
+        raise DplError(f"{bad} (size does not match shape and dtype)")
+
+
+def load_tensors(header: Header) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(header.path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise DplError(f"{header.path}: unreadable tensors ({e})") from None
+
+
+def require(header: Header, *keys: str) -> None:
+    missing = [k for k in keys if k not in header.meta]
+    if missing:
+        raise DplError(f"{header.path}: dpl {header.meta['dpl.kind']} lacks metadata {', '.join(missing)}")
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def arch(self) -> dict:
+        return self.meta["arch"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+    @property
+    def input(self) -> dict:
+        return self.meta["input"]
+
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.tensors.items() if not k.startswith(EXTRA_PREFIXES)}
+
+    def extra_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def build_model(self, **overrides) -> nn.Module:
+        """Rebuild the model from metadata alone; `overrides` change arch knobs (dropout, ...)."""
+        spec = {**self.arch, **overrides}
+        model = models.build(spec)
+        load_state(model, self.model_state(), self.path)
+        return model
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    header = read_header(path, kind="checkpoint")
+    require(header, "arch", "num_classes", "input")
+    return Checkpoint(Path(path), header.meta, load_tensors(header))
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Strict load with one readable line for every kind of mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise DplError(f"{source}: weights do not fit the architecture "
+                       f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise DplError(f"{source}: weights do not fit the architecture ({k}: {tuple(v.shape)} in the file, "
+                           f"{tuple(own[k].shape)} in the model)")
+    model.load_state_dict(state)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict, extras: dict[str, torch.Tensor] | None = None) -> None:
+    tensors = dict(model.state_dict())
+    tensors.update(extras or {})
+    save(path, tensors, "checkpoint", meta)
+
+
+def input_meta(channels: int, size: int, mean, std) -> dict:
+    return {"channels": channels, "size": size, "mean": list(mean), "std": list(std)}

@@ -1,0 +1,275 @@
+"""The architecture registry.
+
+Every model is built from a plain dict of JSON values (`arch` in a checkpoint's metadata):
+name, num_classes, in_channels, image_size, dropout, stochastic_depth. Dropout sits before the
+classifier; stochastic depth drops residual branches with a probability rising linearly from the first
+block to `stochastic_depth` at the last, as in Noisy Student. Layers are reached by module path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from dpl.core import DplError
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus a shortcut (1x1 conv + bn when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, drop_path: float = 0.0):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv3x3(cout, cout), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(self.shortcut(x) + self.drop_path(out))
+
+
+class WideBlock(nn.Module):
+    """The pre-activation block of Wide ResNets (Zagoruyko & Komodakis)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, drop_path: float = 0.0):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3x3(cin, cout, stride)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), conv3x3(cout, cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x):
+        o = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(o))))
+        return (x if self.shortcut is None else self.shortcut(o)) + self.drop_path(out)
+
+
+def _drop_rates(n: int, final: float) -> list[float]:
+    return [final * (i + 1) / n for i in range(n)]
+
+
+class Classifier(nn.Module):
+    """Dropout, then the linear classifier. The input of `fc` is the feature vector."""
+
+    def __init__(self, width: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dropout(x))
+
+
+class ResNet(nn.Module):
+    """Stem conv, stages of BasicBlocks (the first at stride 1, the rest at stride 2), pool, classifier.
+
+    Covers the small `cnn-*` nets (which pool after the stem on images of 24 px and more) and the
+    CIFAR ResNets of the distillation literature (resnet20, resnet32x4, ...).
+    """
+
+    def __init__(self, stem: int, widths: tuple[int, ...], blocks: int, *, num_classes: int,
+                 in_channels: int, image_size: int, dropout: float, stochastic_depth: float,
+                 stem_pool: bool = False):
+        super().__init__()
+        layers = [conv3x3(in_channels, stem), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        if stem_pool and image_size >= 24:
+            layers.append(nn.MaxPool2d(2))
+        self.stem = nn.Sequential(*layers)
+        rates = iter(_drop_rates(len(widths) * blocks, stochastic_depth))
+        stages, cin = [], stem
+        for s, width in enumerate(widths):
+            stage = []
+            for b in range(blocks):
+                stride = 2 if s > 0 and b == 0 else 1
+                stage.append(BasicBlock(cin, width, stride, next(rates)))
+                cin = width
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = Classifier(cin, num_classes, dropout)
+
+    def forward(self, x):
+        return self.head(self.pool(self.stages(self.stem(x))))
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen: int, *, num_classes: int, in_channels: int, image_size: int,
+                 dropout: float, stochastic_depth: float):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = (16 * widen, 32 * widen, 64 * widen)
+        self.stem = conv3x3(in_channels, 16)
+        rates = iter(_drop_rates(3 * n, stochastic_depth))
+        stages, cin = [], 16
+        for s, width in enumerate(widths):
+            stage = []
+            for b in range(n):
+                stage.append(WideBlock(cin, width, 2 if s > 0 and b == 0 else 1, next(rates)))
+                cin = width
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = Classifier(cin, num_classes, dropout)
+
+    def forward(self, x):
+        return self.head(self.pool(self.stages(self.stem(x))))
+
+
+# ---- torchvision classifiers ----------------------------------------------------------------------
+
+class _DropPathBasic(nn.Module):
+    """Forward of torchvision's BasicBlock with the residual branch passed through stochastic depth."""
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(identity + self.drop_path(out))
+
+
+class _DropPathBottleneck(nn.Module):
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(identity + self.drop_path(out))
+
+
+def _replace_conv(conv: nn.Conv2d, in_channels: int, **overrides) -> nn.Conv2d:
+    kw = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding, bias=conv.bias is not None)
+    kw.update(overrides)
+    return nn.Conv2d(in_channels, conv.out_channels, **kw)
+
+
+def _torchvision_resnet(name: str, *, num_classes, in_channels, image_size, dropout, stochastic_depth):
+    import torchvision.models as tvm
+    from torchvision.models.resnet import BasicBlock as TvBasic
+
+    model = getattr(tvm, name)(num_classes=num_classes)
+    if image_size <= 64:    # small images: 3x3 stem at stride 1 and no max-pool, as for CIFAR
+        model.conv1 = _replace_conv(model.conv1, in_channels, kernel_size=3, stride=1, padding=1)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = _replace_conv(model.conv1, in_channels)
+    model.fc = Classifier(model.fc.in_features, num_classes, dropout)
+    blocks = [m for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for m in layer]
+    for block, rate in zip(blocks, _drop_rates(len(blocks), stochastic_depth)):
+        block.drop_path = StochasticDepth(rate, "row")
+        mixin = _DropPathBasic if isinstance(block, TvBasic) else _DropPathBottleneck
+        block.__class__ = type(f"DropPath{type(block).__name__}", (mixin, type(block)), {})
+    return model
+
+
+def _torchvision_mobile(name: str, *, num_classes, in_channels, image_size, dropout, stochastic_depth):
+    import torchvision.models as tvm
+
+    kwargs = {"num_classes": num_classes}
+    if name.startswith("efficientnet"):
+        kwargs["stochastic_depth_prob"] = stochastic_depth
+    elif stochastic_depth:
+        raise DplError(f"{name} has no residual blocks with stochastic depth; use --stochastic-depth 0")
+    model = getattr(tvm, name)(**kwargs)
+    stem = model.features[0][0]
+    if in_channels != stem.in_channels:
+        model.features[0][0] = _replace_conv(stem, in_channels)
+    for m in model.classifier:
+        if isinstance(m, nn.Dropout):
+            m.p = dropout
+    return model
+
+
+def _family(builder: Callable, *args, **fixed) -> Callable[..., nn.Module]:
+    return lambda **kw: builder(*args, **fixed, **kw)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "cnn-s": _family(ResNet, 16, (16, 32, 64), 1, stem_pool=True),
+    "cnn-m": _family(ResNet, 32, (32, 64, 128), 1, stem_pool=True),
+    "cnn-l": _family(ResNet, 64, (64, 128, 256), 2, stem_pool=True),
+    **{f"resnet{d}": _family(ResNet, 16, (16, 32, 64), (d - 2) // 6) for d in (8, 14, 20, 32, 44, 56, 110)},
+    **{f"resnet{d}x4": _family(ResNet, 32, (64, 128, 256), (d - 2) // 6) for d in (8, 32)},
+    **{f"wrn-{d}-{k}": _family(WideResNet, d, k) for d in (16, 28, 40) for k in (1, 2, 4, 10) if not (d == 28 and k < 10)},
+    **{n: _family(_torchvision_resnet, n) for n in ("resnet18", "resnet34", "resnet50", "resnet101",
+                                                   "wide_resnet50_2", "resnext50_32x4d")},
+    **{n: _family(_torchvision_mobile, n) for n in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                                                   "efficientnet_b0", "efficientnet_b1", "efficientnet_b2")},
+}
+
+
+def arch_spec(name: str, *, num_classes: int, in_channels: int, image_size: int,
+              dropout: float = 0.0, stochastic_depth: float = 0.0) -> dict:
+    """The JSON description from which `build` makes the model, as stored in checkpoints."""
+    if name not in REGISTRY:
+        raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    for opt, value in (("--dropout", dropout), ("--stochastic-depth", stochastic_depth)):
+        if not 0.0 <= value < 1.0:
+            raise DplError(f"{opt} must be in [0, 1), got {value}")
+    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+            "dropout": dropout, "stochastic_depth": stochastic_depth}
+
+
+def build(spec: dict) -> nn.Module:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in REGISTRY:
+        raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name](**spec)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def feature_layer(model: nn.Module) -> str:
+    """Path of the final linear classifier, whose input is the model's feature vector."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1]
+
+
+def get_layer(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise DplError(f"no layer {path!r}; valid paths include: {', '.join(names[:40])}"
+                       f"{' ...' if len(names) > 40 else ''} (dpl info --layers lists them all)") from None
+
+
+def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict]:
+    """Every named module in execution order with its output shape for one input of `input_shape`."""
+    rows, handles = [], []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(m, args, out, name=name):
+            shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+            params = sum(p.numel() for p in m.parameters(recurse=False))
+            rows.append({"path": name, "type": type(m).__name__, "shape": shape, "params": params})
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return rows

@@ -1,0 +1,79 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dpl.cli.main import app
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fashion = pytest.mark.skipif(
+    not FASHION.exists() and not (Path(os.environ.get("DPL_DATA", "/nonexistent")) / "fashion-mnist").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+class Result:
+    def __init__(self, code, stdout, stderr, exception=None):
+        self.code, self.stdout, self.stderr, self.exception = code, stdout, stderr, exception
+
+    def __repr__(self):
+        return f"<exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}\nexception: {self.exception!r}>"
+
+
+def dpl(*args) -> Result:
+    """Run the CLI in-process (fast); the result carries exit code, stdout, stderr."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    exception = None if isinstance(result.exception, SystemExit) else result.exception
+    return Result(result.exit_code, result.stdout, result.stderr, exception)
+
+
+def dpl_process(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `dpl` console script as a separate process."""
+    exe = Path(sys.executable).with_name("dpl")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def assert_refused(result: Result, *words: str) -> None:
+    """Exit 2, one line on stderr naming the problem, no traceback."""
+    assert result.code == 2, result
+    assert result.exception is None, result
+    assert "Traceback" not in result.stderr, result
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, result
+    for w in words:
+        assert w in lines[0], (w, result)
+
+
+def assert_usage_error(result: Result, *words: str) -> None:
+    """typer's own refusal of a malformed option: exit 2, the option named, no traceback."""
+    assert result.code == 2, result
+    assert result.exception is None and "Traceback" not in result.stderr, result
+    for w in words:
+        assert w in result.stderr, (w, result)
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> Path:
+    """A small cnn-s trained on digits, shared by the tests that need a checkpoint."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    r = dpl("teach", "--arch", "cnn-s", "--epochs", "8", "--device", "cpu", "-o", out)
+    assert r.code == 0, r
+    return out
+
+
+def write_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=6, size=12, mode="L", splits=("train", "test")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                shape = (size, size) if mode == "L" else (size, size, 3)
+                pixels = rng.integers(0, 60, shape, dtype=np.uint8) + np.uint8(60 * c)
+                Image.fromarray(pixels, mode).save(folder / f"{i}.png")
+    return root
