@@ -10,6 +10,8 @@ from rich.table import Table
 
 from dpl.cli import common
 from dpl.core import artifacts, data, evaluate, train
+from dpl.cli.label import data_of, quality_table
+from dpl.core.distill import check_labels_fit
 from dpl.core.teach import check_input
 
 
@@ -27,7 +29,10 @@ def eval_command(
     as_json: common.Json = False,
     config: common.Config = None,
 ):
-    """Top-1/top-5 accuracy, NLL, expected calibration error (15 bins) and per-class accuracy."""
+    """Top-1/top-5 accuracy, NLL, expected calibration error (15 bins) and per-class accuracy of a
+    checkpoint; or, for a label folder, pseudo-label accuracy overall and above confidence thresholds."""
+    if checkpoint.is_dir():
+        return label_quality(checkpoint, download, as_json)
     ckpt = artifacts.load_checkpoint(checkpoint)
     if data_spec is None:
         source, _ = data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))
@@ -52,3 +57,16 @@ def eval_command(
     for name, acc in zip(ckpt.meta.get("classes", []), metrics["per_class"]):
         table.add_row(f"class {name}", "-" if acc is None else f"{acc:.4f}")
     common.stderr.print(table)
+
+
+def label_quality(folder: Path, download: bool, as_json: bool) -> None:
+    labels = artifacts.read_labels(folder)
+    made = labels.meta["data"]
+    spec, split = data_of(labels.meta, None, data.Partition())
+    ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download)
+    check_labels_fit(labels, ds)
+    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels)
+    if as_json:
+        common.print_json({"labels": str(folder), "data": ds.spec, "part": ds.part, **quality})
+    else:
+        common.stderr.print(quality_table(quality, f"{folder} on {ds.spec} ({ds.part}, {len(ds)} samples)"))

@@ -44,12 +44,21 @@ def info_command(
             table.add_row(r["path"], r["type"], "x".join(map(str, r["shape"])) if r["shape"] else "-", f"{r['params']:,}")
         common.stderr.print(table)
         return
-    header = artifacts.read_header(Path(target))
-    meta = dict(header.meta)
-    meta["sha256"] = artifacts.sha256_file(header.path)
-    meta["tensors"] = len(header.tensors)
-    meta["parameters"] = sum(_numel(t["shape"]) for t in header.tensors.values())
-    meta["lineage"] = lineage(meta.get("parents", []))
+    path = Path(target)
+    if path.is_dir():
+        labels = artifacts.read_labels(path)
+        meta = {k: v for k, v in labels.meta.items() if k not in ("rank", "seq", "rank_shards", "count")}
+        meta["sha256"] = labels.sha256()
+        meta["shards"] = len(list(path.glob("shard-*.safetensors")))
+        meta["bytes_per_sample"] = sum(f.stat().st_size for f in path.glob("shard-*.safetensors")) / max(1, len(labels))
+        meta["lineage"] = lineage(meta.get("teachers", []))
+    else:
+        header = artifacts.read_header(path)
+        meta = dict(header.meta)
+        meta["sha256"] = artifacts.sha256_file(header.path)
+        meta["tensors"] = len(header.tensors)
+        meta["parameters"] = sum(_numel(t["shape"]) for t in header.tensors.values())
+        meta["lineage"] = lineage(meta.get("parents", []))
     _show(meta, as_json, _render)
 
 
@@ -66,12 +75,15 @@ def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
     for p in parents:
         entry = {"role": p.get("role"), "path": p.get("path"), "sha256": p.get("sha256"), "depth": depth}
         path = Path(p.get("path") or "")
-        if path.is_file():
+        if path.exists():
             try:
-                entry["status"] = "present" if artifacts.sha256_file(path) == p.get("sha256") else "changed on disk"
+                folder = path.is_dir()
+                sha = artifacts.folder_sha256(path) if folder else artifacts.sha256_file(path)
+                entry["status"] = "present" if sha == p.get("sha256") else "changed on disk"
                 if entry["status"] == "present" and depth < 16:
                     chain.append(entry)
-                    chain += lineage(artifacts.read_header(path).meta.get("parents", []), depth + 1)
+                    meta = artifacts.read_labels(path).meta if folder else artifacts.read_header(path).meta
+                    chain += lineage(meta.get("teachers" if folder else "parents", []), depth + 1)
                     continue
             except DplError:
                 entry["status"] = "unreadable"
@@ -91,6 +103,13 @@ def _show(obj: dict, as_json: bool, render) -> None:
 def _render(meta: dict) -> str:
     lines = [f"[bold]{meta['dpl.kind']}[/bold]  sha256 {meta['sha256'][:16]}…  format {meta['dpl.format']}, "
              f"dpl {meta.get('dpl.version')}, created {meta.get('created')}"]
+    if meta["dpl.kind"] == "labels":
+        lines.append(f"labels    {meta['mode']}" + (f" top-{meta['topk']}" if meta.get("topk") else "")
+                     + f", tau {meta['tau']}, {meta['total']} samples, {meta['num_classes']} classes, "
+                     f"{meta['shards']} shards, {meta['bytes_per_sample']:.1f} bytes/sample")
+        if meta.get("quality"):
+            lines.append(f"quality   pseudo-label accuracy {meta['quality']['accuracy']:.4f} "
+                         f"(mean confidence {meta['quality']['mean_confidence']:.4f})")
     if "arch" in meta:
         arch = meta["arch"]
         knobs = ", ".join(f"{k}={v}" for k, v in arch.items() if k != "name")
@@ -109,7 +128,7 @@ def _render(meta: dict) -> str:
         if key in meta:
             value = " ".join(meta[key]) if isinstance(meta[key], list) else meta[key]
             lines.append(f"{key:<9} {value}")
-    lines.append("lineage   " + ("(none: trained from scratch)" if not meta["lineage"] else ""))
+    lines.append("lineage   " + ("(none)" if not meta["lineage"] else ""))
     for p in meta["lineage"]:
         lines.append(f"{'  ' * (p['depth'] + 1)}← {p['role']}: {p['path']} ({str(p['sha256'])[:16]}…, {p['status']})")
     return "\n".join(lines)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from dpl.cli.distill import distill_command
 from dpl.cli.evaluate import eval_command
 from dpl.cli.info import info_command
+from dpl.cli.label import label_command
 from dpl.cli.teach import teach_command
 
 app = typer.Typer(
@@ -17,6 +19,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("teach")(teach_command)
+app.command("label")(label_command)
+app.command("distill")(distill_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 

@@ -220,3 +220,129 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict, extras: dict[str, 
 
 def input_meta(channels: int, size: int, mean, std) -> dict:
     return {"channels": channels, "size": size, "mean": list(mean), "std": list(std)}
+
+
+# ---- label shards ---------------------------------------------------------------------------------
+# A label folder holds shard-RRRRR-NNNNN.safetensors files (rank, sequence). Every shard carries the
+# folder's common metadata plus its own rank/seq and how many shards its rank wrote, so a reader can
+# tell a complete folder from an interrupted or mixed one.
+
+LABEL_KEYS = ("teachers", "data", "tau", "mode", "num_classes", "classes", "total", "world")
+SHARD_TENSORS = {"hard": ("index", "label", "confidence"),
+                 "soft": ("index", "label", "confidence", "probs"),
+                 "topk": ("index", "label", "confidence", "topk_index", "topk_prob")}
+SHARD_DTYPES = {"index": torch.int64, "label": torch.int64, "confidence": torch.float32,
+                "probs": torch.float16, "topk_index": torch.int32, "topk_prob": torch.float16}
+
+
+def shard_name(rank: int, seq: int) -> str:
+    return f"shard-{rank:05d}-{seq:05d}.safetensors"
+
+
+@dataclass
+class Labels:
+    """A whole label folder, read and checked; rows sorted by index."""
+
+    path: Path
+    meta: dict
+    index: torch.Tensor
+    label: torch.Tensor
+    confidence: torch.Tensor
+    probs: torch.Tensor | None = None          # (n, C) float16, mode soft
+    topk_index: torch.Tensor | None = None     # (n, k) int32, mode topk
+    topk_prob: torch.Tensor | None = None      # (n, k) float16, mode topk
+
+    @property
+    def mode(self) -> str:
+        return self.meta["mode"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sha256(self) -> str:
+        return folder_sha256(self.path)
+
+    def to(self, device) -> "Labels":
+        moved = {k: getattr(self, k) for k in ("index", "label", "confidence", "probs", "topk_index", "topk_prob")}
+        return Labels(self.path, self.meta, **{k: None if v is None else v.to(device) for k, v in moved.items()})
+
+
+def folder_sha256(folder: Path) -> str:
+    """The identity of a label folder: sha256 over its shards' names and sha256s."""
+    h = hashlib.sha256()
+    for shard in sorted(Path(folder).glob("shard-*.safetensors")):
+        h.update(f"{shard.name} {sha256_file(shard)}\n".encode())
+    return h.hexdigest()
+
+
+def write_labels(folder: Path, shards: list[dict[str, torch.Tensor]], meta: dict, rank: int = 0) -> None:
+    """Write one rank's shards into `folder` (which must exist), each shard atomically."""
+    for seq, tensors in enumerate(shards):
+        shard_meta = {**meta, "rank": rank, "seq": seq, "rank_shards": len(shards),
+                      "count": int(len(tensors["index"]))}
+        save(Path(folder) / shard_name(rank, seq), tensors, "labels", shard_meta)
+
+
+def read_labels(folder: Path) -> Labels:
+    folder = Path(folder)
+    if not folder.exists():
+        raise DplError(f"{folder}: no such label folder")
+    if not folder.is_dir():
+        raise DplError(f"{folder}: not a folder (label shards live in a folder written by dpl label)")
+    files = sorted(folder.glob("shard-*.safetensors"))
+    if not files:
+        raise DplError(f"{folder}: no label shards (shard-*.safetensors) in it")
+    headers = [read_header(f, kind="labels") for f in files]
+    first = headers[0]
+    require(first, *LABEL_KEYS, "rank", "seq", "rank_shards", "count")
+    common = {k: first.meta[k] for k in LABEL_KEYS}
+    for h in headers[1:]:
+        require(h, *LABEL_KEYS, "rank", "seq", "rank_shards", "count")
+        for k in LABEL_KEYS:
+            if h.meta[k] != common[k]:
+                raise DplError(f"{folder}: mixed label folder: {h.path.name} differs from {first.path.name} in {k!r}")
+    present = {(h.meta["rank"], h.meta["seq"]): h for h in headers}
+    for h in headers:
+        if h.path.name != shard_name(h.meta["rank"], h.meta["seq"]):
+            raise DplError(f"{h.path}: its metadata says rank {h.meta['rank']} shard {h.meta['seq']}")
+    for rank in range(common["world"]):
+        announced = {h.meta["rank_shards"] for h in headers if h.meta["rank"] == rank} or {None}
+        if len(announced) != 1 or None in announced:
+            raise DplError(f"{folder}: incomplete label folder: no shards from rank {rank} of {common['world']}")
+        missing = [shard_name(rank, s) for s in range(announced.pop()) if (rank, s) not in present]
+        if missing:
+            raise DplError(f"{folder}: incomplete label folder: {missing[0]} is missing")
+    mode, c = common["mode"], common["num_classes"]
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS.get(mode, ())}
+    if not parts:
+        raise DplError(f"{folder}: unknown label mode {mode!r}")
+    for h in headers:
+        for name in parts:
+            info = h.tensors.get(name)
+            if info is None:
+                raise DplError(f"{h.path}: {mode} label shard lacks tensor {name!r}")
+            if info["shape"][:1] != [h.meta["count"]]:
+                raise DplError(f"{h.path}: tensor {name!r} has {info['shape'][:1]} rows, metadata says {h.meta['count']}")
+        tensors = load_tensors(h)
+        for name in parts:
+            t = tensors[name]
+            if t.dtype != SHARD_DTYPES[name]:
+                raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {SHARD_DTYPES[name]}")
+            parts[name].append(t)
+    cat = {name: torch.cat(ts) for name, ts in parts.items()}
+    order = torch.argsort(cat["index"])
+    cat = {name: t[order] for name, t in cat.items()}
+    total = common["total"]
+    if len(cat["index"]) != total or not torch.equal(cat["index"], torch.arange(total)):
+        raise DplError(f"{folder}: the shards do not cover samples 0..{total - 1} exactly once")
+    if ((cat["label"] < 0) | (cat["label"] >= c)).any():
+        raise DplError(f"{folder}: labels outside 0..{c - 1}")
+    if mode == "soft" and cat["probs"].shape[1:] != (c,):
+        raise DplError(f"{folder}: probs have {cat['probs'].shape[1:]} columns, expected {c}")
+    if mode == "topk" and ((cat["topk_index"] < 0) | (cat["topk_index"] >= c)).any():
+        raise DplError(f"{folder}: top-k class indices outside 0..{c - 1}")
+    return Labels(folder, first.meta, **cat)

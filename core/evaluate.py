@@ -61,3 +61,23 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
         "per_class": per_class,
         "n": int(len(labels)),
     }
+
+
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def label_quality(predicted: torch.Tensor, confidence: torch.Tensor, truth: torch.Tensor,
+                  thresholds=THRESHOLDS) -> dict:
+    """Pseudo-label accuracy against ground truth, overall and above each confidence threshold."""
+    known = truth >= 0
+    predicted, confidence, truth = predicted[known], confidence[known], truth[known]
+    if len(truth) == 0:
+        raise DplError("the labeled data has no ground truth to measure the pseudo-labels against")
+    hit = (predicted == truth).float()
+    rows = []
+    for t in thresholds:
+        keep = confidence >= t
+        rows.append({"threshold": t, "coverage": float(keep.float().mean()),
+                     "accuracy": float(hit[keep].mean()) if keep.any() else None, "n": int(keep.sum())})
+    return {"accuracy": float(hit.mean()), "n": int(len(truth)), "mean_confidence": float(confidence.mean()),
+            "thresholds": rows}
