@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dpl.core import DplError, artifacts, data
 from dpl.core.train import TrainingError
 
-stderr = Console(stderr=True)
+# Off a terminal (logs, make), tables keep their full width instead of 80 columns.
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(message: str, code: int = 2):
