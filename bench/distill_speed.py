@@ -1,0 +1,129 @@
+"""Side by side in one run, on the same data, model and batch size (no augmentation):
+
+- offline `distill` from label shards vs `teach` of the same student, per-epoch time (target <= 1.15);
+- online KD (live teacher) vs `teach`, per-epoch time (reported);
+- `label` throughput vs the bare `model(x)` forward under inference_mode (target >= 0.9);
+- bytes per sample of top-10 soft labels for 10 and 1,000 classes (target <= 100).
+
+    .venv/bin/python bench/distill_speed.py [--data fashion-mnist --per-class 2000 --student cnn-m --teacher cnn-m]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dpl.core import artifacts, augment, data, label, models
+from dpl.core.distill import DistillOptions, distill
+from dpl.core.teach import ModelOptions, NoiseOptions, teach
+from dpl.core.train import TrainConfig, runtime
+
+PLAIN = NoiseOptions(crop=False, flip=False)
+
+
+def epoch_times(run, rt) -> list[float]:
+    stamps = []
+
+    def on_progress(event):
+        if event["event"] in ("start", "epoch"):
+            if rt.cuda:
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+
+    run(on_progress)
+    return [b - a for a, b in zip(stamps, stamps[1:])][1:]   # the first epoch warms up
+
+
+def bare_forward_throughput(ckpt, images, rt, batch_size) -> float:
+    model = rt.prepare(ckpt.build_model()).eval()
+    with torch.inference_mode():
+        x_all = augment.to_input(images.to(rt.device), ckpt.input["mean"], ckpt.input["std"], rt.cuda)
+        start = time.perf_counter()
+        for i in range(0, len(x_all), batch_size):
+            model(x_all[i: i + batch_size])
+        if rt.cuda:
+            torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - start)
+
+
+def label_throughput(ckpt_path, ds, rt, batch_size) -> float:
+    start = time.perf_counter()
+    label.label([ckpt_path], ds, label.LabelOptions(batch_size=batch_size), rt)
+    if rt.cuda:
+        torch.cuda.synchronize()
+    return len(ds) / (time.perf_counter() - start)
+
+
+def bytes_per_sample(num_classes: int, n: int, folder: Path) -> float:
+    probs = torch.randn(n, num_classes).softmax(1)
+    opts = label.LabelOptions(mode="topk", topk=10, shard_size=50_000)
+    meta = {"teachers": [], "data": {}, "tau": 1.0, "mode": "topk", "num_classes": num_classes,
+            "classes": [str(c) for c in range(num_classes)], "total": n, "world": 1}
+    out = folder / f"labels-{num_classes}"
+    out.mkdir()
+    artifacts.write_labels(out, label.make_shards(probs, opts), meta)
+    return sum(f.stat().st_size for f in out.iterdir()) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--per-class", type=int, default=1000, help="samples per class in the timed set")
+    ap.add_argument("--student", default="cnn-m")
+    ap.add_argument("--teacher", default="cnn-m")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is dropped")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    rt = runtime(args.device)
+    ds = data.load(args.data, partition=data.Partition(labeled_per_class=args.per_class), part="labeled")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, warmup_epochs=0)
+    print(f"{ds.spec} ({len(ds)} samples), student {args.student}, teacher {args.teacher}, batch {args.batch_size}, "
+          f"{rt.device}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher_path = tmp / "teacher.safetensors"
+        c, h, _ = ds.shape
+        spec = models.arch_spec(args.teacher, num_classes=ds.num_classes, in_channels=c, image_size=h)
+        mean, std = ds.normalization
+        artifacts.save_checkpoint(teacher_path, models.build(spec), {
+            "arch": spec, "num_classes": ds.num_classes, "classes": ds.classes,
+            "input": artifacts.input_meta(c, h, mean, std), "parents": []})
+        shards, meta, _ = label.label([teacher_path], ds, label.LabelOptions(), rt)
+        labels_dir = tmp / "labels"
+        label.write_folder(labels_dir, shards, meta, force=False)
+        labels = artifacts.read_labels(labels_dir)
+        student = ModelOptions(args.student)
+
+        teach_t, offline_t, online_t = [], [], []
+        for r in range(args.rounds):
+            teach_t += epoch_times(lambda p: teach(ds, None, student, PLAIN, cfg, rt, on_progress=p), rt)
+            offline_t += epoch_times(lambda p: distill(None, ds, labels, [], student, PLAIN, DistillOptions(), cfg, rt,
+                                                      on_progress=p), rt)
+            online_t += epoch_times(lambda p: distill(ds, None, None, [teacher_path], student, PLAIN,
+                                                     DistillOptions(tau=4.0), cfg, rt, on_progress=p), rt)
+            print(f"round {r + 1}: teach {statistics.median(teach_t):.2f} s/epoch, offline distill "
+                  f"{statistics.median(offline_t):.2f}, online KD {statistics.median(online_t):.2f}")
+        bare, lab = [], []
+        ckpt = artifacts.load_checkpoint(teacher_path)
+        for _ in range(args.rounds + 1):
+            bare.append(bare_forward_throughput(ckpt, ds.images, rt, 512))
+            lab.append(label_throughput(teacher_path, ds, rt, 512))
+        sizes = {c: bytes_per_sample(c, 20_000, tmp) for c in (10, 1000)}
+
+    offline = statistics.median(offline_t) / statistics.median(teach_t)
+    online = statistics.median(online_t) / statistics.median(teach_t)
+    throughput = statistics.median(lab) / statistics.median(bare)
+    print(f"label {statistics.median(lab):.0f} samples/s vs bare forward {statistics.median(bare):.0f} samples/s")
+    print(f"top-10 soft labels: {sizes[10]:.1f} bytes/sample at 10 classes, {sizes[1000]:.1f} at 1,000 classes")
+    print(f"SUMMARY distill_speed: offline distill / teach = {offline:.3f} (target <= 1.15); "
+          f"online KD / teach = {online:.3f}; label / bare forward = {throughput:.3f} (target >= 0.9); "
+          f"top-10 bytes/sample {sizes[10]:.1f} (10 classes), {sizes[1000]:.1f} (1,000) (target <= 100)")
+
+
+if __name__ == "__main__":
+    main()
