@@ -6,6 +6,7 @@ import typer
 
 from dpl.cli.distill import distill_command
 from dpl.cli.evaluate import eval_command
+from dpl.cli.hint import hint_command
 from dpl.cli.info import info_command
 from dpl.cli.label import label_command
 from dpl.cli.teach import teach_command
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command("teach")(teach_command)
 app.command("label")(label_command)
 app.command("distill")(distill_command)
+app.command("hint")(hint_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 

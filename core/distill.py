@@ -43,8 +43,10 @@ class DistillOptions:
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau^2 * H(targets, softmax(logits / tau)), averaged over the batch."""
-    return -(targets * F.log_softmax(logits.float() / tau, dim=1)).sum(dim=1).mean() * tau * tau
+    """tau^2 * H(targets, softmax(logits / tau)), averaged over the batch, less the targets' own entropy
+    (a constant: the gradient is that of H, and the value reads 0 when the student matches)."""
+    log_q = F.log_softmax(logits.float() / tau, dim=1)
+    return (torch.xlogy(targets, targets) - targets * log_q).sum(dim=1).mean() * tau * tau
 
 
 class Teachers:

@@ -129,6 +129,38 @@ class WideResNet(nn.Module):
         return self.head(self.pool(self.stages(self.stem(x))))
 
 
+class PlainNet(nn.Module):
+    """A deep, thin plain conv net (no shortcuts), the kind of student FitNets trains with hints.
+
+    `depth` conv-bn-relu layers split over three stages of widths (width, 2*width, 2*width), max-pooled
+    between stages; `stochastic_depth` has no residual branch to act on and must be 0.
+    """
+
+    def __init__(self, depth: int = 11, width: int = 12, *, num_classes: int, in_channels: int, image_size: int,
+                 dropout: float, stochastic_depth: float):
+        super().__init__()
+        if stochastic_depth:
+            raise DplError("fitnet-thin has no residual blocks for stochastic depth; use --stochastic-depth 0")
+        if depth < 3 or width < 1:
+            raise DplError(f"fitnet-thin needs depth >= 3 and width >= 1, got depth={depth}, width={width}")
+        per_stage = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
+        layers, cin = [], in_channels
+        for s, (n, w) in enumerate(zip(per_stage, (width, 2 * width, 2 * width))):
+            stage = []
+            for _ in range(n):
+                stage += [conv3x3(cin, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                cin = w
+            if s < 2 and image_size >= 8 * 2 ** s:
+                stage.append(nn.MaxPool2d(2))
+            layers.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = Classifier(cin, num_classes, dropout)
+
+    def forward(self, x):
+        return self.head(self.pool(self.stages(x)))
+
+
 # ---- torchvision classifiers ----------------------------------------------------------------------
 
 class _DropPathBasic(nn.Module):
@@ -203,6 +235,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "cnn-l": _family(ResNet, 64, (64, 128, 256), 2, stem_pool=True),
     **{f"resnet{d}": _family(ResNet, 16, (16, 32, 64), (d - 2) // 6) for d in (8, 14, 20, 32, 44, 56, 110)},
     **{f"resnet{d}x4": _family(ResNet, 32, (64, 128, 256), (d - 2) // 6) for d in (8, 32)},
+    "fitnet-thin": PlainNet,
     **{f"wrn-{d}-{k}": _family(WideResNet, d, k) for d in (16, 28, 40) for k in (1, 2, 4, 10) if not (d == 28 and k < 10)},
     **{n: _family(_torchvision_resnet, n) for n in ("resnet18", "resnet34", "resnet50", "resnet101",
                                                    "wide_resnet50_2", "resnext50_32x4d")},
@@ -211,16 +244,32 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def arch_spec(name: str, *, num_classes: int, in_channels: int, image_size: int,
-              dropout: float = 0.0, stochastic_depth: float = 0.0) -> dict:
-    """The JSON description from which `build` makes the model, as stored in checkpoints."""
+def parse_arch(text: str) -> tuple[str, dict]:
+    """`NAME[:key=value,...]`, e.g. `fitnet-thin:depth=17,width=8`, -> (name, {key: number})."""
+    name, _, rest = text.partition(":")
     if name not in REGISTRY:
         raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    extra = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        try:
+            extra[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise DplError(f"architecture option {item!r} is not key=number") from None
+        if not eq or not key.strip():
+            raise DplError(f"architecture option {item!r} is not key=number")
+    return name, extra
+
+
+def arch_spec(arch: str, *, num_classes: int, in_channels: int, image_size: int,
+              dropout: float = 0.0, stochastic_depth: float = 0.0) -> dict:
+    """The JSON description from which `build` makes the model, as stored in checkpoints."""
+    name, extra = parse_arch(arch)
     for opt, value in (("--dropout", dropout), ("--stochastic-depth", stochastic_depth)):
         if not 0.0 <= value < 1.0:
             raise DplError(f"{opt} must be in [0, 1), got {value}")
-    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
-            "dropout": dropout, "stochastic_depth": stochastic_depth}
+    return {"name": name, **extra, "num_classes": num_classes, "in_channels": in_channels,
+            "image_size": image_size, "dropout": dropout, "stochastic_depth": stochastic_depth}
 
 
 def build(spec: dict) -> nn.Module:
@@ -228,7 +277,12 @@ def build(spec: dict) -> nn.Module:
     name = spec.pop("name", None)
     if name not in REGISTRY:
         raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
-    return REGISTRY[name](**spec)
+    try:
+        return REGISTRY[name](**spec)
+    except TypeError as e:
+        if "unexpected keyword" in str(e):
+            raise DplError(f"architecture {name} does not take {str(e).split('argument')[-1].strip()}") from None
+        raise
 
 
 def count_params(model: nn.Module) -> int:

@@ -38,6 +38,7 @@ class Trained:
     model: nn.Module
     meta: dict                      # checkpoint metadata
     history: list[dict] = field(default_factory=list)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)   # objective state kept beside the model
 
 
 def make_model(opts: ModelOptions, ds: Dataset) -> tuple[nn.Module, dict, list[dict]]:

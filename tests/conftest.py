@@ -74,6 +74,6 @@ def write_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=6, si
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 shape = (size, size) if mode == "L" else (size, size, 3)
-                pixels = rng.integers(0, 60, shape, dtype=np.uint8) + np.uint8(60 * c)
+                pixels = rng.integers(0, 60, shape, dtype=np.uint8) + np.uint8((60 * c) % 196)
                 Image.fromarray(pixels, mode).save(folder / f"{i}.png")
     return root
