@@ -13,8 +13,8 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dpl.core import DplError, artifacts, data
-from dpl.core.train import TrainingError
+from dpl.core import DplError, Interrupted, RunError, artifacts, data
+from dpl.core.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -34,8 +34,11 @@ def guarded(func):
             return func(*args, **kwargs)
         except DplError as e:
             fail(str(e), 2)
-        except TrainingError as e:
+        except RunError as e:
             fail(str(e), 1)
+        except Interrupted as e:
+            sys.stderr.write(f"dpl: interrupted by {e}\n")
+            raise typer.Exit(128 + e.signum) from None
         except KeyboardInterrupt:
             sys.stderr.write("dpl: interrupted; no output was written\n")
             raise typer.Exit(130) from None
@@ -86,6 +89,31 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the resume state beside the output (OUT.resume).")]
+SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
+KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
+# Options that do not change what a run computes: a resume state may continue under other values.
+NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "config"}
+
+
+def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:
+    """The run's resume state: OUT.resume beside the output, tied to the command and its options."""
+    output = Path(options["output"])
+    kept = {k: v for k, v in options.items() if k not in NOT_IDENTITY}
+    run = {"command": command, **json.loads(json.dumps(kept, default=str))}   # paths as strings
+    path = output.with_name(output.name + ".resume")
+    if resume and not path.exists():
+        raise DplError(f"{path}: no resume state to continue from")
+    if not resume and path.exists() and not options.get("force"):
+        raise DplError(f"{path} exists from an unfinished run: pass --resume to continue it or --force to start over")
+    return ResumeSpec(path, run, save_every, resume)
+
+
+def finish_run(spec: ResumeSpec, keep_state: bool) -> None:
+    if not keep_state:
+        spec.path.unlink(missing_ok=True)
 
 
 def partition(labeled_per_class: int | None, labeled: int | None, split_seed: int) -> data.Partition:

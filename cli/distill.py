@@ -50,9 +50,13 @@ def distill_command(
     seed: Seed = 0,
     device: common.Device = "auto",
     force: common.Force = False,
+    resume: common.ResumeFlag = False,
+    save_every: common.SaveEvery = 1,
+    keep_state: common.KeepState = False,
     config: common.Config = None,
 ):
     """Train a student on labeled data plus pseudo-labels (--labels) or a live teacher (--teacher)."""
+    state = common.resume_spec("distill", dict(locals()), resume, save_every)
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     opts = DistillOptions(tau, alpha, unlabeled_weight, unlabeled_ratio, hard, min_confidence, balance)
@@ -77,6 +81,7 @@ def distill_command(
         labeled_ds, pseudo_ds = data.load(spec, download=download), None
     with common.TrainingProgress("distill") as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, ModelOptions(arch, dropout, stochastic_depth, init),
-                         noise, opts, cfg, rt, test_split(labeled_ds or pseudo_ds), on_progress=progress)
+                         noise, opts, cfg, rt, test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
     artifacts.save_checkpoint(output, result.model, {**result.meta, "command": common.command_line()})
+    common.finish_run(state, keep_state)
     print(output)

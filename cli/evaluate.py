@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dpl.cli import common
-from dpl.core import artifacts, data, evaluate, models, train
+from dpl.core import DplError, artifacts, data, evaluate, models, train
 from dpl.cli.label import data_of, quality_table
 from dpl.core.distill import check_labels_fit
 from dpl.core.teach import check_input
@@ -24,6 +24,10 @@ def eval_command(
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
+    resize: Annotated[int | None, typer.Option(min=1, help="Resize the images to SxS first. [default: the checkpoint's own --resize]")] = None,
+    linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Train a linear classifier on frozen features of the training split (its labeled part with --labeled-per-class); report its top-1 here.")] = False,
+    layer: Annotated[list[str] | None, typer.Option(help="Also probe this layer (module path; repeatable), average-pooled to at most 2048 values. Implies --linear-probe.")] = None,
+    knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
     as_json: common.Json = False,
@@ -31,28 +35,49 @@ def eval_command(
 ):
     """Top-1/top-5 accuracy, NLL, expected calibration error (15 bins) and per-class accuracy of a
     checkpoint (several: one comparison table, a JSON list); or, for a label folder, pseudo-label accuracy
-    overall and above confidence thresholds."""
+    overall and above confidence thresholds.
+
+    --linear-probe, --layer and --knn also measure frozen features: probes fit on the training split of
+    the same source and are measured on the evaluated data."""
+    layers, ks = list(layer or []), list(knn or [])
+    probing = linear_probe or bool(layers) or bool(ks)
     if len(checkpoints) == 1 and checkpoints[0].is_dir():
+        if probing:
+            raise DplError(f"{checkpoints[0]}: a label folder has no backbone to probe; give a checkpoint")
         return label_quality(checkpoints[0], download, as_json)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     split = common.partition(labeled_per_class, labeled, split_seed)
     rt = train.runtime(device)
-    results = []
+    results, probe_dims, probe_train_name = [], [], ""
     for path, ckpt in zip(checkpoints, loaded):
         spec = data_spec or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
+        size = resize or ckpt.meta.get("data", {}).get("resize")
         ds = data.load(spec, default_split="test", partition=split, part=part or "all", download=download)
+        ds = data.resize(ds, size) if size else ds
         check_input(ckpt, ds, path)
         model = ckpt.build_model()
         logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, batch_size)
         metrics = evaluate.classification_metrics(logits, ds.labels, ds.num_classes)
         results.append({**metrics, "checkpoint": str(path), "arch": ckpt.arch["name"],
                         "params": models.count_params(model), "data": ds.spec, "part": ds.part})
+        if probing:
+            probe_train = data.load(ds.source, default_split="train", partition=split,
+                                    part="labeled" if split.active else "all", download=download)
+            probe_train = data.resize(probe_train, size) if size else probe_train
+            found = evaluate.probe(model, ckpt.input, probe_train, ds, rt, layers, linear_probe or bool(layers),
+                                   ks, batch_size)
+            results[-1].update({"linear_probe": found.linear, "knn": {str(k): v for k, v in found.knn.items()}})
+            probe_dims.append(found.dims)
+            probe_train_name = f"{probe_train.spec} ({probe_train.part}, {len(probe_train)} samples)"
     if as_json:
         common.print_json(results[0] if len(results) == 1 else results)
     elif len(results) == 1:
         common.stderr.print(detail_table(results[0], loaded[0].meta.get("classes", [])))
     else:
         common.stderr.print(comparison_table(results))
+    if probing and not as_json:
+        common.stderr.print(probe_table(results[0], probe_dims[0], probe_train_name) if len(results) == 1
+                            else probe_comparison_table(results, probe_train_name))
 
 
 def detail_table(r: dict, classes: list[str]) -> Table:
@@ -88,3 +113,29 @@ def label_quality(folder: Path, download: bool, as_json: bool) -> None:
         common.print_json({"labels": str(folder), "data": ds.spec, "part": ds.part, **quality})
     else:
         common.stderr.print(quality_table(quality, f"{folder} on {ds.spec} ({ds.part}, {len(ds)} samples)"))
+
+
+def probe_table(r: dict, dims: dict[str, int], fit_on: str) -> Table:
+    """One checkpoint: a row per probed layer (as in the RotNet paper's per-layer table), then kNN."""
+    table = Table(title="frozen-feature probes", caption=f"{r['checkpoint']}; fit on {fit_on}, top-1 on {r['data']}")
+    for col in ("probe", "features", "top1"):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    for path, top1 in r["linear_probe"].items():
+        table.add_row(f"linear {path}", f"{dims[path]:,}", f"{top1:.4f}")
+    for k, top1 in r["knn"].items():
+        table.add_row(f"kNN k={k}", f"{dims[evaluate.FEATURES]:,}", f"{top1:.4f}")
+    return table
+
+
+def probe_comparison_table(results: list[dict], fit_on: str) -> Table:
+    """Several checkpoints: a row each, a column per probe."""
+    table = Table(title="frozen-feature probes", caption=f"fit on {fit_on}, top-1 on {results[0]['data']}")
+    columns = list(dict.fromkeys([f"linear {p}" for r in results for p in r["linear_probe"]]
+                                 + [f"kNN k={k}" for r in results for k in r["knn"]]))
+    table.add_column("model")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in results:
+        found = {**{f"linear {p}": v for p, v in r["linear_probe"].items()}, **{f"kNN k={k}": v for k, v in r["knn"].items()}}
+        table.add_row(r["checkpoint"], *(f"{found[c]:.4f}" if c in found else "-" for c in columns))
+    return table

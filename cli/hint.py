@@ -43,10 +43,14 @@ def hint_command(
     seed: Seed = 0,
     device: common.Device = "auto",
     force: common.Force = False,
+    resume: common.ResumeFlag = False,
+    save_every: common.SaveEvery = 1,
+    keep_state: common.KeepState = False,
     config: common.Config = None,
 ):
     """FitNets stage 1. Stage 2 is `dpl distill --init OUT --teacher TEACHER --tau ...` (hints need no labels,
     so without a partition every sample of the split is used)."""
+    state = common.resume_spec("hint", dict(locals()), resume, save_every)
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     common.check_output(output, force)
@@ -56,6 +60,7 @@ def hint_command(
     ds = data.load(spec, partition=split, part=part or "all", download=download)
     with common.TrainingProgress("hint") as progress:
         result = hint(ds, teacher, ModelOptions(arch, init=init), noise, HintOptions(hint_layer, guided_layer),
-                      cfg, rt, on_progress=progress)
+                      cfg, rt, on_progress=progress, resume=state)
     artifacts.save_checkpoint(output, result.model, {**result.meta, "command": common.command_line()}, result.extras)
+    common.finish_run(state, keep_state)
     print(output)

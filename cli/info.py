@@ -54,6 +54,8 @@ def info_command(
         meta["lineage"] = lineage(meta.get("teachers", []))
     else:
         header = artifacts.read_header(path)
+        if header.meta["dpl.kind"] == "labels":
+            raise DplError(f"{path}: one shard of a label folder; give the folder ({path.parent})")
         meta = dict(header.meta)
         meta["sha256"] = artifacts.sha256_file(header.path)
         meta["tensors"] = len(header.tensors)
@@ -75,7 +77,7 @@ def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
     for p in parents:
         entry = {"role": p.get("role"), "path": p.get("path"), "sha256": p.get("sha256"), "depth": depth}
         path = Path(p.get("path") or "")
-        if path.exists():
+        if _exists(path):
             try:
                 folder = path.is_dir()
                 sha = artifacts.folder_sha256(path) if folder else artifacts.sha256_file(path)
@@ -93,15 +95,24 @@ def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
     return chain
 
 
+def _exists(path: Path) -> bool:
+    """A file or folder to follow: paths come from the artifact's metadata, so no devices, FIFOs or errors."""
+    try:
+        return path.is_file() or path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _show(obj: dict, as_json: bool, render) -> None:
     if as_json:
         common.print_json(obj)
     else:
-        common.stderr.print(render(obj), highlight=False)
+        # Metadata text is printed as it is: a "[...]" in it is no rich markup.
+        common.stderr.print(render(obj), highlight=False, markup=False)
 
 
 def _render(meta: dict) -> str:
-    lines = [f"[bold]{meta['dpl.kind']}[/bold]  sha256 {meta['sha256'][:16]}…  format {meta['dpl.format']}, "
+    lines = [f"{meta['dpl.kind']}  sha256 {meta['sha256'][:16]}…  format {meta['dpl.format']}, "
              f"dpl {meta.get('dpl.version')}, created {meta.get('created')}"]
     if meta["dpl.kind"] == "labels":
         lines.append(f"labels    {meta['mode']}" + (f" top-{meta['topk']}" if meta.get("topk") else "")

@@ -9,6 +9,7 @@ from dpl.cli.evaluate import eval_command
 from dpl.cli.hint import hint_command
 from dpl.cli.info import info_command
 from dpl.cli.label import label_command
+from dpl.cli.pretrain import pretrain_command
 from dpl.cli.teach import teach_command
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.command("teach")(teach_command)
 app.command("label")(label_command)
 app.command("distill")(distill_command)
 app.command("hint")(hint_command)
+app.command("pretrain")(pretrain_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 

@@ -27,6 +27,9 @@ Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data 
 Dropout = Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout before the classifier.")]
 StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop probability of the last residual block (linear from the first).")]
 Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")]
+Resize = Annotated[int | None, typer.Option(
+    min=1, help="Resize the images to SxS once, before anything else (e.g. digits' 8x8 for a pretext grid, "
+                "or for a backbone pretrained at S); recorded in the checkpoint.")]
 
 
 def train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed) -> train.TrainConfig:
@@ -43,6 +46,7 @@ def teach_command(
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
+    resize: Resize = None,
     arch: Arch = "cnn-m",
     epochs: Epochs = 30,
     batch_size: BatchSize = 128,
@@ -61,9 +65,13 @@ def teach_command(
     seed: Seed = 0,
     device: common.Device = "auto",
     force: common.Force = False,
+    resume: common.ResumeFlag = False,
+    save_every: common.SaveEvery = 1,
+    keep_state: common.KeepState = False,
     config: common.Config = None,
 ):
     """Train a model on labeled data (the labeled part when a partition is given)."""
+    state = common.resume_spec("teach", dict(locals()), resume, save_every)
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     common.check_output(output, force)
@@ -71,10 +79,16 @@ def teach_command(
     split = common.partition(labeled_per_class, labeled, split_seed)
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download)
     test = test_split(ds)
+    if resize is not None:
+        ds, test = data.resize(ds, resize), None if test is None else data.resize(test, resize)
     with common.TrainingProgress("teach") as progress:
         result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init), noise, cfg, rt,
-                       label_smoothing, on_progress=progress)
-    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": common.command_line()})
+                       label_smoothing, on_progress=progress, resume=state)
+    meta = {**result.meta, "command": common.command_line()}
+    if resize is not None:
+        meta["data"] = {**meta["data"], "resize": resize}
+    artifacts.save_checkpoint(output, result.model, meta)
+    common.finish_run(state, keep_state)
     print(output)
 
 

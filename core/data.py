@@ -347,3 +347,23 @@ def _imagefolder(root: Path, split: str):
     x = torch.from_numpy(np.stack(arrays))
     x = x[:, None] if grey else x.permute(0, 3, 1, 2)
     return x.contiguous(), torch.tensor(labels, dtype=torch.int64), classes
+
+
+def resize(ds: Dataset, size: int, batch_size: int = 4096) -> Dataset:
+    """The dataset with its uint8 images resized to size x size (bilinear; antialiased when shrinking).
+
+    Done once, in batches, so a small source (digits' 8x8) can feed models or pretext grids that need
+    larger images. The fingerprint follows the new pixels.
+    """
+    if size < 1:
+        raise DplError(f"--resize must be at least 1, got {size}")
+    c, h, w = ds.shape
+    if (h, w) == (size, size):
+        return ds
+    out = torch.empty((len(ds), c, size, size), dtype=torch.uint8)
+    for start in range(0, len(ds), batch_size):
+        chunk = ds.images[start: start + batch_size].float()
+        chunk = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=size < min(h, w))
+        out[start: start + batch_size] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return replace(ds, images=out)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from dpl.core import DplError, artifacts, augment, evaluate, label
 from dpl.core.data import Dataset
 from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model
-from dpl.core.train import Progress, Runtime, TrainConfig, fit, seed_everything
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
 def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.Labels | None,
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
-            on_progress: Progress | None = None) -> Trained:
+            on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
     opts.check()
     if labels is None and not teacher_paths:
         raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
@@ -165,7 +165,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
             loss = loss + opts.unlabeled_weight * pseudo_loss
         return loss, stats
 
-    history = fit(model, objective, batches, n_steps, cfg, rt, on_progress)
+    history = fit(model, objective, batches, n_steps, cfg, rt, on_progress, resume)
 
     metrics = {"train_loss": history[-1]["loss"]}
     if test is not None:

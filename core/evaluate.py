@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpl.core import DplError, augment
+from dpl.core import DplError, augment, models
 from dpl.core.train import Runtime
 
 
@@ -81,3 +84,153 @@ def label_quality(predicted: torch.Tensor, confidence: torch.Tensor, truth: torc
                      "accuracy": float(hit[keep].mean()) if keep.any() else None, "n": int(keep.sum())})
     return {"accuracy": float(hit.mean()), "n": int(len(truth)), "mean_confidence": float(confidence.mean()),
             "thresholds": rows}
+
+
+# ---- frozen-feature probes: linear and kNN ---------------------------------------------------------
+
+FEATURES = "features"            # the input of the final Linear: the backbone's feature vector
+MAX_PROBE_FEATURES = 2048        # spatial maps are average-pooled down to at most this many values
+
+
+class LayerTaps:
+    """Run a model and collect, by forward hooks, the outputs of the layers at `paths` and, under FEATURES,
+    the input of its final Linear. Call remove() to take the hooks off."""
+
+    def __init__(self, model: nn.Module, paths: list[str]):
+        self.model, self.captured = model, {}
+        layer = models.get_layer(model, models.feature_layer(model))
+        self.handles = [layer.register_forward_pre_hook(lambda m, args: self.captured.__setitem__(FEATURES, args[0]))]
+        for path in paths:
+            self.handles.append(models.get_layer(model, path).register_forward_hook(
+                lambda m, args, out, path=path: self.captured.__setitem__(path, out)))
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.captured = {}
+        self.model(x)
+        return self.captured
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def probe_vector(out, path: str, max_features: int = MAX_PROBE_FEATURES) -> torch.Tensor:
+    """A layer's output as one vector per sample: (B, C, H, W) maps are average-pooled to s x s with
+    C * s * s <= max_features (at least 1 x 1)."""
+    if not isinstance(out, torch.Tensor) or out.ndim < 2:
+        raise DplError(f"layer {path!r} does not output a batch of tensors to probe")
+    if out.ndim == 4:
+        c, h, w = out.shape[1:]
+        side = max(1, min(h, w, math.isqrt(max_features // c) if c <= max_features else 1))
+        out = F.adaptive_avg_pool2d(out, side)
+    out = out.flatten(1).float()
+    if out.shape[1] > max_features:
+        out = F.adaptive_avg_pool1d(out[:, None], max_features)[:, 0]
+    return out
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, images: torch.Tensor, input_meta: dict, rt: Runtime,
+                     paths: list[str] = (), batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Frozen features (float32, on the CPU) of un-noised images: FEATURES and each layer in `paths`."""
+    model.eval()
+    taps = LayerTaps(model, list(paths))
+    out: dict[str, list[torch.Tensor]] = {FEATURES: [], **{p: [] for p in paths}}
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start: start + batch_size].to(rt.device, non_blocking=True)
+            with rt.autocast():
+                captured = taps(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
+            for key in out:
+                out[key].append(probe_vector(captured.get(key), key).cpu())
+    finally:
+        taps.remove()
+    if not out[FEATURES]:
+        raise DplError("no samples to run the model on")
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _known(x: torch.Tensor, y: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = y >= 0
+    if not keep.any():
+        raise DplError(f"the {what} data has no labels to probe with")
+    return x[keep], y[keep]
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, device=None, steps: int = 300, weight_decay: float = 1e-4) -> float:
+    """Top-1 of a linear classifier trained on frozen features: standardised with the training set's
+    statistics, softmax regression with L2 penalty by full-batch L-BFGS from zero (deterministic)."""
+    train_x, train_y = _known(train_x, train_y, "training")
+    test_x, test_y = _known(test_x, test_y, "test")
+    mean, std = train_x.mean(0), train_x.std(0) if len(train_x) > 1 else torch.ones(train_x.shape[1])
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    x = ((train_x - mean) / std).to(device)
+    y = train_y.to(device)
+    w = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + 0.5 * weight_decay * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        predicted = (((test_x - mean) / std).to(device) @ w + b).argmax(1).cpu()
+    return float((predicted == test_y).float().mean())
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, ks: list[int], temperature: float = 0.07, device=None,
+                 chunk: int = 1024) -> dict[int, float]:
+    """Weighted kNN top-1 for each k (Wu et al. 2018, as in solo-learn): cosine similarity; each of the k
+    nearest training samples votes for its class with weight exp(similarity / temperature)."""
+    train_x, train_y = _known(train_x, train_y, "training")
+    test_x, test_y = _known(test_x, test_y, "test")
+    bad = [k for k in ks if k < 1]
+    if bad:
+        raise DplError(f"--knn k must be at least 1, got {bad[0]}")
+    k_max = min(max(ks), len(train_x))
+    bank = F.normalize(train_x.float(), dim=1).to(device)
+    bank_y = train_y.to(device)
+    hits = {k: 0 for k in ks}
+    for start in range(0, len(test_x), chunk):
+        q = F.normalize(test_x[start: start + chunk].float(), dim=1).to(device)
+        sim, idx = (q @ bank.T).topk(k_max, dim=1)
+        votes = F.one_hot(bank_y[idx], num_classes).float() * (sim / temperature).exp()[..., None]
+        cumulative = votes.cumsum(1)                     # (n, k_max, C): votes of the first j + 1 neighbours
+        truth = test_y[start: start + chunk].to(device)
+        for k in ks:
+            hits[k] += int((cumulative[:, min(k, k_max) - 1].argmax(1) == truth).sum())
+    return {k: hits[k] / len(test_x) for k in ks}
+
+
+@dataclass
+class ProbeResult:
+    linear: dict[str, float]         # layer path (FEATURES: the final feature vector) -> top1
+    knn: dict[int, float]            # k -> top1, on the final feature vector
+    dims: dict[str, int]             # layer path -> probed feature count
+
+
+def probe(model: nn.Module, input_meta: dict, train, test, rt: Runtime, layers: list[str] = (),
+          linear: bool = True, ks: list[int] = (), batch_size: int = 512) -> ProbeResult:
+    """Linear and kNN probes of frozen features: fit on `train` (a Dataset), measured on `test`."""
+    paths = list(dict.fromkeys(p for p in layers if p != FEATURES))
+    for path in paths:
+        models.get_layer(model, path)
+    model = rt.prepare(model)
+    f_train = extract_features(model, train.images, input_meta, rt, paths, batch_size)
+    f_test = extract_features(model, test.images, input_meta, rt, paths, batch_size)
+    num_classes = max(train.num_classes, test.num_classes)
+    keys = [FEATURES, *paths]
+    scores = {}
+    if linear:
+        scores = {k: linear_probe(f_train[k], train.labels, f_test[k], test.labels, num_classes, rt.device)
+                  for k in keys}
+    knn = knn_accuracy(f_train[FEATURES], train.labels, f_test[FEATURES], test.labels, num_classes,
+                       list(ks), device=rt.device) if ks else {}
+    return ProbeResult(scores, knn, {k: f_train[k].shape[1] for k in keys})

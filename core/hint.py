@@ -17,7 +17,7 @@ from torch import nn
 from dpl.core import DplError, artifacts, augment, models
 from dpl.core.data import Dataset
 from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model
-from dpl.core.train import Progress, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
 
 
 class _Reached(Exception):
@@ -92,7 +92,7 @@ class HintOptions:
 
 
 def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opts: NoiseOptions,
-         opts: HintOptions, cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None) -> Trained:
+         opts: HintOptions, cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
     if len(train) == 0:
         raise DplError(f"{train.spec}: no samples to train on")
     teacher_ckpt = artifacts.load_checkpoint(teacher_path)
@@ -125,7 +125,7 @@ def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opt
     try:
         history = fit(trained, objective,
                       lambda epoch: shuffled_batches(len(train), batch_size, cfg.seed, epoch, rt.device),
-                      steps_per_epoch(len(train), batch_size), cfg, rt, on_progress)
+                      steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
     finally:
         teacher_tap.handle.remove()
         student_tap.handle.remove()

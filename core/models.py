@@ -141,8 +141,8 @@ class PlainNet(nn.Module):
         super().__init__()
         if stochastic_depth:
             raise DplError("fitnet-thin has no residual blocks for stochastic depth; use --stochastic-depth 0")
-        if depth < 3 or width < 1:
-            raise DplError(f"fitnet-thin needs depth >= 3 and width >= 1, got depth={depth}, width={width}")
+        if not (3 <= depth <= 1000 and 1 <= width <= 4096):
+            raise DplError(f"fitnet-thin needs depth in 3..1000 and width in 1..4096, got depth={depth}, width={width}")
         per_stage = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
         layers, cin = [], in_channels
         for s, (n, w) in enumerate(zip(per_stage, (width, 2 * width, 2 * width))):
@@ -275,14 +275,25 @@ def arch_spec(arch: str, *, num_classes: int, in_channels: int, image_size: int,
 def build(spec: dict) -> nn.Module:
     spec = dict(spec)
     name = spec.pop("name", None)
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    for key, value in spec.items():     # a checkpoint's arch is untrusted input: numbers, within reason
+        if not key.isidentifier() or type(value) not in (int, float) or not abs(value) <= 2**24:
+            raise DplError(f"architecture {name}: option {key!r}={value!r} is not a number in range")
     try:
         return REGISTRY[name](**spec)
+    except DplError:
+        raise
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise DplError(f"architecture {name} does not take {str(e).split('argument')[-1].strip()}") from None
-        raise
+        raise DplError(f"architecture {name} cannot be built from {spec} ({_first_line(e)})") from None
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise DplError(f"architecture {name} cannot be built from {spec} ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def count_params(model: nn.Module) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from dpl.core import DplError, artifacts, augment, evaluate, models
 from dpl.core.data import Dataset
-from dpl.core.train import Progress, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,15 @@ def make_model(opts: ModelOptions, ds: Dataset) -> tuple[nn.Module, dict, list[d
     parents = []
     if opts.init is not None:
         init = artifacts.load_checkpoint(opts.init)
+        state = init.model_state()
+        if init.num_classes != ds.num_classes:
+            # A backbone made on other data (dpl pretrain): everything but the classifier, which starts afresh.
+            fc = models.feature_layer(model) + "."
+            state = {k: v for k, v in state.items() if not k.startswith(fc)}
+            state.update({k: v for k, v in model.state_dict().items() if k.startswith(fc)})
+            init = replace(init, meta={**init.meta, "num_classes": ds.num_classes})
         check_input(init, ds, opts.init)
-        artifacts.load_state(model, init.model_state(), opts.init)
+        artifacts.load_state(model, state, opts.init)
         parents.append({"role": "init", "path": str(opts.init), "sha256": init.sha256()})
     return model, spec, parents
 
@@ -81,7 +88,7 @@ def supervised_objective(model: nn.Module, images: torch.Tensor, labels: torch.T
 
 def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_opts: NoiseOptions,
           cfg: TrainConfig, rt: Runtime, label_smoothing: float = 0.0,
-          on_progress: Progress | None = None) -> Trained:
+          on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
     if len(train) == 0:
         raise DplError(f"{train.spec}: no samples to train on")
     if (train.labels < 0).any():
@@ -99,7 +106,7 @@ def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_
     batch_size = min(cfg.batch_size, len(train))
     history = fit(model, objective,
                   lambda epoch: shuffled_batches(len(train), batch_size, cfg.seed, epoch, rt.device),
-                  steps_per_epoch(len(train), batch_size), cfg, rt, on_progress)
+                  steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
     metrics = {"train_loss": history[-1]["loss"], "train_acc": history[-1]["acc"]}
     if test is not None:
         logits = evaluate.predict(model, test.images, input_meta, rt)

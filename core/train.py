@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from dpl.core import DplError
+from dpl.core import DplError, Interrupted, RunError, artifacts
 
 Objective = Callable[[object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
-
-
-class TrainingError(RuntimeError):
-    """A run that failed while training (exit code 1), e.g. a non-finite loss."""
 
 
 @dataclass(frozen=True)
@@ -112,42 +111,162 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+@dataclass(frozen=True)
+class ResumeSpec:
+    """Where a run keeps its resume state, how often, and what must match for --resume to use it."""
+
+    path: Path
+    run: dict                 # the command and options that define the run
+    every: int = 1            # epochs between saves
+    resume: bool = False
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64)),
+               "rng.python": torch.tensor(py_state, dtype=torch.int64)}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    meta = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)], "python": [py_version, py_gauss]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_gauss = meta["python"]
+    random.setstate((version, tuple(tensors["rng.python"].tolist()), py_gauss))
+
+
+def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict) -> None:
+    tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, values in opt["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    rng, rng_meta = _rng_state()
+    tensors.update(rng)
+    meta = {"run": spec.run, "position": position, "param_groups": opt["param_groups"],
+            "schedule": schedule.state_dict(), "rng": rng_meta}
+    artifacts.save(spec.path, tensors, "resume", meta)
+
+
+def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) -> dict:
+    header = artifacts.read_header(spec.path, kind="resume")
+    artifacts.require(header, "run", "position", "param_groups", "schedule", "rng")
+    saved = header.meta["run"]
+    changed = [k for k in sorted(set(saved) | set(spec.run)) if saved.get(k) != spec.run.get(k)]
+    if changed:
+        k = changed[0]
+        raise DplError(f"{spec.path}: the resume state is from a different run: {k} was {saved.get(k)!r}, "
+                       f"now {spec.run.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""))
+    tensors = artifacts.load_tensors(header)
+    artifacts.load_state(module, {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")},
+                         spec.path)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": header.meta["param_groups"]})
+    schedule.load_state_dict(header.meta["schedule"])
+    _set_rng_state(tensors, header.meta["rng"])
+    return header.meta["position"]
+
+
 def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterable], n_steps: int,
-        cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None) -> list[dict]:
+        cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None,
+        resume: ResumeSpec | None = None) -> list[dict]:
     """Train every parameter of `module` (the model plus any objective heads) for cfg.epochs.
 
-    `batches(epoch)` yields `n_steps` batches; `objective(batch)` returns the loss and a dict of
-    scalar stats to average. Returns one dict of averaged stats per epoch.
+    `batches(epoch)` yields `n_steps` batches, in an order that depends only on the epoch; `objective(batch)`
+    returns the loss and a dict of scalar stats to average. Returns one dict of averaged stats per epoch.
+    With `resume`, a resume state is written every `resume.every` epochs and when SIGINT/SIGTERM arrives,
+    and `resume.resume` continues from it: weights, optimizer, schedule, RNG states and batch position.
     """
     optimizer = make_optimizer(module, cfg)
     total = cfg.epochs * n_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup_epochs * n_steps)))
-    history = []
+    history, start_epoch, skip, sums, count = [], 0, 0, {}, 0
+    if resume is not None and resume.resume:
+        position = load_resume_state(resume, module, optimizer, schedule)
+        history, start_epoch, skip = position["history"], position["epoch"], position["batch"]
+        sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
+        count = skip
     emit = on_progress or (lambda event: None)
     emit({"event": "start", "epochs": cfg.epochs, "steps": total})
-    step = 0
-    for epoch in range(cfg.epochs):
-        module.train()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for batch in batches(epoch):
-            with rt.autocast():
-                loss, stats = objective(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            count += 1
-            for k, v in {"loss": loss, **stats}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if count % cfg.log_every == 0 or count == n_steps:
-                means = {k: (v / count).item() for k, v in sums.items()}
-                if not math.isfinite(means["loss"]):
-                    raise TrainingError(f"loss is {means['loss']} at epoch {epoch + 1} step {count}; "
-                                        f"try a lower --lr")
-                emit({"event": "step", "epoch": epoch, "step": step, "lr": schedule.get_last_lr()[0], **means})
-        summary = {"epoch": epoch + 1, **{k: (v / max(count, 1)).item() for k, v in sums.items()}}
-        history.append(summary)
-        emit({"event": "epoch", **summary})
+    step = start_epoch * n_steps + skip
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        if resume is not None:
+            save_resume_state(resume, module, optimizer, schedule, {
+                "epoch": epoch, "batch": batch, "history": history,
+                "sums": {k: float(v) for k, v in sums.items()}})
+
+    with _StopRequests() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            module.train()
+            for index, batch in enumerate(batches(epoch)):
+                if index < skip:
+                    continue
+                with rt.autocast():
+                    loss, stats = objective(batch)
+                if not torch.isfinite(loss.detach()):
+                    checkpoint(epoch, index)
+                    terms = ", ".join(f"{k} {float(v):.4g}" for k, v in stats.items())
+                    where = f"; resume state at that step in {resume.path}" if resume is not None else ""
+                    raise RunError(f"loss is {float(loss.detach())} at epoch {epoch + 1} step {index + 1}"
+                                   f"{' (' + terms + ')' if terms else ''}: try a lower --lr"
+                                   f"{' or --device cpu (no bf16 autocast)' if rt.cuda else ''}{where}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                count += 1
+                for k, v in {"loss": loss, **stats}.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                if count % cfg.log_every == 0 or count == n_steps:
+                    emit({"event": "step", "epoch": epoch, "step": step, "lr": schedule.get_last_lr()[0],
+                          **{k: (v / count).item() for k, v in sums.items()}})
+                if stop.signum is not None:
+                    checkpoint(epoch, index + 1)
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(stop.signum, f"{name} at epoch {epoch + 1} step {index + 1}; " + (
+                        f"resume state saved: run the same command with --resume" if resume is not None
+                        else "no output was written"))
+            summary = {"epoch": epoch + 1, **{k: (v / max(count, 1)).item() for k, v in sums.items()}}
+            history.append(summary)
+            emit({"event": "epoch", **summary})
+            skip, sums, count = 0, {}, 0
+            if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
+                checkpoint(epoch + 1, 0)
     return history

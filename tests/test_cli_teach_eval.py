@@ -135,16 +135,18 @@ def test_console_script_refuses_without_traceback(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
 
 
-def test_ctrl_c_during_teach_leaves_no_output(tmp_path):
-    out = tmp_path / "t.safetensors"
+def test_ctrl_c_during_teach_leaves_no_output_but_a_resume_state(tmp_path):
+    out, state = tmp_path / "t.safetensors", tmp_path / "t.safetensors.resume"
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "dpl"), "teach", "--epochs", "500",
                              "--arch", "cnn-s", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
-    assert list(tmp_path.iterdir()) == []
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+    assert list(tmp_path.iterdir()) == [state]
 
 
 @pytest.mark.slow
