@@ -49,9 +49,9 @@ def bare_forward_throughput(ckpt, images, rt, batch_size) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def label_throughput(ckpt_path, ds, rt, batch_size) -> float:
+def label_throughput(ckpt_path, ds, rt, batch_size, folder) -> float:
     start = time.perf_counter()
-    label.label([ckpt_path], ds, label.LabelOptions(batch_size=batch_size), rt)
+    label.label([ckpt_path], ds, label.LabelOptions(batch_size=batch_size), rt, folder, replace=label.shard_files(folder))
     if rt.cuda:
         torch.cuda.synchronize()
     return len(ds) / (time.perf_counter() - start)
@@ -64,7 +64,7 @@ def bytes_per_sample(num_classes: int, n: int, folder: Path) -> float:
             "classes": [str(c) for c in range(num_classes)], "total": n, "world": 1}
     out = folder / f"labels-{num_classes}"
     out.mkdir()
-    artifacts.write_labels(out, label.make_shards(probs, opts), meta)
+    artifacts.write_labels(out, [label.shard_tensors(probs, 0, opts)], meta)
     return sum(f.stat().st_size for f in out.iterdir()) / n
 
 
@@ -93,9 +93,8 @@ def main():
         artifacts.save_checkpoint(teacher_path, models.build(spec), {
             "arch": spec, "num_classes": ds.num_classes, "classes": ds.classes,
             "input": artifacts.input_meta(c, h, mean, std), "parents": []})
-        shards, meta, _ = label.label([teacher_path], ds, label.LabelOptions(), rt)
         labels_dir = tmp / "labels"
-        label.write_folder(labels_dir, shards, meta, force=False)
+        label.label([teacher_path], ds, label.LabelOptions(), rt, labels_dir)
         labels = artifacts.read_labels(labels_dir)
         student = ModelOptions(args.student)
 
@@ -112,7 +111,7 @@ def main():
         ckpt = artifacts.load_checkpoint(teacher_path)
         for _ in range(args.rounds + 1):
             bare.append(bare_forward_throughput(ckpt, ds.images, rt, 512))
-            lab.append(label_throughput(teacher_path, ds, rt, 512))
+            lab.append(label_throughput(teacher_path, ds, rt, 512, tmp / "timed-labels"))
         sizes = {c: bytes_per_sample(c, 20_000, tmp) for c in (10, 1000)}
 
     offline = statistics.median(offline_t) / statistics.median(teach_t)

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dpl.core import DplError, Interrupted, RunError, artifacts, data
+from dpl.core import DplError, Interrupted, RunError, artifacts, data, distributed
 from dpl.core.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
@@ -42,6 +42,8 @@ def guarded(func):
         except KeyboardInterrupt:
             sys.stderr.write("dpl: interrupted; no output was written\n")
             raise typer.Exit(130) from None
+        finally:
+            distributed.teardown()
     return wrapper
 
 
@@ -86,8 +88,10 @@ Part = Annotated[str | None, typer.Option(
     help="Which part of a partitioned split to use: labeled, unlabeled or all. [default: the command's own]")]
 Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
@@ -95,7 +99,7 @@ ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the re
 SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
 KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
 # Options that do not change what a run computes: a resume state may continue under other values.
-NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "config"}
+NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "config"}
 
 
 def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:
@@ -111,9 +115,14 @@ def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> R
     return ResumeSpec(path, run, save_every, resume)
 
 
-def finish_run(spec: ResumeSpec, keep_state: bool) -> None:
+def write_result(output: Path, result, state: ResumeSpec, keep_state: bool) -> None:
+    """Rank 0 writes the checkpoint (with the command line), then drops the resume state; stdout gets the path."""
+    if not distributed.is_main():
+        return
+    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": command_line()}, result.extras)
     if not keep_state:
-        spec.path.unlink(missing_ok=True)
+        state.path.unlink(missing_ok=True)
+    print(output)
 
 
 def partition(labeled_per_class: int | None, labeled: int | None, split_seed: int) -> data.Partition:
@@ -147,7 +156,8 @@ class TrainingProgress:
         self.description = description
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=stderr, disable=not sys.stderr.isatty(), transient=False)
+                            console=stderr, disable=not sys.stderr.isatty() or not distributed.is_main(),
+                            transient=False)
         self.task = None
 
     def __enter__(self):

@@ -48,7 +48,9 @@ def distill_command(
     stochastic_depth: StochasticDepth = 0.0,
     init: Init = None,
     seed: Seed = 0,
+    allow_partial: common.AllowPartial = False,
     device: common.Device = "auto",
+    compile: common.Compile = False,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -62,10 +64,10 @@ def distill_command(
     opts = DistillOptions(tau, alpha, unlabeled_weight, unlabeled_ratio, hard, min_confidence, balance)
     opts.check()
     common.check_output(output, force)
-    rt = train.runtime(device)
+    rt = train.runtime(device, compile)
     teachers = list(teacher or [])
     split = common.partition(labeled_per_class, labeled, split_seed)
-    labels = artifacts.read_labels(labels_dir) if labels_dir is not None else None
+    labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
     if labels is not None:
         spec, split = data_of(labels.meta, data_spec, split)
     elif teachers:
@@ -82,6 +84,4 @@ def distill_command(
     with common.TrainingProgress("distill") as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, ModelOptions(arch, dropout, stochastic_depth, init),
                          noise, opts, cfg, rt, test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
-    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": common.command_line()})
-    common.finish_run(state, keep_state)
-    print(output)
+    common.write_result(output, result, state, keep_state)

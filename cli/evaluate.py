@@ -31,6 +31,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
     as_json: common.Json = False,
+    allow_partial: common.AllowPartial = False,
     config: common.Config = None,
 ):
     """Top-1/top-5 accuracy, NLL, expected calibration error (15 bins) and per-class accuracy of a
@@ -44,7 +45,7 @@ def eval_command(
     if len(checkpoints) == 1 and checkpoints[0].is_dir():
         if probing:
             raise DplError(f"{checkpoints[0]}: a label folder has no backbone to probe; give a checkpoint")
-        return label_quality(checkpoints[0], download, as_json)
+        return label_quality(checkpoints[0], download, as_json, allow_partial)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     split = common.partition(labeled_per_class, labeled, split_seed)
     rt = train.runtime(device)
@@ -102,13 +103,13 @@ def comparison_table(results: list[dict]) -> Table:
     return table
 
 
-def label_quality(folder: Path, download: bool, as_json: bool) -> None:
-    labels = artifacts.read_labels(folder)
+def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bool = False) -> None:
+    labels = artifacts.read_labels(folder, allow_partial)
     made = labels.meta["data"]
     spec, split = data_of(labels.meta, None, data.Partition())
     ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download)
     check_labels_fit(labels, ds)
-    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels)
+    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[labels.index])
     if as_json:
         common.print_json({"labels": str(folder), "data": ds.spec, "part": ds.part, **quality})
     else:

@@ -61,6 +61,4 @@ def hint_command(
     with common.TrainingProgress("hint") as progress:
         result = hint(ds, teacher, ModelOptions(arch, init=init), noise, HintOptions(hint_layer, guided_layer),
                       cfg, rt, on_progress=progress, resume=state)
-    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": common.command_line()}, result.extras)
-    common.finish_run(state, keep_state)
-    print(output)
+    common.write_result(output, result, state, keep_state)

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from dpl.cli import common
-from dpl.core import DplError, artifacts, data, train
-from dpl.core.label import LabelOptions, label, write_folder
+from dpl.core import DplError, artifacts, data, distributed, train
+from dpl.core.label import LabelOptions, label, shard_files
 
 
 def data_of(meta: dict, data_spec: str | None, split: data.Partition) -> tuple[str, data.Partition]:
@@ -39,18 +39,23 @@ def label_command(
     tau: Annotated[float, typer.Option(help="Softmax temperature applied to the teacher logits.")] = 1.0,
     shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard file.")] = 50_000,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
+    shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. [default: the torchrun rank, else 0/1]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep the shards already in the folder that match this run; label the rest.")] = False,
     device: common.Device = "auto",
     force: common.Force = False,
     as_json: common.Json = False,
     config: common.Config = None,
 ):
     """Label the unlabeled part (or the whole split) with an un-noised teacher. Reports label accuracy
-    against the ground truth when the data has it."""
+    against the ground truth when the data has it. Under torchrun, each rank labels its own part and
+    writes its own shard series; the folder is complete when every rank's shards are there."""
     teachers = list(teacher) + list(ensemble or [])
-    if output.exists() and not force:
-        raise DplError(f"{output} exists; pass --force to replace it")
+    rank, world = distributed.shard_of(shard)
     if output.exists() and not output.is_dir():
         raise DplError(f"{output} is a file, not a label folder")
+    mine = shard_files(output, None if world == 1 else rank) if output.is_dir() else []
+    if mine and not (force or resume):
+        raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
     artifacts.check_writable(output)
     if topk is not None and not soft:
         raise DplError("--topk stores soft labels; it cannot go with --hard")
@@ -61,14 +66,16 @@ def label_command(
     ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download)
     rt = train.runtime(device)
     with common.TrainingProgress("label") as progress:
-        shards, meta, quality = label(teachers, ds, opts, rt, on_progress=progress)
-    write_folder(output, shards, meta, force)
+        done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],
+                     on_progress=progress)
+    quality = done["quality"]
     if as_json:
-        common.print_json({"path": str(output), "total": meta["total"], "shards": len(shards), "quality": quality})
-    else:
+        common.print_json({"path": str(output), **done})
+    elif rank == 0 or shard is not None:       # under torchrun only rank 0 speaks; --shard jobs each do
         print(output)
-    if quality is not None and not as_json:
-        common.stderr.print(quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {len(ds)} samples)"))
+    if quality is not None and not as_json and (rank == 0 or shard is not None):
+        part = f", part {rank}/{world}" if world > 1 else ""
+        common.stderr.print(quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {done['samples']} samples{part})"))
 
 
 def quality_table(quality: dict, title: str) -> Table:

@@ -31,3 +31,7 @@ app.command("info")(info_command)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

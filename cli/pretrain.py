@@ -73,9 +73,6 @@ def pretrain_command(
     with common.TrainingProgress(f"pretrain {task}") as progress:
         result = pretrain(ds, arch, opts, cfg, rt, untrained=epochs == 0, on_progress=progress,
                           resume=state)
-    meta = {**result.meta, "command": common.command_line()}
     if resize is not None:
-        meta["data"] = {**meta["data"], "resize": resize}
-    artifacts.save_checkpoint(output, result.model, meta, result.extras)
-    common.finish_run(state, keep_state)
-    print(output)
+        result.meta["data"] = {**result.meta["data"], "resize": resize}
+    common.write_result(output, result, state, keep_state)

@@ -64,6 +64,7 @@ def teach_command(
     init: Init = None,
     seed: Seed = 0,
     device: common.Device = "auto",
+    compile: common.Compile = False,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -75,7 +76,7 @@ def teach_command(
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     common.check_output(output, force)
-    rt = train.runtime(device)
+    rt = train.runtime(device, compile)
     split = common.partition(labeled_per_class, labeled, split_seed)
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download)
     test = test_split(ds)
@@ -84,12 +85,9 @@ def teach_command(
     with common.TrainingProgress("teach") as progress:
         result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init), noise, cfg, rt,
                        label_smoothing, on_progress=progress, resume=state)
-    meta = {**result.meta, "command": common.command_line()}
     if resize is not None:
-        meta["data"] = {**meta["data"], "resize": resize}
-    artifacts.save_checkpoint(output, result.model, meta)
-    common.finish_run(state, keep_state)
-    print(output)
+        result.meta["data"] = {**result.meta["data"], "resize": resize}
+    common.write_result(output, result, state, keep_state)
 
 
 def test_split(ds: data.Dataset) -> data.Dataset | None:

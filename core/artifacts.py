@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -100,7 +101,7 @@ def read_header(path: Path, kind: str | None = None) -> Header:
         raise DplError(f"{path}: cannot read ({e.strerror})") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):      # UnicodeDecodeError, JSONDecodeError, a 5000-digit number
         raise DplError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise DplError(f"{path}: not a safetensors file (header is not an object)")
@@ -120,9 +121,79 @@ def read_header(path: Path, kind: str | None = None) -> Header:
     for k, v in stored.items():
         try:
             meta[k] = v if k in PLAIN_KEYS else json.loads(v)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise DplError(f"{path}: corrupt metadata value for {k!r}") from None
+        if k in META_RULES and not META_RULES[k](meta[k]):
+            raise DplError(f"{path}: corrupt metadata value for {k!r}")
     return Header(path, meta, header)
+
+
+# What the readers rely on in the metadata they consume, checked when a key is present: a file that lies
+# here is refused by read_header instead of failing deep inside a command.
+def _int(lo: int = 0, hi: int = 2**62) -> Callable[[object], bool]:
+    return lambda v: type(v) is int and lo <= v <= hi
+
+
+def _number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _line(v) -> bool:
+    """A string that error messages can quote on one line."""
+    return isinstance(v, str) and v.isprintable()
+
+
+def _optional(rule: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: v is None or rule(v)
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _fields(v, required: tuple[str, ...] = (), **rules) -> bool:
+    """A dict holding `required`, whose keys named in `rules` (where present) pass them."""
+    return (isinstance(v, dict) and all(k in v for k in required)
+            and all(rule(v[k]) for k, rule in rules.items() if k in v))
+
+
+def _input(v) -> bool:
+    if not _fields(v, ("channels", "size", "mean", "std"), channels=_int(1, 2**16), size=_int(1, 2**16)):
+        return False
+    stats_ok = all(isinstance(v[k], list) and len(v[k]) == v["channels"] and all(map(_number, v[k]))
+                   for k in ("mean", "std"))
+    return stats_ok and all(s > 0 for s in v["std"])
+
+
+def _parents(v) -> bool:
+    line = _optional(_line)
+    return isinstance(v, list) and all(_fields(p, path=line, role=line, sha256=line) for p in v)
+
+
+META_RULES: dict[str, Callable[[object], bool]] = {
+    "arch": lambda v: _fields(v, ("name",), name=_line),
+    "num_classes": _int(1, 2**20),
+    "classes": _str_list,
+    "input": _input,
+    "data": lambda v: _fields(v, spec=_line, part=_line, fingerprint=_line, n=_int(), resize=_int(1, 2**16),
+                              labeled_per_class=_optional(_int(1)), labeled=_optional(_int(1)),
+                              split_seed=_int(-2**62)),
+    "parents": _parents,
+    "teachers": _parents,
+    "metrics": lambda v: isinstance(v, dict),
+    "command": _str_list,
+    "quality": lambda v: not v or _fields(v, ("accuracy", "mean_confidence"),
+                                          accuracy=_number, mean_confidence=_number),
+    "tau": lambda v: _number(v) and v > 0,
+    "mode": _line,
+    "topk": _optional(_int(1, 2**20)),
+    "total": _int(),
+    "world": _int(1, 2**16),
+    "rank": _int(0, 2**16),
+    "seq": _int(),
+    "rank_shards": _int(1),
+    "count": _int(),
+}
 
 
 def _check_entry(path: Path, name: str, info, data_len: int) -> None:
@@ -130,7 +201,7 @@ def _check_entry(path: Path, name: str, info, data_len: int) -> None:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise DplError(bad)
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise DplError(f"{bad} (dtype {dtype!r})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
         raise DplError(f"{bad} (shape)")
@@ -144,8 +215,9 @@ def _check_entry(path: Path, name: str, info, data_len: int) -> None:
 def load_tensors(header: Header) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(header.path))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise DplError(f"{header.path}: unreadable tensors ({e})") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DplError(f"{header.path}: unreadable tensors ({why})") from None
 
 
 def require(header: Header, *keys: str) -> None:
@@ -184,21 +256,44 @@ class Checkpoint:
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def build_model(self, **overrides) -> nn.Module:
-        """Rebuild the model from metadata alone; `overrides` change arch knobs (dropout, ...)."""
+        """Rebuild the model from metadata alone; `overrides` change arch knobs (dropout, ...).
+
+        A skeleton on the meta device comes first: an arch that lies about its size allocates nothing
+        before its shapes are checked against the tensors actually in the file."""
         spec = {**self.arch, **overrides}
-        model = models.build(spec)
-        load_state(model, self.model_state(), self.path)
+        state = self.model_state()
+        with torch.device("meta"):
+            check_state(self._build(spec), state, self.path)
+        model = self._build(spec)
+        model.load_state_dict(state)
         return model
+
+    def _build(self, spec: dict) -> nn.Module:
+        try:
+            return models.build(spec)
+        except DplError as e:
+            raise DplError(f"{self.path}: {e}") from None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     header = read_header(path, kind="checkpoint")
     require(header, "arch", "num_classes", "input")
-    return Checkpoint(Path(path), header.meta, load_tensors(header))
+    meta = header.meta
+    for knob, key, value in (("num_classes", "num_classes", meta["num_classes"]),
+                             ("in_channels", "input channels", meta["input"]["channels"]),
+                             ("image_size", "input size", meta["input"]["size"])):
+        if meta["arch"].get(knob, value) != value:
+            raise DplError(f"{path}: inconsistent metadata: arch {knob} {meta['arch'][knob]!r}, {key} {value}")
+    return Checkpoint(Path(path), meta, load_tensors(header))
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Strict load with one readable line for every kind of mismatch."""
+    check_state(model, state, source)
+    model.load_state_dict(state)
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -209,7 +304,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
         if own[k].shape != v.shape:
             raise DplError(f"{source}: weights do not fit the architecture ({k}: {tuple(v.shape)} in the file, "
                            f"{tuple(own[k].shape)} in the model)")
-    model.load_state_dict(state)
+        if own[k].dtype != v.dtype:
+            raise DplError(f"{source}: weights do not fit the architecture ({k}: {v.dtype} in the file, "
+                           f"{own[k].dtype} in the model)")
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict, extras: dict[str, torch.Tensor] | None = None) -> None:
@@ -231,6 +328,7 @@ LABEL_KEYS = ("teachers", "data", "tau", "mode", "num_classes", "classes", "tota
 SHARD_TENSORS = {"hard": ("index", "label", "confidence"),
                  "soft": ("index", "label", "confidence", "probs"),
                  "topk": ("index", "label", "confidence", "topk_index", "topk_prob")}
+SHARD_NDIM = {"index": 1, "label": 1, "confidence": 1, "probs": 2, "topk_index": 2, "topk_prob": 2}
 SHARD_DTYPES = {"index": torch.int64, "label": torch.int64, "confidence": torch.float32,
                 "probs": torch.float16, "topk_index": torch.int32, "topk_prob": torch.float16}
 
@@ -279,15 +377,21 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def shard_meta(meta: dict, rank: int, seq: int, rank_shards: int, count: int) -> dict:
+    """A shard's metadata: the folder's common keys plus where the shard sits in its rank's series."""
+    return {**meta, "rank": rank, "seq": seq, "rank_shards": rank_shards, "count": count}
+
+
 def write_labels(folder: Path, shards: list[dict[str, torch.Tensor]], meta: dict, rank: int = 0) -> None:
     """Write one rank's shards into `folder` (which must exist), each shard atomically."""
     for seq, tensors in enumerate(shards):
-        shard_meta = {**meta, "rank": rank, "seq": seq, "rank_shards": len(shards),
-                      "count": int(len(tensors["index"]))}
-        save(Path(folder) / shard_name(rank, seq), tensors, "labels", shard_meta)
+        save(Path(folder) / shard_name(rank, seq), tensors, "labels",
+             shard_meta(meta, rank, seq, len(shards), int(len(tensors["index"]))))
 
 
-def read_labels(folder: Path) -> Labels:
+def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
+    """Read and check a whole label folder. `allow_partial` accepts a folder that misses shards (an
+    interrupted or still running `dpl label`): its rows are then the samples its shards hold."""
     folder = Path(folder)
     if not folder.exists():
         raise DplError(f"{folder}: no such label folder")
@@ -306,16 +410,21 @@ def read_labels(folder: Path) -> Labels:
             if h.meta[k] != common[k]:
                 raise DplError(f"{folder}: mixed label folder: {h.path.name} differs from {first.path.name} in {k!r}")
     present = {(h.meta["rank"], h.meta["seq"]): h for h in headers}
+    world = common["world"]
     for h in headers:
         if h.path.name != shard_name(h.meta["rank"], h.meta["seq"]):
             raise DplError(f"{h.path}: its metadata says rank {h.meta['rank']} shard {h.meta['seq']}")
-    for rank in range(common["world"]):
+        if h.meta["rank"] >= world:
+            raise DplError(f"{h.path}: rank {h.meta['rank']}, but the folder was written by {world} ranks")
+    # Fewer files than ranks leave some rank among the first len(files) + 1 without shards: the loops stay
+    # bounded by the files on disk, whatever the metadata announces.
+    for rank in range(0 if allow_partial else min(world, len(files) + 1)):
         announced = {h.meta["rank_shards"] for h in headers if h.meta["rank"] == rank} or {None}
         if len(announced) != 1 or None in announced:
-            raise DplError(f"{folder}: incomplete label folder: no shards from rank {rank} of {common['world']}")
-        missing = [shard_name(rank, s) for s in range(announced.pop()) if (rank, s) not in present]
-        if missing:
-            raise DplError(f"{folder}: incomplete label folder: {missing[0]} is missing")
+            raise DplError(f"{folder}: incomplete label folder: no shards from rank {rank} of {world}")
+        first_missing = next(s for s in itertools.count() if (rank, s) not in present)
+        if first_missing < announced.pop():
+            raise DplError(f"{folder}: incomplete label folder: {shard_name(rank, first_missing)} is missing")
     mode, c = common["mode"], common["num_classes"]
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS.get(mode, ())}
     if not parts:
@@ -327,6 +436,17 @@ def read_labels(folder: Path) -> Labels:
                 raise DplError(f"{h.path}: {mode} label shard lacks tensor {name!r}")
             if info["shape"][:1] != [h.meta["count"]]:
                 raise DplError(f"{h.path}: tensor {name!r} has {info['shape'][:1]} rows, metadata says {h.meta['count']}")
+            if len(info["shape"]) != SHARD_NDIM[name]:
+                raise DplError(f"{h.path}: tensor {name!r} has shape {info['shape']}, "
+                               f"expected {SHARD_NDIM[name]} dimensions")
+        if mode == "soft" and h.tensors["probs"]["shape"][1] != c:
+            raise DplError(f"{folder}: probs have {h.tensors['probs']['shape'][1]} columns, expected {c}")
+        if mode == "topk":
+            k, k_prob, k_first = (x.tensors[n]["shape"][1] for x, n in
+                                  ((h, "topk_index"), (h, "topk_prob"), (first, "topk_index")))
+            if not k == k_prob == k_first or not 1 <= k <= c:
+                raise DplError(f"{h.path}: top-k tensors have {k} and {k_prob} columns, expected the same k "
+                               f"(1..{c}) in every shard")
         tensors = load_tensors(h)
         for name in parts:
             t = tensors[name]
@@ -337,12 +457,14 @@ def read_labels(folder: Path) -> Labels:
     order = torch.argsort(cat["index"])
     cat = {name: t[order] for name, t in cat.items()}
     total = common["total"]
-    if len(cat["index"]) != total or not torch.equal(cat["index"], torch.arange(total)):
+    index = cat["index"]
+    if allow_partial:
+        if len(index) and ((index[1:] == index[:-1]).any() or index[0] < 0 or index[-1] >= total):
+            raise DplError(f"{folder}: the shards hold samples outside 0..{total - 1} or twice")
+    elif len(index) != total or not torch.equal(index, torch.arange(total)):
         raise DplError(f"{folder}: the shards do not cover samples 0..{total - 1} exactly once")
     if ((cat["label"] < 0) | (cat["label"] >= c)).any():
         raise DplError(f"{folder}: labels outside 0..{c - 1}")
-    if mode == "soft" and cat["probs"].shape[1:] != (c,):
-        raise DplError(f"{folder}: probs have {cat['probs'].shape[1:]} columns, expected {c}")
     if mode == "topk" and ((cat["topk_index"] < 0) | (cat["topk_index"] >= c)).any():
         raise DplError(f"{folder}: top-k class indices outside 0..{c - 1}")
     return Labels(folder, first.meta, **cat)

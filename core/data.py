@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def _read_idx(path: Path) -> np.ndarray:
         dims = struct.unpack(f">{ndim}I", raw[4: 4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         return data.reshape(dims)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise DplError(f"{path}: unreadable IDX file ({e})") from None
 
 
@@ -333,7 +334,7 @@ def _imagefolder(root: Path, split: str):
             with Image.open(p) as im:
                 im.load()
                 pictures.append(im.copy())
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DplError(f"{p}: unreadable image ({e.__class__.__name__})") from None
     grey = all(im.mode in ("L", "1", "I;16", "I") for im in pictures)
     mode = "L" if grey else "RGB"
@@ -360,7 +361,10 @@ def resize(ds: Dataset, size: int, batch_size: int = 4096) -> Dataset:
     c, h, w = ds.shape
     if (h, w) == (size, size):
         return ds
-    out = torch.empty((len(ds), c, size, size), dtype=torch.uint8)
+    try:
+        out = torch.empty((len(ds), c, size, size), dtype=torch.uint8)
+    except RuntimeError:        # the allocator refused: far more than this machine holds
+        raise DplError(f"--resize {size}: {len(ds)} images of {c}x{size}x{size} do not fit in memory") from None
     for start in range(0, len(ds), batch_size):
         chunk = ds.images[start: start + batch_size].float()
         chunk = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False,

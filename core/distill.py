@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dpl.core import DplError, artifacts, augment, evaluate, label
+from dpl.core import DplError, artifacts, augment, distributed, evaluate, label
 from dpl.core.data import Dataset
 from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model
 from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
@@ -67,10 +67,12 @@ class Teachers:
 
 
 def _stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
-    """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly."""
+    """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly.
+    Under torchrun, each rank takes its own slice of the shared stream."""
+    rank, world = distributed.rank_world()
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 7919 + 1)
-    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(count / n))]
-    return torch.cat(perms)[:count].to(device)
+    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(count * world / n))]
+    return torch.cat(perms)[: count * world][rank::world].to(device)
 
 
 def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.Labels | None,
@@ -98,6 +100,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     seed_everything(cfg.seed)
     model, spec, parents = make_model(model_opts, base)
     model = rt.prepare(model)
+    forward = rt.compiled(model)
     teachers = Teachers(teachers_ckpt, rt) if teachers_ckpt else None
     mean, std = base.normalization
     input_meta = artifacts.input_meta(base.shape[0], base.shape[1], mean, std)
@@ -115,13 +118,14 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     if labeled is not None and pseudo is not None:
         b_l = min(cfg.batch_size, len(labeled))
         b_u = max(1, round(opts.unlabeled_ratio * b_l))
-        n_steps = max(1, n_pseudo // b_u)
+        n_steps = n_pseudo // b_u
     elif labeled is not None:
         b_l, b_u = min(cfg.batch_size, len(labeled)), 0
-        n_steps = max(1, len(labeled) // b_l)
+        n_steps = len(labeled) // b_l
     else:
         b_l, b_u = 0, min(cfg.batch_size, n_pseudo)
-        n_steps = max(1, n_pseudo // b_u)
+        n_steps = n_pseudo // b_u
+    n_steps = max(1, n_steps // distributed.rank_world()[1])     # --batch-size is per rank
 
     def batches(epoch: int):
         il = _stream(len(labeled), n_steps * b_l, cfg.seed, epoch, rt.device) if b_l else None
@@ -135,10 +139,11 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
         if il is not None:
             parts.append(img_l[il])
         if iu is not None:
-            sample = rows[iu] if rows is not None else iu
+            row = rows[iu] if rows is not None else None         # rows of the label arrays
+            sample = labels.index[row] if rows is not None else iu
             parts.append(img_u[sample])
         x = augment.apply(torch.cat(parts), noise)
-        logits = model(augment.to_input(x, mean, std, rt.cuda))
+        logits = forward(augment.to_input(x, mean, std, rt.cuda))
         t_probs = teachers.probs(x, tau) if teachers is not None else None
         stats, loss = {}, 0.0
         n_l = 0 if il is None else len(il)
@@ -153,7 +158,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
                 loss = loss + opts.alpha * kd
         if iu is not None:
             if labels is not None:
-                targets = label.soft_targets(labels, sample, tau, opts.hard)
+                targets = label.soft_targets(labels, row, tau, opts.hard)
             else:
                 targets = t_probs[n_l:]
             s_u = logits[n_l:]

@@ -18,6 +18,8 @@ def predict(model: nn.Module, images: torch.Tensor, input_meta: dict, rt: Runtim
             batch_size: int = 512) -> torch.Tensor:
     """Logits (float32, on the CPU) of an un-noised model over uint8 images."""
     model.eval()
+    if rt.cuda and images.device.type == "cpu":
+        images = images.pin_memory()       # lets the copies below overlap with compute
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start: start + batch_size].to(rt.device, non_blocking=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dpl.core import DplError, artifacts, evaluate
 from dpl.core.data import Dataset
@@ -36,89 +35,110 @@ class LabelOptions:
             raise DplError("--shard-size must be at least 1")
 
 
-def teacher_probs(teachers: list[artifacts.Checkpoint], ds: Dataset, opts: LabelOptions, rt: Runtime,
-                  on_progress: Progress | None = None) -> torch.Tensor:
+def teacher_probs(teachers: list[tuple[nn.Module, dict]], images: torch.Tensor, opts: LabelOptions, rt: Runtime,
+                  emit: Progress) -> torch.Tensor:
     """Mean over teachers of softmax(logits / tau), each teacher un-noised (eval mode, no augmentation)."""
-    emit = on_progress or (lambda e: None)
-    emit({"event": "total", "total": len(ds) * len(teachers)})
-    probs = None
-    for ckpt in teachers:
-        model = rt.prepare(ckpt.build_model())
+    probs = 0
+    for model, input_meta in teachers:
         chunks = []
-        for start in range(0, len(ds), opts.batch_size):
-            logits = evaluate.predict(model, ds.images[start: start + opts.batch_size], ckpt.input, rt, opts.batch_size)
+        for start in range(0, len(images), opts.batch_size):
+            logits = evaluate.predict(model, images[start: start + opts.batch_size], input_meta, rt, opts.batch_size)
             chunks.append((logits / opts.tau).softmax(dim=1))
             emit({"event": "advance", "n": len(logits)})
-        p = torch.cat(chunks)
-        probs = p if probs is None else probs + p
+        probs = probs + torch.cat(chunks)
     return probs / len(teachers)
 
 
-def make_shards(probs: torch.Tensor, opts: LabelOptions) -> list[dict[str, torch.Tensor]]:
+def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions) -> dict[str, torch.Tensor]:
+    """One shard's tensors for samples start .. start + len(probs) - 1."""
     confidence, label = probs.max(dim=1)
-    shards = []
-    for start in range(0, len(probs), opts.shard_size):
-        sl = slice(start, start + opts.shard_size)
-        shard = {"index": torch.arange(len(probs))[sl].to(torch.int64), "label": label[sl].to(torch.int64),
-                 "confidence": confidence[sl].float()}
-        if opts.mode == "soft":
-            shard["probs"] = probs[sl].half()
-        elif opts.mode == "topk":
-            top = probs[sl].topk(opts.topk, dim=1)
-            shard["topk_index"] = top.indices.to(torch.int32)
-            shard["topk_prob"] = top.values.half()
-        shards.append(shard)
-    return shards
+    shard = {"index": torch.arange(start, start + len(probs), dtype=torch.int64), "label": label.to(torch.int64),
+             "confidence": confidence.float()}
+    if opts.mode == "soft":
+        shard["probs"] = probs.half()
+    elif opts.mode == "topk":
+        top = probs.topk(opts.topk, dim=1)
+        shard["topk_index"] = top.indices.to(torch.int32)
+        shard["topk_prob"] = top.values.half()
+    return shard
 
 
-def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtime,
-          on_progress: Progress | None = None) -> tuple[list[dict], dict, dict | None]:
-    """Run the teacher(s) over `ds`; returns shards, folder metadata, and label quality where ds has truth."""
-    if len(ds) == 0:
-        raise DplError(f"{ds.spec} ({ds.part}): no samples to label")
-    teachers = [artifacts.load_checkpoint(p) for p in teacher_paths]
-    for p, t in zip(teacher_paths, teachers):
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous part of 0..n-1 that rank `rank` of `world` labels: every sample exactly once, no padding."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtime, folder: Path,
+          rank: int = 0, world: int = 1, resume: bool = False, replace: list[Path] = (),
+          on_progress: Progress | None = None) -> dict:
+    """Label this rank's part of `ds` into `folder`, one shard file at a time (each written atomically).
+
+    With `resume`, shards already in the folder with the same metadata are kept, not recomputed; the
+    files in `replace` (an earlier run's shards) are removed once the inputs are known to be good.
+    Returns what was done and, where the data has ground truth, the quality of this rank's pseudo-labels.
+    """
+    if len(ds) < world:
+        raise DplError(f"{ds.spec} ({ds.part}): {len(ds)} samples to label, fewer than the {world} shards asked for")
+    checkpoints = [artifacts.load_checkpoint(p) for p in teacher_paths]
+    for p, t in zip(teacher_paths, checkpoints):
         check_input(t, ds, p)
     opts.check(ds.num_classes)
-    probs = teacher_probs(teachers, ds, opts, rt, on_progress)
-    shards = make_shards(probs, opts)
     meta = {
-        "teachers": [{"role": "teacher", "path": str(p), "sha256": t.sha256()} for p, t in zip(teacher_paths, teachers)],
+        "teachers": [{"role": "teacher", "path": str(p), "sha256": t.sha256()} for p, t in zip(teacher_paths, checkpoints)],
         "data": ds.describe(), "tau": opts.tau, "mode": opts.mode, "topk": opts.topk,
-        "num_classes": ds.num_classes, "classes": ds.classes, "total": len(ds), "world": 1,
+        "num_classes": ds.num_classes, "classes": ds.classes, "total": len(ds), "world": world,
     }
-    quality = None
-    if (ds.labels >= 0).all():
-        confidence, predicted = probs.max(dim=1)
-        quality = evaluate.label_quality(predicted, confidence, ds.labels)
-        meta["quality"] = quality
-    return shards, meta, quality
-
-
-def write_folder(folder: Path, shards: list[dict], meta: dict, force: bool) -> None:
-    """Write the whole folder under a temporary name, then rename it into place."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        artifacts.write_labels(tmp, shards, meta)
-        if folder.exists() and force:
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
+    teachers = [(rt.prepare(c.build_model()), c.input) for c in checkpoints]
+    Path(folder).mkdir(exist_ok=True)
+    for stale in replace:
+        stale.unlink(missing_ok=True)
+    first, last = rank_range(len(ds), rank, world)
+    starts = list(range(first, last, opts.shard_size))
+    emit = on_progress or (lambda e: None)
+    emit({"event": "total", "total": (last - first) * len(teachers)})
+    labels, confidences, written = [], [], 0
+    for seq, start in enumerate(starts):
+        stop = min(start + opts.shard_size, last)
+        path = Path(folder) / artifacts.shard_name(rank, seq)
+        this = artifacts.shard_meta(meta, rank, seq, len(starts), stop - start)
+        if resume and _same_shard(path, this):
+            done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
+            emit({"event": "advance", "n": (stop - start) * len(teachers)})
         else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            done = shard_tensors(teacher_probs(teachers, ds.images[start:stop], opts, rt, emit), start, opts)
+            artifacts.save(path, done, "labels", this)
+            written += 1
+        labels.append(done["label"])
+        confidences.append(done["confidence"])
+    quality = None
+    truth = ds.labels[first:last]
+    if (truth >= 0).all():
+        quality = evaluate.label_quality(torch.cat(labels), torch.cat(confidences), truth)
+    return {"rank": rank, "world": world, "samples": last - first, "shards": len(starts), "written": written,
+            "kept": len(starts) - written, "total": len(ds), "quality": quality}
+
+
+def _same_shard(path: Path, expected: dict) -> bool:
+    if not path.exists():
+        return False
+    try:
+        found = artifacts.read_header(path, kind="labels").meta
+    except DplError:
+        return False
+    return all(found.get(k) == v for k, v in expected.items())
+
+
+def shard_files(folder: Path, rank: int | None = None) -> list[Path]:
+    pattern = "shard-*.safetensors" if rank is None else f"shard-{rank:05d}-*.safetensors"
+    return sorted(Path(folder).glob(pattern))
 
 
 # ---- selection at distill time: label once, distill many -------------------------------------------
 
 def select(labels: artifacts.Labels, min_confidence: float | None = None, balance: int | None = None) -> torch.Tensor:
     """Rows of `labels` to train on: confidence filter, then per-class balancing to `balance` rows
-    (the most confident when a class has more; its rows duplicated in turn when it has fewer)."""
+    (the most confident when a class has more; its rows duplicated in turn when it has fewer).
+    Rows index the label arrays; labels.index[rows] are the samples."""
     rows = torch.arange(len(labels))
     if min_confidence is not None:
         rows = rows[labels.confidence[rows] >= min_confidence]

@@ -102,7 +102,7 @@ def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_
     input_meta = artifacts.input_meta(train.shape[0], train.shape[1], mean, std)
     images, labels = train.images.to(rt.device), train.labels.to(rt.device)
     noise = noise_opts.for_data(train)
-    objective = supervised_objective(model, images, labels, input_meta, noise, rt, label_smoothing)
+    objective = supervised_objective(rt.compiled(model), images, labels, input_meta, noise, rt, label_smoothing)
     batch_size = min(cfg.batch_size, len(train))
     history = fit(model, objective,
                   lambda epoch: shuffled_batches(len(train), batch_size, cfg.seed, epoch, rt.device),

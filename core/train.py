@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpl.core import DplError, Interrupted, RunError, artifacts
+from dpl.core import DplError, Interrupted, RunError, artifacts, distributed
 
 Objective = Callable[[object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
@@ -50,6 +50,7 @@ class Runtime:
     """Where the work runs and how: CUDA gets bf16 autocast and channels_last."""
 
     device: torch.device
+    compile: bool = False     # torch.compile the trained model's forward
 
     @property
     def cuda(self) -> bool:
@@ -62,15 +63,21 @@ class Runtime:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.cuda else model
 
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """The forward to train through; the caller keeps `model` itself for its state_dict."""
+        return torch.compile(model) if self.compile else model
 
-def runtime(device: str = "auto") -> Runtime:
+
+def runtime(device: str = "auto", compile: bool = False) -> Runtime:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and distributed.rank_world()[1] > 1:
+        device = f"cuda:{distributed.local_rank()}"     # one GPU per rank
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise DplError(f"unknown device {device!r}; valid: auto, cpu, cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DplError("--device cuda, but no CUDA device is available")
-    return Runtime(torch.device(device))
+    return Runtime(torch.device(device), compile)
 
 
 def seed_everything(seed: int) -> None:
@@ -81,14 +88,19 @@ def seed_everything(seed: int) -> None:
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, device: torch.device,
                      drop_last: bool = True) -> Iterator[torch.Tensor]:
-    """Index batches of one epoch; the order depends only on (seed, epoch)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
+    """Index batches of one epoch; the order depends only on (seed, epoch). Under torchrun each rank takes
+    its own slice of the epoch's order (equal sizes, no sample twice): --batch-size is per rank."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    rank, world = distributed.rank_world()
+    order = order[: n - n % world][rank::world].to(device)
+    n = len(order)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start: start + batch_size]
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    n //= distributed.rank_world()[1]
     return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
 
@@ -212,6 +224,11 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
     With `resume`, a resume state is written every `resume.every` epochs and when SIGINT/SIGTERM arrives,
     and `resume.resume` continues from it: weights, optimizer, schedule, RNG states and batch position.
     """
+    rank, world = distributed.rank_world()
+    if world > 1:
+        distributed.setup(rt.device)
+        distributed.broadcast_module(module)
+        torch.manual_seed(cfg.seed * 1_000 + rank)    # each rank draws its own noise
     optimizer = make_optimizer(module, cfg)
     total = cfg.epochs * n_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup_epochs * n_steps)))
@@ -221,12 +238,12 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
         history, start_epoch, skip = position["history"], position["epoch"], position["batch"]
         sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
         count = skip
-    emit = on_progress or (lambda event: None)
+    emit = on_progress if on_progress is not None and rank == 0 else (lambda event: None)
     emit({"event": "start", "epochs": cfg.epochs, "steps": total})
     step = start_epoch * n_steps + skip
 
     def checkpoint(epoch: int, batch: int) -> None:
-        if resume is not None:
+        if resume is not None and rank == 0:
             save_resume_state(resume, module, optimizer, schedule, {
                 "epoch": epoch, "batch": batch, "history": history,
                 "sums": {k: float(v) for k, v in sums.items()}})
@@ -239,7 +256,7 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                     continue
                 with rt.autocast():
                     loss, stats = objective(batch)
-                if not torch.isfinite(loss.detach()):
+                if not distributed.all_ranks_agree(bool(torch.isfinite(loss.detach())), rt.device):
                     checkpoint(epoch, index)
                     terms = ", ".join(f"{k} {float(v):.4g}" for k, v in stats.items())
                     where = f"; resume state at that step in {resume.path}" if resume is not None else ""
@@ -248,6 +265,8 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                                    f"{' or --device cpu (no bf16 autocast)' if rt.cuda else ''}{where}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if world > 1:
+                    distributed.average_gradients(module)
                 optimizer.step()
                 schedule.step()
                 step += 1
@@ -256,17 +275,26 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 if count % cfg.log_every == 0 or count == n_steps:
                     emit({"event": "step", "epoch": epoch, "step": step, "lr": schedule.get_last_lr()[0],
-                          **{k: (v / count).item() for k, v in sums.items()}})
-                if stop.signum is not None:
+                          **_means(sums, count)})
+                if not distributed.all_ranks_agree(stop.signum is None, rt.device):
                     checkpoint(epoch, index + 1)
-                    name = signal.Signals(stop.signum).name
-                    raise Interrupted(stop.signum, f"{name} at epoch {epoch + 1} step {index + 1}; " + (
+                    signum = stop.signum or signal.SIGTERM          # another rank was signalled
+                    name = signal.Signals(signum).name
+                    raise Interrupted(signum, f"{name} at epoch {epoch + 1} step {index + 1}; " + (
                         f"resume state saved: run the same command with --resume" if resume is not None
                         else "no output was written"))
-            summary = {"epoch": epoch + 1, **{k: (v / max(count, 1)).item() for k, v in sums.items()}}
+            summary = {"epoch": epoch + 1, **_means(sums, max(count, 1))}
             history.append(summary)
             emit({"event": "epoch", **summary})
             skip, sums, count = 0, {}, 0
             if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
                 checkpoint(epoch + 1, 0)
     return history
+
+
+def _means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Running means of the stats, averaged over ranks."""
+    if not sums:
+        return {}
+    values = distributed.mean_over_ranks(torch.stack([v for v in sums.values()]) / count)
+    return dict(zip(sums, values.tolist()))

@@ -45,8 +45,10 @@ def test_shards_round_trip_exactly(small_teacher, soft_labels):
     assert labels.meta["teachers"][0]["sha256"] == artifacts.sha256_file(small_teacher)
 
 
-def test_label_reports_quality_and_eval_of_a_folder_agrees(soft_labels):
-    quality = artifacts.read_labels(soft_labels).meta["quality"]
+def test_label_reports_quality_and_eval_of_a_folder_agrees(small_teacher, soft_labels, tmp_path):
+    r = dpl("label", small_teacher, "--json", "-o", tmp_path / "again")
+    assert r.code == 0, r
+    quality = json.loads(r.stdout)["quality"]
     r = dpl("eval", soft_labels, "--json")
     assert r.code == 0, r
     result = json.loads(r.stdout)
