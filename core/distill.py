@@ -34,8 +34,8 @@ class DistillOptions:
     balance: int | None = None
 
     def check(self) -> None:
-        if self.tau is not None and not self.tau > 0:
-            raise DplError(f"--tau must be > 0, got {self.tau}")
+        if self.tau is not None and not 0 < self.tau < math.inf:
+            raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
         if self.alpha < 0 or self.unlabeled_weight < 0:
             raise DplError("--alpha and --unlabeled-weight must be >= 0")
         if not self.unlabeled_ratio > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,8 @@ class LabelOptions:
     def check(self, num_classes: int) -> None:
         if self.mode not in MODES:
             raise DplError(f"unknown label mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if not self.tau > 0:
-            raise DplError(f"--tau must be > 0, got {self.tau}")
+        if not 0 < self.tau < math.inf:
+            raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
         if self.mode == "topk" and not (self.topk and 1 <= self.topk <= num_classes):
             raise DplError(f"--topk must be between 1 and the {num_classes} classes, got {self.topk}")
         if self.shard_size < 1:

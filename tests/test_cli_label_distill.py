@@ -170,7 +170,7 @@ def test_class_count_mismatch_is_refused(tmp_path, teacher):
 
 @pytest.mark.parametrize("args,words", [
     (["--topk", "11"], ["--topk", "10 classes"]),
-    (["--tau", "0"], ["--tau must be > 0"]),
+    (["--tau", "0"], ["--tau must be"]),
     (["--topk", "3", "--hard"], ["--topk"]),
 ])
 def test_label_bad_options(small_teacher, tmp_path, args, words):
@@ -181,7 +181,7 @@ def test_label_bad_options(small_teacher, tmp_path, args, words):
 
 def test_distill_bad_options(soft_labels, small_teacher, tmp_path):
     out = tmp_path / "s.safetensors"
-    assert_refused(dpl("distill", "--labels", soft_labels, "--tau", "-1", "-o", out), "--tau must be > 0")
+    assert_refused(dpl("distill", "--labels", soft_labels, "--tau", "-1", "-o", out), "--tau must be")
     assert_refused(dpl("distill", "-o", out), "--labels", "--teacher")
     assert_refused(dpl("distill", "--teacher", small_teacher, "--balance", "5", "-o", out), "--balance")
     flat = tmp_path / "flat"
