@@ -20,21 +20,13 @@ from dpl.core import artifacts, augment, data, label, models
 from dpl.core.distill import DistillOptions, distill
 from dpl.core.teach import ModelOptions, NoiseOptions, teach
 from dpl.core.train import TrainConfig, runtime
+from timing import epoch_times
 
 PLAIN = NoiseOptions(crop=False, flip=False)
 
 
-def epoch_times(run, rt) -> list[float]:
-    stamps = []
-
-    def on_progress(event):
-        if event["event"] in ("start", "epoch"):
-            if rt.cuda:
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-
-    run(on_progress)
-    return [b - a for a, b in zip(stamps, stamps[1:])][1:]   # the first epoch warms up
+def measured_epochs(run, rt) -> list[float]:
+    return epoch_times(run, rt)[1:]   # the first epoch warms up
 
 
 def bare_forward_throughput(ckpt, images, rt, batch_size) -> float:
@@ -100,10 +92,10 @@ def main():
 
         teach_t, offline_t, online_t = [], [], []
         for r in range(args.rounds):
-            teach_t += epoch_times(lambda p: teach(ds, None, student, PLAIN, cfg, rt, on_progress=p), rt)
-            offline_t += epoch_times(lambda p: distill(None, ds, labels, [], student, PLAIN, DistillOptions(), cfg, rt,
+            teach_t += measured_epochs(lambda p: teach(ds, None, student, PLAIN, cfg, rt, on_progress=p), rt)
+            offline_t += measured_epochs(lambda p: distill(None, ds, labels, [], student, PLAIN, DistillOptions(), cfg, rt,
                                                       on_progress=p), rt)
-            online_t += epoch_times(lambda p: distill(ds, None, None, [teacher_path], student, PLAIN,
+            online_t += measured_epochs(lambda p: distill(ds, None, None, [teacher_path], student, PLAIN,
                                                      DistillOptions(tau=4.0), cfg, rt, on_progress=p), rt)
             print(f"round {r + 1}: teach {statistics.median(teach_t):.2f} s/epoch, offline distill "
                   f"{statistics.median(offline_t):.2f}, online KD {statistics.median(online_t):.2f}")

@@ -6,20 +6,18 @@
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from dpl.core import data
 from dpl.core.teach import ModelOptions, NoiseOptions, teach
 from dpl.core.train import ResumeSpec, TrainConfig, runtime
+from timing import epoch_times
 
 
-def epoch_times(ds, arch, cfg, rt, resume) -> list[float]:
-    stamps = []
-    teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt,
-          on_progress=lambda e: stamps.append(time.perf_counter()) if e["event"] in ("start", "epoch") else None,
-          resume=resume)
-    return [b - a for a, b in zip(stamps[1:], stamps[2:])]     # the first epoch warms up
+def measured_epochs(ds, arch, cfg, rt, resume) -> list[float]:
+    run = lambda p: teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt,
+                          on_progress=p, resume=resume)
+    return epoch_times(run, rt)[1:]     # the first epoch warms up
 
 
 def main():
@@ -37,8 +35,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         spec = ResumeSpec(Path(tmp) / "out.safetensors.resume", {"bench": True}, every=1)
         for r in range(args.rounds):
-            plain += epoch_times(ds, args.arch, cfg, rt, None)
-            saving += epoch_times(ds, args.arch, cfg, rt, spec)
+            plain += measured_epochs(ds, args.arch, cfg, rt, None)
+            saving += measured_epochs(ds, args.arch, cfg, rt, spec)
             print(f"round {r + 1}: {statistics.median(plain):.2f} s/epoch plain, {statistics.median(saving):.2f} with a resume state each epoch")
     overhead = statistics.median(saving) / statistics.median(plain) - 1
     print(f"SUMMARY resume_overhead: {100 * overhead:+.1f} % of epoch time for a resume state each epoch "

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl.core import data, models
+from timing import epoch_times
 from dpl.core.teach import ModelOptions, NoiseOptions, teach
 from dpl.core.train import TrainConfig, runtime
 
@@ -44,17 +45,9 @@ def hand_written(ds, arch, epochs, batch_size, lr, rt) -> list[float]:
 
 
 def with_dpl(ds, arch, epochs, batch_size, lr, rt) -> list[float]:
-    stamps = []
-
-    def on_progress(event):
-        if event["event"] in ("start", "epoch"):
-            if rt.cuda:
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0)
-    teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt, on_progress=on_progress)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return epoch_times(lambda p: teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt,
+                                       on_progress=p), rt)
 
 
 def main():

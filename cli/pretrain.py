@@ -10,7 +10,7 @@ import typer
 from dpl.cli import common
 from dpl.cli.teach import (Arch, BatchSize, Crop, Flip, Lr, Momentum, Optimizer, Resize, Seed, Warmup,
                            WeightDecay, train_config)
-from dpl.core import artifacts, data, train
+from dpl.core import data, train
 from dpl.core.pretext import TASKS, PretextOptions, Views, default_blur_prob, pretrain
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.core import DplError, artifacts, augment, data, train
+from dpl.core import DplError, augment, data, train
 from dpl.core.teach import ModelOptions, NoiseOptions, teach
 
 # Option types shared with the other training commands.

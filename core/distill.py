@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dpl.core import DplError, artifacts, augment, distributed, evaluate, label
 from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model
+from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model, train_record
 from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
@@ -185,9 +185,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
         "arch": spec, "num_classes": base.num_classes, "classes": base.classes, "input": input_meta,
         "data": base.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed,
         "pseudo": None if pseudo is None else {**pseudo.describe(), "selected": n_pseudo},
-        "train": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-                  "weight_decay": cfg.weight_decay, "randaugment": list(noise.randaugment) if noise.randaugment else None,
-                  "crop_pad": noise.crop_pad, "hflip": noise.hflip, "steps_per_epoch": n_steps},
+        "train": train_record(cfg, cfg.batch_size, noise, steps_per_epoch=n_steps),
         "distill": {**asdict(opts), "tau": tau},
     }
     return Trained(model.cpu(), meta, history)

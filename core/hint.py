@@ -16,7 +16,7 @@ from torch import nn
 
 from dpl.core import DplError, artifacts, augment, models
 from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model
+from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model, train_record
 from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
 
 
@@ -136,8 +136,6 @@ def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opt
         "metrics": {"hint_loss_first_epoch": history[0]["loss"], "hint_loss": history[-1]["loss"]},
         "hint": {"hint_layer": hint_layer, "guided_layer": guided_layer, "hint_shape": list(t_shape),
                  "guided_shape": list(s_shape), "regressor": type(regressor).__name__},
-        "train": {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-                  "weight_decay": cfg.weight_decay, "crop_pad": noise.crop_pad, "hflip": noise.hflip,
-                  "randaugment": list(noise.randaugment) if noise.randaugment else None},
+        "train": train_record(cfg, batch_size, noise),
     }
     return Trained(student.cpu(), meta, history, extras={f"regressor.{k}": v for k, v in regressor.state_dict().items()})

@@ -41,6 +41,13 @@ class Trained:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)   # objective state kept beside the model
 
 
+def train_record(cfg: TrainConfig, batch_size: int, noise: augment.Noise, **extra) -> dict:
+    """The `train` entry of a checkpoint's metadata: the schedule and the noise a run used."""
+    return {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay, "randaugment": list(noise.randaugment) if noise.randaugment else None,
+            "crop_pad": noise.crop_pad, "hflip": noise.hflip, **extra}
+
+
 def make_model(opts: ModelOptions, ds: Dataset) -> tuple[nn.Module, dict, list[dict]]:
     """Build the model for this data, loading --init weights if given. Returns model, arch, parents."""
     c, h, w = ds.shape
@@ -115,9 +122,6 @@ def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_
     meta = {
         "arch": spec, "num_classes": train.num_classes, "classes": train.classes, "input": input_meta,
         "data": train.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed,
-        "train": {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-                  "weight_decay": cfg.weight_decay, "label_smoothing": label_smoothing,
-                  "randaugment": list(noise.randaugment) if noise.randaugment else None,
-                  "crop_pad": noise.crop_pad, "hflip": noise.hflip},
+        "train": train_record(cfg, batch_size, noise, label_smoothing=label_smoothing),
     }
     return Trained(model.cpu(), meta, history)

@@ -281,7 +281,7 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                     signum = stop.signum or signal.SIGTERM          # another rank was signalled
                     name = signal.Signals(signum).name
                     raise Interrupted(signum, f"{name} at epoch {epoch + 1} step {index + 1}; " + (
-                        f"resume state saved: run the same command with --resume" if resume is not None
+                        "resume state saved: run the same command with --resume" if resume is not None
                         else "no output was written"))
             summary = {"epoch": epoch + 1, **_means(sums, max(count, 1))}
             history.append(summary)
