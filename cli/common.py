@@ -89,6 +89,11 @@ Part = Annotated[str | None, typer.Option(
 Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).")]
+Workers = Annotated[int | None, typer.Option(
+    min=0, help="DataLoader worker processes that gather training batches from host memory, a few batches ahead "
+                "(into pinned memory on CUDA). 0: the images live on the device and batches are gathered there. "
+                "[default: 0, or up to 4 when the images would fill more than half of the GPU's free memory]",
+    show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.")]
@@ -99,7 +104,7 @@ ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the re
 SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
 KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
 # Options that do not change what a run computes: a resume state may continue under other values.
-NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "config"}
+NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config"}
 
 
 def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.cli.label import data_of
+from dpl.cli.label import Resize, data_of, sized
 from dpl.cli.teach import (Arch, BatchSize, Crop, Dropout, Epochs, Flip, Init, Lr, Momentum, Optimizer,
                            RandAugment, Seed, StochasticDepth, Warmup, WeightDecay, test_split, train_config)
 from dpl.core import DplError, artifacts, augment, data, train
@@ -26,6 +26,7 @@ def distill_command(
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     download: common.Download = False,
+    resize: Resize = None,
     tau: Annotated[float | None, typer.Option(help="KD temperature. [default: the labels' own; 1 with --teacher]")] = None,
     alpha: Annotated[float, typer.Option(min=0.0, help="Weight (lambda) of the KD term on labeled samples.")] = 1.0,
     unlabeled_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the pseudo-label term.")] = 1.0,
@@ -51,6 +52,7 @@ def distill_command(
     allow_partial: common.AllowPartial = False,
     device: common.Device = "auto",
     compile: common.Compile = False,
+    workers: common.Workers = None,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -64,14 +66,14 @@ def distill_command(
     opts = DistillOptions(tau, alpha, unlabeled_weight, unlabeled_ratio, hard, min_confidence, balance)
     opts.check()
     common.check_output(output, force)
-    rt = train.runtime(device, compile)
+    rt = train.runtime(device, compile, workers=workers)
     teachers = list(teacher or [])
     split = common.partition(labeled_per_class, labeled, split_seed)
     labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
     if labels is not None:
-        spec, split = data_of(labels.meta, data_spec, split)
+        spec, split, resize = data_of(labels.meta, data_spec, split, resize)
     elif teachers:
-        spec, split = data_of(artifacts.read_header(teachers[0], kind="checkpoint").meta, data_spec, split)
+        spec, split, resize = data_of(artifacts.read_header(teachers[0], kind="checkpoint").meta, data_spec, split, resize)
     else:
         raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
     if split.active:
@@ -81,7 +83,8 @@ def distill_command(
         labeled_ds, pseudo_ds = None, data.load(spec, download=download)
     else:
         labeled_ds, pseudo_ds = data.load(spec, download=download), None
+    labeled_ds, pseudo_ds = sized(labeled_ds, resize), sized(pseudo_ds, resize)
     with common.TrainingProgress("distill") as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, ModelOptions(arch, dropout, stochastic_depth, init),
-                         noise, opts, cfg, rt, test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
+                         noise, opts, cfg, rt, sized(test_split(labeled_ds or pseudo_ds), resize), on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)

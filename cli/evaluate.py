@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dpl.cli import common
 from dpl.core import DplError, artifacts, data, evaluate, models, train
-from dpl.cli.label import data_of, quality_table
+from dpl.cli.label import data_of, quality_table, sized
 from dpl.core.distill import check_labels_fit
 from dpl.core.teach import check_input
 
@@ -106,8 +106,8 @@ def comparison_table(results: list[dict]) -> Table:
 def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bool = False) -> None:
     labels = artifacts.read_labels(folder, allow_partial)
     made = labels.meta["data"]
-    spec, split = data_of(labels.meta, None, data.Partition())
-    ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download)
+    spec, split, resize = data_of(labels.meta, None, data.Partition(), None)
+    ds = sized(data.load(spec, partition=split, part=made.get("part", "all"), download=download), resize)
     check_labels_fit(labels, ds)
     quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[labels.index])
     if as_json:

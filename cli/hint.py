@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.cli.label import data_of
+from dpl.cli.label import Resize, data_of, sized
 from dpl.cli.teach import (Arch, BatchSize, Crop, Epochs, Flip, Init, Lr, Momentum, Optimizer, RandAugment, Seed,
                            Warmup, WeightDecay, train_config)
 from dpl.core import artifacts, augment, data, train
@@ -28,6 +28,7 @@ def hint_command(
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
+    resize: Resize = None,
     arch: Arch = "fitnet-thin",
     epochs: Epochs = 10,
     batch_size: BatchSize = 128,
@@ -42,6 +43,7 @@ def hint_command(
     init: Init = None,
     seed: Seed = 0,
     device: common.Device = "auto",
+    workers: common.Workers = None,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -54,10 +56,10 @@ def hint_command(
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     common.check_output(output, force)
-    rt = train.runtime(device)
-    spec, split = data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
-                          common.partition(labeled_per_class, labeled, split_seed))
-    ds = data.load(spec, partition=split, part=part or "all", download=download)
+    rt = train.runtime(device, workers=workers)
+    spec, split, resize = data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
+                                  common.partition(labeled_per_class, labeled, split_seed), resize)
+    ds = sized(data.load(spec, partition=split, part=part or "all", download=download), resize)
     with common.TrainingProgress("hint") as progress:
         result = hint(ds, teacher, ModelOptions(arch, init=init), noise, HintOptions(hint_layer, guided_layer),
                       cfg, rt, on_progress=progress, resume=state)

@@ -12,15 +12,23 @@ from dpl.cli import common
 from dpl.core import DplError, artifacts, data, distributed, train
 from dpl.core.label import LabelOptions, label, shard_files
 
+Resize = Annotated[int | None, typer.Option(
+    min=1, help="Resize the images to SxS first. [default: the --resize of the teacher (or labels) given]")]
 
-def data_of(meta: dict, data_spec: str | None, split: data.Partition) -> tuple[str, data.Partition]:
-    """Default to the data (and partition) an artifact was made from, so pipelines name the same samples."""
+
+def data_of(meta: dict, data_spec: str | None, split: data.Partition,
+            resize: int | None) -> tuple[str, data.Partition, int | None]:
+    """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
     made = meta.get("data", {})
     if data_spec is None:
         data_spec = made.get("spec", "digits")
     if not split.active and ("labeled_per_class" in made or "labeled" in made):
         split = data.Partition(made.get("labeled_per_class"), made.get("labeled"), made.get("split_seed", 0))
-    return data_spec, split
+    return data_spec, split, resize or made.get("resize")
+
+
+def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
+    return data.resize(ds, resize) if ds is not None and resize else ds
 
 
 @common.guarded
@@ -33,6 +41,7 @@ def label_command(
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
+    resize: Resize = None,
     ensemble: Annotated[list[Path] | None, typer.Option(help="More teachers to average with the first (repeatable).")] = None,
     soft: Annotated[bool, typer.Option("--soft/--hard", help="Store full probabilities, or only label + confidence.")] = True,
     topk: Annotated[int | None, typer.Option(min=1, help="Store only the top K classes' probabilities (int32 + float16).")] = None,
@@ -62,8 +71,9 @@ def label_command(
     opts = LabelOptions(mode="topk" if topk else ("soft" if soft else "hard"), topk=topk, tau=tau,
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
-    spec, split = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed))
-    ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download)
+    spec, split, resize = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed), resize)
+    ds = sized(data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"),
+                         download=download), resize)
     rt = train.runtime(device)
     with common.TrainingProgress("label") as progress:
         done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],

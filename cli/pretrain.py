@@ -48,6 +48,7 @@ def pretrain_command(
     blur_prob: Annotated[float | None, typer.Option(help="simclr: probability of Gaussian blur per view. [default: 0.5 for images of 64 px and more, else 0]")] = None,
     seed: Seed = 0,
     device: common.Device = "auto",
+    workers: common.Workers = None,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -63,7 +64,7 @@ def pretrain_command(
                           projection_dim, views)
     opts.check()
     common.check_output(output, force)
-    rt = train.runtime(device)
+    rt = train.runtime(device, workers=workers)
     split = common.partition(labeled_per_class, labeled, split_seed)
     ds = data.load(data_spec, partition=split, part=part or "all", download=download)
     if resize is not None:
@@ -73,6 +74,4 @@ def pretrain_command(
     with common.TrainingProgress(f"pretrain {task}") as progress:
         result = pretrain(ds, arch, opts, cfg, rt, untrained=epochs == 0, on_progress=progress,
                           resume=state)
-    if resize is not None:
-        result.meta["data"] = {**result.meta["data"], "resize": resize}
     common.write_result(output, result, state, keep_state)

@@ -65,6 +65,7 @@ def teach_command(
     seed: Seed = 0,
     device: common.Device = "auto",
     compile: common.Compile = False,
+    workers: common.Workers = None,
     force: common.Force = False,
     resume: common.ResumeFlag = False,
     save_every: common.SaveEvery = 1,
@@ -76,7 +77,7 @@ def teach_command(
     cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
     noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
     common.check_output(output, force)
-    rt = train.runtime(device, compile)
+    rt = train.runtime(device, compile, workers=workers)
     split = common.partition(labeled_per_class, labeled, split_seed)
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download)
     test = test_split(ds)
@@ -85,8 +86,6 @@ def teach_command(
     with common.TrainingProgress("teach") as progress:
         result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init), noise, cfg, rt,
                        label_smoothing, on_progress=progress, resume=state)
-    if resize is not None:
-        result.meta["data"] = {**result.meta["data"], "resize": resize}
     common.write_result(output, result, state, keep_state)
 
 

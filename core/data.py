@@ -70,6 +70,7 @@ class Dataset:
     part: str = "all"
     partition: Partition = field(default_factory=Partition)
     indices: torch.Tensor | None = None  # positions in the full split, when a part was taken
+    resized: int | None = None           # the side the images were resized to (--resize), if they were
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -106,7 +107,8 @@ class Dataset:
 
     def describe(self) -> dict:
         """The data spec as recorded in artifact metadata."""
-        return {"spec": self.spec, "part": self.part, **self.partition.describe(),
+        resized = {} if self.resized is None else {"resize": self.resized}
+        return {"spec": self.spec, "part": self.part, **self.partition.describe(), **resized,
                 "n": len(self), "fingerprint": self.fingerprint()}
 
     def fingerprint(self) -> str:
@@ -370,4 +372,4 @@ def resize(ds: Dataset, size: int, batch_size: int = 4096) -> Dataset:
         chunk = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False,
                                                 antialias=size < min(h, w))
         out[start: start + batch_size] = chunk.round_().clamp_(0, 255).to(torch.uint8)
-    return replace(ds, images=out)
+    return replace(ds, images=out, resized=size)

@@ -75,6 +75,14 @@ def _stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
     return torch.cat(perms)[: count * world][rank::world].to(device)
 
 
+def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.Tensor:
+    il, iu = batch
+    parts = [] if il is None else [labeled_images[il]]
+    if iu is not None:
+        parts.append(pseudo_images[sample_of_row[iu]])
+    return torch.cat(parts)
+
+
 def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.Labels | None,
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
@@ -108,12 +116,15 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
 
     rows = None
     if pseudo is not None and labels is not None:
-        rows = label.select(labels, opts.min_confidence, opts.balance).to(rt.device)
-        labels = labels.to(rt.device)
+        rows = label.select(labels, opts.min_confidence, opts.balance)
     n_pseudo = 0 if pseudo is None else (len(rows) if rows is not None else len(pseudo))
-    img_l = labeled.images.to(rt.device) if labeled is not None else None
+    empty = torch.empty(0, dtype=torch.uint8)
+    # The images of both parts, and which pseudo-labeled image each selected label row stands for.
+    feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
+                    labels.index[rows] if rows is not None else torch.arange(n_pseudo))
+    if rows is not None:
+        rows, labels = rows.to(rt.device), labels.to(rt.device)
     y_l = labeled.labels.to(rt.device) if labeled is not None else None
-    img_u = pseudo.images.to(rt.device) if pseudo is not None else None
 
     if labeled is not None and pseudo is not None:
         b_l = min(cfg.batch_size, len(labeled))
@@ -130,19 +141,13 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     def batches(epoch: int):
         il = _stream(len(labeled), n_steps * b_l, cfg.seed, epoch, rt.device) if b_l else None
         iu = _stream(n_pseudo, n_steps * b_u, cfg.seed + 1, epoch, rt.device) if b_u else None
-        for s in range(n_steps):
-            yield (il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
+        return feed(((il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
+                     for s in range(n_steps)), _gather_parts)
 
     def objective(batch):
-        il, iu = batch
-        parts = []
-        if il is not None:
-            parts.append(img_l[il])
-        if iu is not None:
-            row = rows[iu] if rows is not None else None         # rows of the label arrays
-            sample = labels.index[row] if rows is not None else iu
-            parts.append(img_u[sample])
-        x = augment.apply(torch.cat(parts), noise)
+        (il, iu), x = batch
+        row = rows[iu] if rows is not None and iu is not None else None      # rows of the label arrays
+        x = augment.apply(x, noise)
         logits = forward(augment.to_input(x, mean, std, rt.cuda))
         t_probs = teachers.probs(x, tau) if teachers is not None else None
         stats, loss = {}, 0.0

@@ -17,7 +17,7 @@ from torch import nn
 from dpl.core import DplError, artifacts, augment, models
 from dpl.core.data import Dataset
 from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model, train_record
-from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 
 class _Reached(Exception):
@@ -111,11 +111,10 @@ def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opt
     mean, std = train.normalization
     input_meta = artifacts.input_meta(train.shape[0], train.shape[1], mean, std)
     t_mean, t_std = teacher_ckpt.input["mean"], teacher_ckpt.input["std"]
-    images = train.images.to(rt.device)
     noise = noise_opts.for_data(train)
 
-    def objective(idx):
-        x = augment.apply(images[idx], noise)
+    def objective(batch):
+        x = augment.apply(batch[1], noise)
         with torch.no_grad():
             target = teacher_tap(augment.to_input(x, t_mean, t_std, rt.cuda)).float()
         guess = regressor(student_tap(augment.to_input(x, mean, std, rt.cuda))).float()
@@ -123,8 +122,7 @@ def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opt
 
     batch_size = min(cfg.batch_size, len(train))
     try:
-        history = fit(trained, objective,
-                      lambda epoch: shuffled_batches(len(train), batch_size, cfg.seed, epoch, rt.device),
+        history = fit(trained, objective, rt.place(train.images).shuffled(batch_size, cfg.seed),
                       steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
     finally:
         teacher_tap.handle.remove()

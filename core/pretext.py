@@ -27,7 +27,7 @@ from torch import nn
 from dpl.core import DplError, artifacts, augment, evaluate, models
 from dpl.core.data import Dataset
 from dpl.core.teach import ModelOptions, Trained, make_model
-from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 TASKS = ("rotation", "jigsaw", "context", "simclr")
 GRID = 3                 # jigsaw and context cut a 3x3 grid of cells
@@ -308,7 +308,7 @@ def head_for(opts: PretextOptions, width: int) -> nn.Module:
     return mlp(width, opts.head_width, opts.projection_dim)
 
 
-def pretext_objective(net: Pretext, images: torch.Tensor, opts: PretextOptions, ds: Dataset, rt: Runtime,
+def pretext_objective(net: Pretext, opts: PretextOptions, ds: Dataset, rt: Runtime,
                       permutations: torch.Tensor | None):
     mean, std = ds.normalization
     size = ds.shape[1]
@@ -339,19 +339,19 @@ def pretext_objective(net: Pretext, images: torch.Tensor, opts: PretextOptions, 
     if opts.task == "rotation":
         noise = augment.Noise(crop_pad=max(1, size // 8) if opts.crop else 0, hflip=flip)
 
-        def step(idx):
-            x = augment.apply(images[idx], noise)
+        def step(batch):
+            x = augment.apply(batch[1], noise)
             rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
-            target = torch.arange(4, device=x.device).repeat_interleave(len(idx))
+            target = torch.arange(4, device=x.device).repeat_interleave(len(x))
             logits = net.head(net.embed(inputs(rotated)))
             return F.cross_entropy(logits, target), {"acc": accuracy(logits, target)}
     elif opts.task == "jigsaw":
         cells = torch.tensor([(r, c) for r in range(GRID) for c in range(GRID)], device=rt.device)
         perms = permutations.to(rt.device)
 
-        def step(idx):
-            x = augment.apply(images[idx], augment.Noise(hflip=flip))
-            b = len(idx)
+        def step(batch):
+            x = augment.apply(batch[1], augment.Noise(hflip=flip))
+            b = len(x)
             top, left = grid_offsets(b, size, grid, cells.expand(b, -1, -1), x.device)
             tiles = crop_patches(x, top, left, grid.tile)
             target = torch.randint(0, len(perms), (b,), device=x.device)
@@ -362,9 +362,9 @@ def pretext_objective(net: Pretext, images: torch.Tensor, opts: PretextOptions, 
         neighbours = torch.tensor(NEIGHBOURS, device=rt.device)
         centre = torch.tensor([[GRID // 2, GRID // 2]], device=rt.device)
 
-        def step(idx):
-            x = augment.apply(images[idx], augment.Noise(hflip=flip))
-            b = len(idx)
+        def step(batch):
+            x = augment.apply(batch[1], augment.Noise(hflip=flip))
+            b = len(x)
             target = torch.randint(0, len(NEIGHBOURS), (b,), device=x.device)
             cells = torch.stack([centre.expand(b, -1), neighbours[target]], dim=1)      # (B, 2, 2)
             top, left = grid_offsets(b, size, grid, cells, x.device)
@@ -372,8 +372,8 @@ def pretext_objective(net: Pretext, images: torch.Tensor, opts: PretextOptions, 
             logits = net.head(embed_patches(pair, color_drop=opts.color_drop))
             return F.cross_entropy(logits, target), {"acc": accuracy(logits, target)}
     else:
-        def step(idx):
-            x = images[idx]
+        def step(batch):
+            x = batch[1]
             both = torch.cat([simclr_view(x, opts.views, flip), simclr_view(x, opts.views, flip)])
             sim, positives = contrastive_logits(net.head(net.embed(inputs(both))), opts.temperature)
             return F.cross_entropy(sim, positives), {"acc": accuracy(sim, positives)}
@@ -397,12 +397,10 @@ def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt:
     permutations = maximal_hamming_permutations(opts.permutations, cfg.seed) if opts.task == "jigsaw" else None
     width = model.get_submodule(models.feature_layer(model)).in_features
     net = rt.prepare(Pretext(model, head_for(opts, width)))
-    images = ds.images.to(rt.device)
     history = []
     if not untrained:
-        objective = pretext_objective(net, images, opts, ds, rt, permutations)
-        history = fit(net, objective,
-                      lambda epoch: shuffled_batches(len(ds), batch_size, cfg.seed, epoch, rt.device),
+        objective = pretext_objective(net, opts, ds, rt, permutations)
+        history = fit(net, objective, rt.place(ds.images).shuffled(batch_size, cfg.seed),
                       steps_per_epoch(len(ds), batch_size), cfg, rt, on_progress, resume)
     net.taps.remove()
     mean, std = ds.normalization

@@ -11,7 +11,7 @@ from torch import nn
 
 from dpl.core import DplError, artifacts, augment, evaluate, models
 from dpl.core.data import Dataset
-from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ def check_input(ckpt: artifacts.Checkpoint, ds: Dataset, path) -> None:
         raise DplError(f"{path}: the model predicts {ckpt.num_classes} classes, {ds.spec} has {ds.num_classes}")
 
 
-def supervised_objective(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, input_meta: dict,
+def supervised_objective(model: nn.Module, labels: torch.Tensor, input_meta: dict,
                          noise: augment.Noise, rt: Runtime, label_smoothing: float = 0.0):
-    def step(idx: torch.Tensor):
-        x = augment.to_input(augment.apply(images[idx], noise), input_meta["mean"], input_meta["std"], rt.cuda)
+    def step(batch: tuple[torch.Tensor, torch.Tensor]):
+        idx, images = batch
+        x = augment.to_input(augment.apply(images, noise), input_meta["mean"], input_meta["std"], rt.cuda)
         y = labels[idx]
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -107,12 +108,10 @@ def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_
     model = rt.prepare(model)
     mean, std = train.normalization
     input_meta = artifacts.input_meta(train.shape[0], train.shape[1], mean, std)
-    images, labels = train.images.to(rt.device), train.labels.to(rt.device)
     noise = noise_opts.for_data(train)
-    objective = supervised_objective(rt.compiled(model), images, labels, input_meta, noise, rt, label_smoothing)
+    objective = supervised_objective(rt.compiled(model), train.labels.to(rt.device), input_meta, noise, rt, label_smoothing)
     batch_size = min(cfg.batch_size, len(train))
-    history = fit(model, objective,
-                  lambda epoch: shuffled_batches(len(train), batch_size, cfg.seed, epoch, rt.device),
+    history = fit(model, objective, rt.place(train.images).shuffled(batch_size, cfg.seed),
                   steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
     metrics = {"train_loss": history[-1]["loss"], "train_acc": history[-1]["acc"]}
     if test is not None:

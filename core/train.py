@@ -5,6 +5,7 @@ what the loss is: each passes an objective (batch -> loss, stats) and a batch ma
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from dpl.core import DplError, Interrupted, RunError, artifacts, distributed
 
@@ -47,10 +49,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the work runs and how: CUDA gets bf16 autocast and channels_last."""
+    """Where the work runs and how: CUDA gets bf16 autocast and channels_last.
+
+    Training images live on the device and batches are gathered there by indexing, unless `workers` > 0:
+    then they stay in host memory and DataLoader workers gather each batch, into pinned memory on CUDA,
+    a few batches ahead of the step. `workers=None` chooses: 0, unless the images would take more than
+    half of the GPU's free memory.
+    """
 
     device: torch.device
     compile: bool = False     # torch.compile the trained model's forward
+    workers: int | None = None
+    prefetch: int = 4         # batches each worker prepares ahead
 
     @property
     def cuda(self) -> bool:
@@ -67,8 +77,68 @@ class Runtime:
         """The forward to train through; the caller keeps `model` itself for its state_dict."""
         return torch.compile(model) if self.compile else model
 
+    def loader_workers(self, nbytes: int) -> int:
+        if self.workers is not None:
+            return self.workers
+        if self.cuda and nbytes > torch.cuda.mem_get_info(self.device)[0] // 2:
+            return min(4, len(os.sched_getaffinity(0)))
+        return 0
 
-def runtime(device: str = "auto", compile: bool = False) -> Runtime:
+    def place(self, *tensors: torch.Tensor) -> Feed:
+        """A feed of batches from these tensors (the training images and the index maps into them)."""
+        workers = self.loader_workers(sum(t.nbytes for t in tensors))
+        return Feed(self, workers, tuple(t if workers else t.to(self.device) for t in tensors))
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Tensors on the device (workers == 0) or in host memory for DataLoader workers to gather from."""
+
+    rt: Runtime
+    workers: int
+    tensors: tuple[torch.Tensor, ...]
+
+    def __call__(self, batches: Iterable, gather: Callable) -> Iterator[tuple[object, torch.Tensor]]:
+        """(batch, gather(batch, *tensors) on the device) for each batch of indices, in order."""
+        if not self.workers:
+            for batch in batches:
+                yield batch, gather(batch, *self.tensors)
+            return
+        batches = [_to(b, torch.device("cpu")) for b in batches]
+        # Its own generator: the loader's seed draw must not move the global RNG that the noise comes from.
+        loader = DataLoader(_Gathered(batches, gather, self.tensors), batch_size=None, num_workers=self.workers,
+                            pin_memory=self.rt.cuda, prefetch_factor=self.rt.prefetch, generator=torch.Generator())
+        for batch, x in zip(batches, loader):
+            yield _to(batch, self.rt.device), x.to(self.rt.device, non_blocking=True)
+
+    def shuffled(self, batch_size: int, seed: int) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """`batches(epoch)` for fit: (indices, images) from the first tensor, in shuffled_batches' order."""
+        n = len(self.tensors[0])
+        return lambda epoch: self(shuffled_batches(n, batch_size, seed, epoch, self.rt.device), take_rows)
+
+
+def take_rows(idx: torch.Tensor, images: torch.Tensor, *_) -> torch.Tensor:
+    return images[idx]
+
+
+class _Gathered(torch.utils.data.Dataset):
+    def __init__(self, batches: list, gather: Callable, tensors: tuple[torch.Tensor, ...]):
+        self.batches, self.gather, self.tensors = batches, gather, tensors
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.gather(self.batches[i], *self.tensors)
+
+
+def _to(batch, device: torch.device):
+    if batch is None or torch.is_tensor(batch):
+        return None if batch is None else batch.to(device, non_blocking=True)
+    return type(batch)(_to(b, device) for b in batch)
+
+
+def runtime(device: str = "auto", compile: bool = False, workers: int | None = None) -> Runtime:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and distributed.rank_world()[1] > 1:
@@ -77,7 +147,9 @@ def runtime(device: str = "auto", compile: bool = False) -> Runtime:
         raise DplError(f"unknown device {device!r}; valid: auto, cpu, cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DplError("--device cuda, but no CUDA device is available")
-    return Runtime(torch.device(device), compile)
+    if workers is not None and workers < 0:
+        raise DplError(f"--workers must be >= 0, got {workers}")
+    return Runtime(torch.device(device), compile, workers)
 
 
 def seed_everything(seed: int) -> None:

@@ -212,3 +212,22 @@ def test_noisy_student_makefile_runs_and_rerun_is_a_noop(tmp_path):
     assert up_to_date.returncode == 0
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and not [l for l in again.stdout.splitlines() if " -o " in l]   # no command ran
+
+
+def test_resize_follows_the_artifacts_down_the_pipeline(tmp_path):
+    """A teacher trained on --resize 12 digits: label, distill, hint and eval of the labels resize alike by default."""
+    teacher, labels = tmp_path / "t.safetensors", tmp_path / "labels"
+    assert dpl("teach", *PER_CLASS, "--resize", "12", "--arch", "cnn-s", "--epochs", "2", "-o", teacher).code == 0
+    r = dpl("label", teacher, "--json", "-o", labels)
+    assert r.code == 0, r
+    made = artifacts.read_labels(labels).meta["data"]
+    assert made["resize"] == 12 and made["part"] == "unlabeled"
+    assert dpl("eval", labels, "--json").code == 0
+    for args in (["distill", "--labels", labels], ["hint", "--teacher", teacher, "--guided-layer", "stages.1.0"]):
+        out = tmp_path / f"{args[0]}.safetensors"
+        r = dpl(*args, "--arch", "fitnet-thin", "--epochs", "1", "-o", out)
+        assert r.code == 0, r
+        ckpt = artifacts.load_checkpoint(out)
+        assert ckpt.input["size"] == 12 and ckpt.meta["data"]["resize"] == 12
+    r = dpl("label", teacher, "--resize", "8", "-o", tmp_path / "wrong")
+    assert_refused(r, "12x12", "8x8")
