@@ -133,22 +133,32 @@ class PlainNet(nn.Module):
     """A deep, thin plain conv net (no shortcuts), the kind of student FitNets trains with hints.
 
     `depth` conv-bn-relu layers split over three stages of widths (width, 2*width, 2*width), max-pooled
-    between stages; `stochastic_depth` has no residual branch to act on and must be 0.
+    between stages; `stochastic_depth` has no residual branch to act on and must be 0. `bn=0` drops the
+    batch norms (convolutions get biases), as in the 2015 paper, whose deep students were hard to train
+    from labels alone for want of them.
     """
 
-    def __init__(self, depth: int = 11, width: int = 12, *, num_classes: int, in_channels: int, image_size: int,
-                 dropout: float, stochastic_depth: float):
+    def __init__(self, depth: int = 11, width: int = 12, bn: int = 1, *, num_classes: int, in_channels: int,
+                 image_size: int, dropout: float, stochastic_depth: float):
         super().__init__()
         if stochastic_depth:
             raise DplError("fitnet-thin has no residual blocks for stochastic depth; use --stochastic-depth 0")
         if not (3 <= depth <= 1000 and 1 <= width <= 4096):
             raise DplError(f"fitnet-thin needs depth in 3..1000 and width in 1..4096, got depth={depth}, width={width}")
+        if bn not in (0, 1):
+            raise DplError(f"fitnet-thin takes bn=0 or bn=1, got bn={bn}")
         per_stage = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
         layers, cin = [], in_channels
         for s, (n, w) in enumerate(zip(per_stage, (width, 2 * width, 2 * width))):
             stage = []
             for _ in range(n):
-                stage += [conv3x3(cin, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                if bn:
+                    stage += [conv3x3(cin, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                else:
+                    conv = nn.Conv2d(cin, w, 3, padding=1)
+                    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")   # He init: no norm to rescale
+                    nn.init.zeros_(conv.bias)
+                    stage += [conv, nn.ReLU(inplace=True)]
                 cin = w
             if s < 2 and image_size >= 8 * 2 ** s:
                 stage.append(nn.MaxPool2d(2))

@@ -61,3 +61,17 @@ def test_layers_by_module_path_with_shapes():
     assert isinstance(models.get_layer(model, "stages.2.0.conv1"), torch.nn.Conv2d)
     with pytest.raises(DplError, match="no layer 'stages.9'.*stem"):
         models.get_layer(model, "stages.9")
+
+
+def test_fitnet_thin_depth_width_and_the_paper_s_no_batch_norm_variant():
+    def build(spec):
+        return models.build(models.arch_spec(spec, num_classes=10, in_channels=1, image_size=28))
+    plain = build("fitnet-thin:depth=19,width=8,bn=0")
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 19 and all(c.bias is not None for c in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    normed = build("fitnet-thin:depth=19,width=8")
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.modules()) == 19
+    assert [c.out_channels for c in convs] == [8] * 7 + [16] * 12       # stages of 7, 6, 6 layers
+    with pytest.raises(DplError, match="bn=0 or bn=1"):
+        build("fitnet-thin:bn=2")
