@@ -86,6 +86,16 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def gather(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's `t` (equal shapes), on every rank, back where `t` was; [t] outside torchrun."""
+    if not dist.is_initialized():
+        return [t]
+    local = t.to(device)
+    out = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, local)
+    return [o.to(t.device) for o in out]
+
+
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     """True only if `flag` holds on every rank (so that all ranks take the same branch)."""
     if not dist.is_initialized():

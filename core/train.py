@@ -228,35 +228,49 @@ class _StopRequests:
             signal.signal(sig, handler)
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
+    """Call on every rank at once. Ranks draw their noise from their own torch generators (seeded apart):
+    each rank's torch state (and its CUDA device's) is kept under its rank; numpy's and Python's are rank 0's."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64)),
                "rng.python": torch.tensor(py_state, dtype=torch.int64)}
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if distributed.rank_world()[1] > 1:
+        for r, s in enumerate(distributed.gather(torch.get_rng_state(), device)):
+            tensors[f"rng.torch.rank{r}"] = s
+        if device.type == "cuda":
+            for r, s in enumerate(distributed.gather(torch.cuda.get_rng_state(device), device)):
+                tensors[f"rng.cuda.rank{r}"] = s
     meta = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)], "python": [py_version, py_gauss]}
     return tensors, meta
 
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda.") and "rank" not in k)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+    rank = distributed.rank_world()[0]
+    if f"rng.torch.rank{rank}" in tensors:
+        torch.set_rng_state(tensors[f"rng.torch.rank{rank}"])
+    if f"rng.cuda.rank{rank}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], distributed.local_rank())
     kind, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, py_gauss = meta["python"]
     random.setstate((version, tuple(tensors["rng.python"].tolist()), py_gauss))
 
 
-def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict) -> None:
+def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict,
+                      rng: tuple[dict[str, torch.Tensor], dict]) -> None:
     tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for name, value in values.items():
             tensors[f"optimizer.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    rng, rng_meta = _rng_state()
+    rng, rng_meta = rng
     tensors.update(rng)
     meta = {"run": spec.run, "position": position, "param_groups": opt["param_groups"],
             "schedule": schedule.state_dict(), "rng": rng_meta}
@@ -315,10 +329,14 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
     step = start_epoch * n_steps + skip
 
     def checkpoint(epoch: int, batch: int) -> None:
-        if resume is not None and rank == 0:
+        """Every rank calls this at the same step; rank 0 writes."""
+        if resume is None:
+            return
+        rng = _rng_state(rt.device)
+        if rank == 0:
             save_resume_state(resume, module, optimizer, schedule, {
                 "epoch": epoch, "batch": batch, "history": history,
-                "sums": {k: float(v) for k, v in sums.items()}})
+                "sums": {k: float(v) for k, v in sums.items()}}, rng)
 
     with _StopRequests() as stop:
         for epoch in range(start_epoch, cfg.epochs):

@@ -86,3 +86,20 @@ def test_shard_option_is_checked(teacher, tmp_path):
     for bad in ("3/3", "x", "1/0"):
         assert_refused(dpl("label", teacher, "--shard", bad, "-o", tmp_path / "l"), "--shard")
     assert not (tmp_path / "l").exists()
+
+
+def test_resume_under_two_ranks_continues_each_rank_s_noise(tmp_path):
+    """Resuming a 2-rank run from its epoch-1 state gives the uninterrupted run's weights bit for bit:
+    each rank gets back its own RNG state (its own augmentation noise), not rank 0's."""
+    args = ["teach", "--arch", "cnn-s", "--epochs", "2", "--batch-size", "64", "--randaugment", "2,9", "--device", "cpu"]
+    whole = tmp_path / "whole.safetensors"
+    r = torchrun(*args, "--keep-state", "-o", whole)
+    assert r.returncode == 0, r.stderr
+    state = artifacts.read_header(whole.with_name(whole.name + ".resume"), kind="resume")
+    assert state.meta["position"]["epoch"] == 1
+    resumed = tmp_path / "resumed.safetensors"
+    resumed.with_name(resumed.name + ".resume").write_bytes(state.path.read_bytes())
+    r = torchrun(*args, "--resume", "-o", resumed)
+    assert r.returncode == 0, r.stderr
+    a, b = artifacts.load_checkpoint(whole).model_state(), artifacts.load_checkpoint(resumed).model_state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
