@@ -81,7 +81,8 @@ class Runtime:
         if self.workers is not None:
             return self.workers
         if self.cuda and nbytes > torch.cuda.mem_get_info(self.device)[0] // 2:
-            return min(4, len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return min(4, cores)
         return 0
 
     def place(self, *tensors: torch.Tensor) -> Feed:
