@@ -85,14 +85,14 @@ Labeled = Annotated[int | None, typer.Option(
     min=1, help="Labeled/unlabeled partition: this many labeled samples in all, spread evenly over the classes.")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the labeled/unlabeled partition.")]
 Part = Annotated[str | None, typer.Option(
-    help="Which part of a partitioned split to use: labeled, unlabeled or all. [default: the command's own]")]
+    help="Which part of a partitioned split to use: labeled, unlabeled or all. \\[default: the command's own]")]
 Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).")]
 Workers = Annotated[int | None, typer.Option(
     min=0, help="DataLoader worker processes that gather training batches from host memory, a few batches ahead "
                 "(into pinned memory on CUDA). 0: the images live on the device and batches are gathered there. "
-                "[default: 0, or up to 4 when the images would fill more than half of the GPU's free memory]",
+                "\\[default: 0, or up to 4 when the images would fill more than half of the GPU's free memory]",
     show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]

@@ -18,13 +18,13 @@ from dpl.core.teach import check_input
 @common.guarded
 def eval_command(
     checkpoints: Annotated[list[Path], typer.Argument(metavar="CHECKPOINT...", help="Checkpoint(s) to measure, or a label folder.")],
-    data_spec: Annotated[str | None, typer.Option("--data", help="Data to measure on. [default: the test split of the checkpoint's own data source]")] = None,
+    data_spec: Annotated[str | None, typer.Option("--data", help="Data to measure on. \\[default: the test split of the checkpoint's own data source]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
-    resize: Annotated[int | None, typer.Option(min=1, help="Resize the images to SxS first. [default: the checkpoint's own --resize]")] = None,
+    resize: Annotated[int | None, typer.Option(min=1, help="Resize the images to SxS first. \\[default: the checkpoint's own --resize]")] = None,
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Train a linear classifier on frozen features of the training split (its labeled part with --labeled-per-class); report its top-1 here.")] = False,
     layer: Annotated[list[str] | None, typer.Option(help="Also probe this layer (module path; repeatable), average-pooled to at most 2048 values. Implies --linear-probe.")] = None,
     knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).")] = None,

@@ -20,9 +20,9 @@ from dpl.core.teach import ModelOptions, NoiseOptions
 def hint_command(
     output: common.Output,
     teacher: Annotated[Path, typer.Option(help="Teacher checkpoint whose hint layer the student learns.")],
-    hint_layer: Annotated[str | None, typer.Option(help="Teacher module path (dpl info --layers). [default: the middle of the teacher]")] = None,
-    guided_layer: Annotated[str | None, typer.Option(help="Student module path. [default: the middle of the student]")] = None,
-    data_spec: Annotated[str | None, typer.Option("--data", help="Training data. [default: the teacher's]")] = None,
+    hint_layer: Annotated[str | None, typer.Option(help="Teacher module path (dpl info --layers). \\[default: the middle of the teacher]")] = None,
+    guided_layer: Annotated[str | None, typer.Option(help="Student module path. \\[default: the middle of the student]")] = None,
+    data_spec: Annotated[str | None, typer.Option("--data", help="Training data. \\[default: the teacher's]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,

@@ -13,7 +13,7 @@ from dpl.core import DplError, artifacts, data, distributed, train
 from dpl.core.label import LabelOptions, label, shard_files
 
 Resize = Annotated[int | None, typer.Option(
-    min=1, help="Resize the images to SxS first. [default: the --resize of the teacher (or labels) given]")]
+    min=1, help="Resize the images to SxS first. \\[default: the --resize of the teacher (or labels) given]")]
 
 
 def data_of(meta: dict, data_spec: str | None, split: data.Partition,
@@ -35,7 +35,7 @@ def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
 def label_command(
     teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The label folder to write.")],
-    data_spec: Annotated[str | None, typer.Option("--data", help="Data to label. [default: the teacher's training data]")] = None,
+    data_spec: Annotated[str | None, typer.Option("--data", help="Data to label. \\[default: the teacher's training data]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
@@ -48,7 +48,7 @@ def label_command(
     tau: Annotated[float, typer.Option(help="Softmax temperature applied to the teacher logits.")] = 1.0,
     shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard file.")] = 50_000,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
-    shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. [default: the torchrun rank, else 0/1]")] = None,
+    shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. \\[default: the torchrun rank, else 0/1]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the shards already in the folder that match this run; label the rest.")] = False,
     device: common.Device = "auto",
     force: common.Force = False,

@@ -159,3 +159,14 @@ def test_fashion_mnist_teach_and_eval(tmp_path):
     result = json.loads(dpl("eval", out, "--json").stdout)
     assert result["data"] == "fashion-mnist:test" and result["n"] == 10000
     assert result["top1"] > 0.72
+
+
+def test_help_shows_the_written_defaults_rich_would_take_for_markup():
+    from typer.testing import CliRunner
+
+    from dpl.cli.main import app
+
+    out = CliRunner().invoke(app, ["label", "--help"], env={"COLUMNS": "300"}).output
+    assert "[default: the teacher's training data]" in out
+    out = CliRunner().invoke(app, ["teach", "--help"], env={"COLUMNS": "300"}).output
+    assert "[default: 0, or up to 4" in out
