@@ -250,7 +250,8 @@ def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda.") and "rank" not in k)]
+    devices = sorted(int(k.rsplit(".", 1)[1]) for k in tensors if k.startswith("rng.cuda.") and "rank" not in k)
+    cuda = [tensors[f"rng.cuda.{i}"] for i in devices]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     rank = distributed.rank_world()[0]
