@@ -136,6 +136,11 @@ def partition(labeled_per_class: int | None, labeled: int | None, split_seed: in
     return data.Partition(labeled_per_class, labeled, split_seed)
 
 
+def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
+    """`ds` resized to --resize S (unchanged without one, None stays None)."""
+    return data.resize(ds, resize) if ds is not None and resize else ds
+
+
 def check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise DplError(f"{path} exists; pass --force to replace it")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.cli.label import Resize, data_of, sized
+from dpl.cli.label import Resize, data_of
 from dpl.cli.teach import (Arch, BatchSize, Crop, Dropout, Epochs, Flip, Init, Lr, Momentum, Optimizer,
                            RandAugment, Seed, StochasticDepth, Warmup, WeightDecay, test_split, train_config)
 from dpl.core import DplError, artifacts, augment, data, train
@@ -83,8 +83,8 @@ def distill_command(
         labeled_ds, pseudo_ds = None, data.load(spec, download=download)
     else:
         labeled_ds, pseudo_ds = data.load(spec, download=download), None
-    labeled_ds, pseudo_ds = sized(labeled_ds, resize), sized(pseudo_ds, resize)
+    labeled_ds, pseudo_ds = common.sized(labeled_ds, resize), common.sized(pseudo_ds, resize)
     with common.TrainingProgress("distill") as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, ModelOptions(arch, dropout, stochastic_depth, init),
-                         noise, opts, cfg, rt, sized(test_split(labeled_ds or pseudo_ds), resize), on_progress=progress, resume=state)
+                         noise, opts, cfg, rt, common.sized(test_split(labeled_ds or pseudo_ds), resize), on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)

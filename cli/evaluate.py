@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dpl.cli import common
 from dpl.core import DplError, artifacts, data, evaluate, models, train
-from dpl.cli.label import data_of, quality_table, sized
+from dpl.cli.label import data_of, quality_table
 from dpl.core.distill import check_labels_fit
 from dpl.core.teach import check_input
 
@@ -54,7 +54,7 @@ def eval_command(
         spec = data_spec or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
         size = resize or ckpt.meta.get("data", {}).get("resize")
         ds = data.load(spec, default_split="test", partition=split, part=part or "all", download=download)
-        ds = data.resize(ds, size) if size else ds
+        ds = common.sized(ds, size)
         check_input(ckpt, ds, path)
         model = ckpt.build_model()
         logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, batch_size)
@@ -64,7 +64,7 @@ def eval_command(
         if probing:
             probe_train = data.load(ds.source, default_split="train", partition=split,
                                     part="labeled" if split.active else "all", download=download)
-            probe_train = data.resize(probe_train, size) if size else probe_train
+            probe_train = common.sized(probe_train, size)
             found = evaluate.probe(model, ckpt.input, probe_train, ds, rt, layers, linear_probe or bool(layers),
                                    ks, batch_size)
             results[-1].update({"linear_probe": found.linear, "knn": {str(k): v for k, v in found.knn.items()}})
@@ -107,7 +107,7 @@ def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bo
     labels = artifacts.read_labels(folder, allow_partial)
     made = labels.meta["data"]
     spec, split, resize = data_of(labels.meta, None, data.Partition(), None)
-    ds = sized(data.load(spec, partition=split, part=made.get("part", "all"), download=download), resize)
+    ds = common.sized(data.load(spec, partition=split, part=made.get("part", "all"), download=download), resize)
     check_labels_fit(labels, ds)
     quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[labels.index])
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.cli.label import Resize, data_of, sized
+from dpl.cli.label import Resize, data_of
 from dpl.cli.teach import (Arch, BatchSize, Crop, Epochs, Flip, Init, Lr, Momentum, Optimizer, RandAugment, Seed,
                            Warmup, WeightDecay, train_config)
 from dpl.core import artifacts, augment, data, train
@@ -59,7 +59,7 @@ def hint_command(
     rt = train.runtime(device, workers=workers)
     spec, split, resize = data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
                                   common.partition(labeled_per_class, labeled, split_seed), resize)
-    ds = sized(data.load(spec, partition=split, part=part or "all", download=download), resize)
+    ds = common.sized(data.load(spec, partition=split, part=part or "all", download=download), resize)
     with common.TrainingProgress("hint") as progress:
         result = hint(ds, teacher, ModelOptions(arch, init=init), noise, HintOptions(hint_layer, guided_layer),
                       cfg, rt, on_progress=progress, resume=state)

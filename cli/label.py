@@ -27,9 +27,6 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
     return data_spec, split, resize or made.get("resize")
 
 
-def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
-    return data.resize(ds, resize) if ds is not None and resize else ds
-
 
 @common.guarded
 def label_command(
@@ -72,7 +69,7 @@ def label_command(
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
     spec, split, resize = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed), resize)
-    ds = sized(data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"),
+    ds = common.sized(data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"),
                          download=download), resize)
     rt = train.runtime(device)
     with common.TrainingProgress("label") as progress:

@@ -81,8 +81,7 @@ def teach_command(
     split = common.partition(labeled_per_class, labeled, split_seed)
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download)
     test = test_split(ds)
-    if resize is not None:
-        ds, test = data.resize(ds, resize), None if test is None else data.resize(test, resize)
+    ds, test = common.sized(ds, resize), common.sized(test, resize)
     with common.TrainingProgress("teach") as progress:
         result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init), noise, cfg, rt,
                        label_smoothing, on_progress=progress, resume=state)

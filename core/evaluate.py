@@ -13,21 +13,26 @@ from dpl.core import DplError, augment, models
 from dpl.core.train import Runtime
 
 
+def model_inputs(images: torch.Tensor, input_meta: dict, rt: Runtime, batch_size: int):
+    """Normalised model inputs on the device, batch by batch, from uint8 images; fails on no images."""
+    if len(images) == 0:
+        raise DplError("no samples to run the model on")
+    if rt.cuda and images.device.type == "cpu":
+        images = images.pin_memory()       # lets the copies below overlap with compute
+    for start in range(0, len(images), batch_size):
+        x = images[start: start + batch_size].to(rt.device, non_blocking=True)
+        yield augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, input_meta: dict, rt: Runtime,
             batch_size: int = 512) -> torch.Tensor:
     """Logits (float32, on the CPU) of an un-noised model over uint8 images."""
     model.eval()
-    if rt.cuda and images.device.type == "cpu":
-        images = images.pin_memory()       # lets the copies below overlap with compute
     out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start: start + batch_size].to(rt.device, non_blocking=True)
+    for x in model_inputs(images, input_meta, rt, batch_size):
         with rt.autocast():
-            logits = model(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
-        out.append(logits.float().cpu())
-    if not out:
-        raise DplError("no samples to run the model on")
+            out.append(model(x).float().cpu())
     return torch.cat(out)
 
 
@@ -139,16 +144,13 @@ def extract_features(model: nn.Module, images: torch.Tensor, input_meta: dict, r
     taps = LayerTaps(model, list(paths))
     out: dict[str, list[torch.Tensor]] = {FEATURES: [], **{p: [] for p in paths}}
     try:
-        for start in range(0, len(images), batch_size):
-            x = images[start: start + batch_size].to(rt.device, non_blocking=True)
+        for x in model_inputs(images, input_meta, rt, batch_size):
             with rt.autocast():
-                captured = taps(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
+                captured = taps(x)
             for key in out:
                 out[key].append(probe_vector(captured.get(key), key).cpu())
     finally:
         taps.remove()
-    if not out[FEATURES]:
-        raise DplError("no samples to run the model on")
     return {k: torch.cat(v) for k, v in out.items()}
 
 

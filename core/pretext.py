@@ -26,7 +26,7 @@ from torch import nn
 
 from dpl.core import DplError, artifacts, augment, evaluate, models
 from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, Trained, make_model
+from dpl.core.teach import ModelOptions, Trained, make_model, train_record
 from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 TASKS = ("rotation", "jigsaw", "context", "simclr")
@@ -426,8 +426,8 @@ def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt:
         "data": ds.describe(), "parents": [], "seed": cfg.seed, "pretext": task,
         "metrics": {f"pretext_{k}": v for k, v in last.items() if k != "epoch"},
         "history": history,
-        "train": {"epochs": 0 if untrained else cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-                  "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup_epochs},
+        "train": train_record(cfg, batch_size, None, epochs=0 if untrained else cfg.epochs,
+                              warmup_epochs=cfg.warmup_epochs),
     }
     extras = {f"pretext.head.{k}": v for k, v in net.head.state_dict().items()}
     if permutations is not None:

@@ -41,11 +41,15 @@ class Trained:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)   # objective state kept beside the model
 
 
-def train_record(cfg: TrainConfig, batch_size: int, noise: augment.Noise, **extra) -> dict:
-    """The `train` entry of a checkpoint's metadata: the schedule and the noise a run used."""
-    return {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-            "weight_decay": cfg.weight_decay, "randaugment": list(noise.randaugment) if noise.randaugment else None,
-            "crop_pad": noise.crop_pad, "hflip": noise.hflip, **extra}
+def train_record(cfg: TrainConfig, batch_size: int, noise: augment.Noise | None, **extra) -> dict:
+    """The `train` entry of a checkpoint's metadata: the schedule and the noise a run used (none: a
+    pretext task, whose transforms are recorded with the task)."""
+    record = {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
+              "weight_decay": cfg.weight_decay}
+    if noise is not None:
+        record.update({"randaugment": list(noise.randaugment) if noise.randaugment else None,
+                       "crop_pad": noise.crop_pad, "hflip": noise.hflip})
+    return {**record, **extra}
 
 
 def make_model(opts: ModelOptions, ds: Dataset) -> tuple[nn.Module, dict, list[dict]]:

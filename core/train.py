@@ -134,8 +134,11 @@ class _Gathered(torch.utils.data.Dataset):
 
 
 def _to(batch, device: torch.device):
-    if batch is None or torch.is_tensor(batch):
-        return None if batch is None else batch.to(device, non_blocking=True)
+    """An index batch (a tensor, None, or a tuple of them) moved to `device`."""
+    if batch is None:
+        return None
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
     return type(batch)(_to(b, device) for b in batch)
 
 
