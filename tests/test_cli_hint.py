@@ -1,4 +1,6 @@
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +97,23 @@ def test_teacher_for_other_input_is_refused(teacher, tmp_path):
     assert_refused(dpl("hint", "--teacher", teacher, "--data", f"imagefolder:{root}", "-o", out),
                    "takes 1x8x8 images", "1x12x12")
     assert not out.exists()
+
+
+def test_fitnets_makefile_prints_the_three_students_and_passes_the_training_options(tmp_path):
+    recipe = Path(__file__).parents[1] / "recipes" / "fitnets"
+    out = tmp_path / "fit"
+    args = ["make", "-C", str(recipe), f"OUT={out}", "TEACHER=cnn-s", "TEACHER_EPOCHS=2", "EPOCHS=2", "HINT_EPOCHS=1",
+            "SEEDS=1", "STUDENT=fitnet-thin:depth=5,width=4,bn=0",
+            "TRAIN_OPTS=--optimizer adamw --lr 0.002 --batch-size 64", "HINT_OPTS=--lr 0.004"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    rows = {line.split()[0]: line.split() for line in first.stdout.splitlines() if line.split()}
+    for kind in ("alone", "kd", "hint-kd"):
+        assert rows[kind][1] == "fitnet-thin" and rows[kind][3] == "1"          # arch, runs
+    params = {rows[k][2] for k in ("alone", "kd", "hint-kd")}
+    assert len(params) == 1                                                     # the same student, three ways
+    for name, epochs in (("student-alone-seed1", 2), ("student-kd-seed1", 2), ("student-hint-kd-seed1", 1)):
+        train = json.loads(dpl("info", out / f"{name}.safetensors", "--json").stdout)["train"]
+        assert (train["optimizer"], train["lr"], train["batch_size"], train["epochs"]) == ("adamw", 0.002, 64, epochs)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and not [l for l in again.stdout.splitlines() if " -o " in l]   # no command ran
