@@ -27,7 +27,6 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
     return data_spec, split, resize or made.get("resize")
 
 
-
 @common.guarded
 def label_command(
     teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities).")],
@@ -70,7 +69,7 @@ def label_command(
     first = artifacts.read_header(teachers[0], kind="checkpoint")
     spec, split, resize = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed), resize)
     ds = common.sized(data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"),
-                         download=download), resize)
+                                download=download), resize)
     rt = train.runtime(device)
     with common.TrainingProgress("label") as progress:
         done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],
