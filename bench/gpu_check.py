@@ -27,7 +27,7 @@ def synthetic(n, size, classes=10) -> Dataset:
                    [str(c) for c in range(classes)])
 
 
-def label_vs_forward(rt, tmp: Path, n=8192, batch=256) -> float:
+def label_vs_forward(rt, tmp: Path, n=32768, batch=256) -> float:
     ds = synthetic(n, 224)
     spec = models.arch_spec("resnet50", num_classes=10, in_channels=3, image_size=224)
     model = models.build(spec)

@@ -43,6 +43,7 @@ def guarded(func):
             sys.stderr.write("dpl: interrupted; no output was written\n")
             raise typer.Exit(130) from None
         finally:
+            _notes.clear()
             distributed.teardown()
     return wrapper
 
@@ -94,6 +95,9 @@ Workers = Annotated[int | None, typer.Option(
                 "(into pinned memory on CUDA). 0: the images live on the device and batches are gathered there. "
                 "\\[default: 0, or up to 4 when the images would fill more than half of the GPU's free memory]",
     show_default=False)]
+Stream = Annotated[bool | None, typer.Option(
+    "--stream/--in-memory", help="Image files (imagefolder:, tar:): decode them on demand in DataLoader workers, or "
+    "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.")]
@@ -138,7 +142,36 @@ def partition(labeled_per_class: int | None, labeled: int | None, split_seed: in
 
 def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
     """`ds` resized to --resize S (unchanged without one, None stays None)."""
-    return data.resize(ds, resize) if ds is not None and resize else ds
+    return data.resize_to(ds, resize) if ds is not None and resize else ds
+
+
+_notes: list[str] = []     # said once the work starts, so that a refused command prints its one line alone
+
+
+def say(line: str) -> None:
+    if distributed.is_main() and line not in _notes:
+        _notes.append(line)
+
+
+def say_source(ds: data.Dataset | None, role: str = "") -> None:
+    """A stderr line on how image files are read (in memory or streamed), and what was left out."""
+    if ds is None or ds.keys is None or not distributed.is_main():
+        return
+    size = "x".join(map(str, ds.shape))
+    how = (f"streamed: decoded on demand by DataLoader workers ({ds.images.nbytes / 1e6:,.1f} MB if held)"
+           if ds.streamed else f"held in memory ({ds.images.nbytes / 1e6:,.1f} MB)")
+    say(f"dpl: {role}{ds.spec} ({ds.part}): {len(ds):,} images at {size}, {how}")
+    for note in ds.ignored:
+        say(f"dpl: ignored {note}")
+    if ds.skipped:
+        say(f"dpl: skipped {len(ds.skipped)} unreadable image files (first: {ds.skipped[0]}); "
+            "they are listed in the output's metadata")
+
+
+def flush_notes() -> None:
+    for line in _notes:
+        sys.stderr.write(line + "\n")
+    _notes.clear()
 
 
 def check_output(path: Path, force: bool) -> None:
@@ -179,6 +212,8 @@ class TrainingProgress:
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
+        if kind in ("start", "total"):
+            flush_notes()
         if kind == "start":
             self.task = self.bar.add_task(self.description, total=event["steps"], stats="")
         elif kind == "step":

@@ -9,7 +9,7 @@ import typer
 
 from dpl.cli import common
 from dpl.cli.label import Resize, data_of
-from dpl.cli.teach import (Arch, BatchSize, Crop, Dropout, Epochs, Flip, Init, Lr, Momentum, Optimizer,
+from dpl.cli.teach import (Arch, BatchSize, Crop, Dropout, Epochs, Flip, Init, Lr, Momentum, Optimizer, Pretrained,
                            RandAugment, Seed, StochasticDepth, Warmup, WeightDecay, test_split, train_config)
 from dpl.core import DplError, artifacts, augment, data, train
 from dpl.core.distill import DistillOptions, distill
@@ -22,11 +22,13 @@ def distill_command(
     labels_dir: Annotated[Path | None, typer.Option("--labels", help="Label folder from dpl label (offline: the teacher is not run).")] = None,
     teacher: Annotated[list[Path] | None, typer.Option(help="Live teacher checkpoint (online KD); repeat for an ensemble.")] = None,
     data_spec: Annotated[str | None, typer.Option("--data", help="Training data. \\[default: the data the labels were made for]")] = None,
+    labeled_data: Annotated[str | None, typer.Option(help="The labeled source, when the pseudo-labels are of a separate pool (e.g. a folder of unlabeled photos). \\[default: the teacher's own labeled training data, for labels of another source than the teacher's]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     download: common.Download = False,
     resize: Resize = None,
+    stream: common.Stream = None,
     tau: Annotated[float | None, typer.Option(help="KD temperature. \\[default: the labels' own; 1 with --teacher]")] = None,
     alpha: Annotated[float, typer.Option(min=0.0, help="Weight (lambda) of the KD term on labeled samples.")] = 1.0,
     unlabeled_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the pseudo-label term.")] = 1.0,
@@ -48,6 +50,7 @@ def distill_command(
     dropout: Dropout = 0.0,
     stochastic_depth: StochasticDepth = 0.0,
     init: Init = None,
+    pretrained: Pretrained = False,
     seed: Seed = 0,
     allow_partial: common.AllowPartial = False,
     device: common.Device = "auto",
@@ -76,15 +79,44 @@ def distill_command(
         spec, split, resize = data_of(artifacts.read_header(teachers[0], kind="checkpoint").meta, data_spec, split, resize)
     else:
         raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
-    if split.active:
-        labeled_ds = data.load(spec, partition=split, part="labeled", download=download)
-        pseudo_ds = data.load(spec, partition=split, part="unlabeled", download=download)
+    channels = labels.meta["data"].get("channels") if labels is not None else None
+    load = dict(download=download, resize=resize, channels=channels, stream=stream, workers=workers)
+    pool = labels is not None and not split.active and (labeled_data or _teacher_data(labels, spec))
+    if pool:
+        # Noisy Student proper: the labeled source and the unlabeled pool are two sources.
+        labeled_spec, labeled_split, _ = data_of(pool if isinstance(pool, dict) else {}, labeled_data,
+                                                 common.partition(labeled_per_class, labeled, split_seed), None)
+        labeled_ds = data.load(labeled_spec, partition=labeled_split, part="labeled" if labeled_split.active else "all",
+                               check_all=True, **load)
+        pseudo_ds = data.load(spec, **load)
+        if labeled_data is None:
+            common.say(f"dpl: labeled data {labeled_ds.spec} ({labeled_ds.part}), as the teacher was trained; "
+                       f"pseudo-labels of {pseudo_ds.spec}")
+    elif split.active:
+        labeled_ds = data.load(spec, partition=split, part="labeled", check_all=True, **load)
+        pseudo_ds = data.load(spec, partition=split, part="unlabeled", **load)
     elif labels is not None:
-        labeled_ds, pseudo_ds = None, data.load(spec, download=download)
+        labeled_ds, pseudo_ds = None, data.load(spec, **load)
     else:
-        labeled_ds, pseudo_ds = data.load(spec, download=download), None
-    labeled_ds, pseudo_ds = common.sized(labeled_ds, resize), common.sized(pseudo_ds, resize)
+        labeled_ds, pseudo_ds = data.load(spec, check_all=True, **load), None
+    common.say_source(labeled_ds, "labeled ")
+    common.say_source(pseudo_ds, "pseudo-labeled ")
     with common.TrainingProgress("distill") as progress:
-        result = distill(labeled_ds, pseudo_ds, labels, teachers, ModelOptions(arch, dropout, stochastic_depth, init),
-                         noise, opts, cfg, rt, common.sized(test_split(labeled_ds or pseudo_ds), resize), on_progress=progress, resume=state)
+        result = distill(labeled_ds, pseudo_ds, labels, teachers,
+                         ModelOptions(arch, dropout, stochastic_depth, init, pretrained=pretrained), noise, opts, cfg, rt,
+                         test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)
+
+
+def _teacher_data(labels: artifacts.Labels, spec: str) -> dict | None:
+    """The teacher's checkpoint metadata, when its training data is another source than the labels' pool
+    (then the student trains on that labeled data plus the pool's pseudo-labels); else None."""
+    teacher = labels.meta["teachers"][0]
+    try:
+        meta = artifacts.read_header(Path(teacher["path"]), kind="checkpoint").meta
+    except DplError:
+        return None
+    made = meta.get("data", {}).get("spec")
+    if made is None or data.parse_spec(made)[0] == data.parse_spec(spec)[0]:
+        return None
+    return meta

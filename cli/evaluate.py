@@ -25,11 +25,13 @@ def eval_command(
     part: common.Part = None,
     download: common.Download = False,
     resize: Annotated[int | None, typer.Option(min=1, help="Resize the images to SxS first. \\[default: the checkpoint's own --resize]")] = None,
+    stream: common.Stream = None,
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Train a linear classifier on frozen features of the training split (its labeled part with --labeled-per-class); report its top-1 here.")] = False,
     layer: Annotated[list[str] | None, typer.Option(help="Also probe this layer (module path; repeatable), average-pooled to at most 2048 values. Implies --linear-probe.")] = None,
     knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
+    workers: common.Workers = None,
     as_json: common.Json = False,
     allow_partial: common.AllowPartial = False,
     config: common.Config = None,
@@ -48,28 +50,35 @@ def eval_command(
         return label_quality(checkpoints[0], download, as_json, allow_partial)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     split = common.partition(labeled_per_class, labeled, split_seed)
-    rt = train.runtime(device)
+    rt = train.runtime(device, workers=workers)
     results, probe_dims, probe_train_name = [], [], ""
     for path, ckpt in zip(checkpoints, loaded):
         spec = data_spec or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
         size = resize or ckpt.meta.get("data", {}).get("resize")
-        ds = data.load(spec, default_split="test", partition=split, part=part or "all", download=download)
-        ds = common.sized(ds, size)
+        if size is None and data.parse_spec(spec)[0].partition(":")[0] in data.FILE_SOURCES:
+            size = ckpt.input["size"]
+        ds = data.load(spec, default_split="test", partition=split, part=part or "all", download=download,
+                       resize=size, channels=ckpt.input["channels"], stream=stream, workers=workers)
+        common.say_source(ds)
         check_input(ckpt, ds, path)
         model = ckpt.build_model()
-        logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, batch_size)
+        logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, batch_size, rt.workers)
         metrics = evaluate.classification_metrics(logits, ds.labels, ds.num_classes)
+        unread = int((~evaluate.readable(logits)).sum()) + len(ds.skipped)
+        if unread:
+            metrics["skipped"] = unread
         results.append({**metrics, "checkpoint": str(path), "arch": ckpt.arch["name"],
                         "params": models.count_params(model), "data": ds.spec, "part": ds.part})
         if probing:
             probe_train = data.load(ds.source, default_split="train", partition=split,
-                                    part="labeled" if split.active else "all", download=download)
-            probe_train = common.sized(probe_train, size)
+                                    part="labeled" if split.active else "all", download=download, resize=size,
+                                    channels=ckpt.input["channels"], check_all=True, workers=workers)
             found = evaluate.probe(model, ckpt.input, probe_train, ds, rt, layers, linear_probe or bool(layers),
                                    ks, batch_size)
             results[-1].update({"linear_probe": found.linear, "knn": {str(k): v for k, v in found.knn.items()}})
             probe_dims.append(found.dims)
             probe_train_name = f"{probe_train.spec} ({probe_train.part}, {len(probe_train)} samples)"
+    common.flush_notes()
     if as_json:
         common.print_json(results[0] if len(results) == 1 else results)
     elif len(results) == 1:
@@ -107,9 +116,10 @@ def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bo
     labels = artifacts.read_labels(folder, allow_partial)
     made = labels.meta["data"]
     spec, split, resize = data_of(labels.meta, None, data.Partition(), None)
-    ds = common.sized(data.load(spec, partition=split, part=made.get("part", "all"), download=download), resize)
-    check_labels_fit(labels, ds)
-    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[labels.index])
+    ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download, resize=resize,
+                   channels=made.get("channels"))
+    positions = check_labels_fit(labels, ds)
+    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[positions])
     if as_json:
         common.print_json({"labels": str(folder), "data": ds.spec, "part": ds.part, **quality})
     else:

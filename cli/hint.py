@@ -59,7 +59,7 @@ def hint_command(
     rt = train.runtime(device, workers=workers)
     spec, split, resize = data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
                                   common.partition(labeled_per_class, labeled, split_seed), resize)
-    ds = common.sized(data.load(spec, partition=split, part=part or "all", download=download), resize)
+    ds = data.load(spec, partition=split, part=part or "all", download=download, resize=resize, check_all=True)
     with common.TrainingProgress("hint") as progress:
         result = hint(ds, teacher, ModelOptions(arch, init=init), noise, HintOptions(hint_layer, guided_layer),
                       cfg, rt, on_progress=progress, resume=state)

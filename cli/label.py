@@ -20,11 +20,16 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
             resize: int | None) -> tuple[str, data.Partition, int | None]:
     """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
     made = meta.get("data", {})
+    same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
     if data_spec is None:
         data_spec = made.get("spec", "digits")
-    if not split.active and ("labeled_per_class" in made or "labeled" in made):
+    # The artifact's partition belongs to its own source: another source (a pool) is not partitioned by it.
+    if not split.active and same_source and ("labeled_per_class" in made or "labeled" in made):
         split = data.Partition(made.get("labeled_per_class"), made.get("labeled"), made.get("split_seed", 0))
-    return data_spec, split, resize or made.get("resize")
+    resize = resize or made.get("resize")
+    if resize is None and data.parse_spec(data_spec)[0].partition(":")[0] in data.FILE_SOURCES and "input" in meta:
+        resize = meta["input"]["size"]       # image files are decoded at the size the model takes
+    return data_spec, split, resize
 
 
 @common.guarded
@@ -38,6 +43,7 @@ def label_command(
     part: common.Part = None,
     download: common.Download = False,
     resize: Resize = None,
+    stream: common.Stream = None,
     ensemble: Annotated[list[Path] | None, typer.Option(help="More teachers to average with the first (repeatable).")] = None,
     soft: Annotated[bool, typer.Option("--soft/--hard", help="Store full probabilities, or only label + confidence.")] = True,
     topk: Annotated[int | None, typer.Option(min=1, help="Store only the top K classes' probabilities (int32 + float16).")] = None,
@@ -47,6 +53,7 @@ def label_command(
     shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. \\[default: the torchrun rank, else 0/1]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the shards already in the folder that match this run; label the rest.")] = False,
     device: common.Device = "auto",
+    workers: common.Workers = None,
     force: common.Force = False,
     as_json: common.Json = False,
     config: common.Config = None,
@@ -68,9 +75,10 @@ def label_command(
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
     spec, split, resize = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed), resize)
-    ds = common.sized(data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"),
-                                download=download), resize)
-    rt = train.runtime(device)
+    ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download,
+                   resize=resize, channels=first.meta.get("input", {}).get("channels"), stream=stream, workers=workers)
+    common.say_source(ds)
+    rt = train.runtime(device, workers=workers)
     with common.TrainingProgress("label") as progress:
         done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],
                      on_progress=progress)
@@ -79,6 +87,8 @@ def label_command(
         common.print_json({"path": str(output), **done})
     elif rank == 0 or shard is not None:       # under torchrun only rank 0 speaks; --shard jobs each do
         print(output)
+    if done["skipped"] and not as_json and (rank == 0 or shard is not None):
+        common.stderr.print(f"skipped {done['skipped']} unreadable image files (listed in the shards' metadata)")
     if quality is not None and not as_json and (rank == 0 or shard is not None):
         part = f", part {rank}/{world}" if world > 1 else ""
         common.stderr.print(quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {done['samples']} samples{part})"))

@@ -9,6 +9,7 @@ from dpl.cli.evaluate import eval_command
 from dpl.cli.hint import hint_command
 from dpl.cli.info import info_command
 from dpl.cli.label import label_command
+from dpl.cli.pack import pack_command
 from dpl.cli.pretrain import pretrain_command
 from dpl.cli.teach import teach_command
 
@@ -27,6 +28,7 @@ app.command("hint")(hint_command)
 app.command("pretrain")(pretrain_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
+app.command("pack")(pack_command)
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def pretrain_command(
     common.check_output(output, force)
     rt = train.runtime(device, workers=workers)
     split = common.partition(labeled_per_class, labeled, split_seed)
-    ds = common.sized(data.load(data_spec, partition=split, part=part or "all", download=download), resize)
+    ds = data.load(data_spec, partition=split, part=part or "all", download=download, resize=resize, check_all=True)
     if blur_prob is None:
         opts = replace(opts, views=replace(views, blur_prob=default_blur_prob(ds.shape[1])))
     with common.TrainingProgress(f"pretrain {task}") as progress:

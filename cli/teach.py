@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dpl.cli import common
-from dpl.core import DplError, augment, data, train
+from dpl.core import DplError, artifacts, augment, data, train
 from dpl.core.teach import ModelOptions, NoiseOptions, teach
 
 # Option types shared with the other training commands.
@@ -27,9 +27,14 @@ Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data 
 Dropout = Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout before the classifier.")]
 StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop probability of the last residual block (linear from the first).")]
 Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")]
+Pretrained = Annotated[bool, typer.Option(
+    "--pretrained", help="Start from torchvision's ImageNet weights for this architecture, read from the torch hub "
+                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).")]
 Resize = Annotated[int | None, typer.Option(
     min=1, help="Resize the images to SxS once, before anything else (e.g. digits' 8x8 for a pretext grid, "
-                "or for a backbone pretrained at S); recorded in the checkpoint.")]
+                "or for a backbone pretrained at S); image files are decoded with their shorter side at S, "
+                "centre-cropped. Recorded in the checkpoint. \\[default: image files: the median shorter side "
+                "of a sample of them, at most 224]")]
 
 
 def train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed) -> train.TrainConfig:
@@ -47,6 +52,7 @@ def teach_command(
     part: common.Part = None,
     download: common.Download = False,
     resize: Resize = None,
+    stream: common.Stream = None,
     arch: Arch = "cnn-m",
     epochs: Epochs = 30,
     batch_size: BatchSize = 128,
@@ -62,6 +68,7 @@ def teach_command(
     dropout: Dropout = 0.0,
     stochastic_depth: StochasticDepth = 0.0,
     init: Init = None,
+    pretrained: Pretrained = False,
     seed: Seed = 0,
     device: common.Device = "auto",
     compile: common.Compile = False,
@@ -79,20 +86,24 @@ def teach_command(
     common.check_output(output, force)
     rt = train.runtime(device, compile, workers=workers)
     split = common.partition(labeled_per_class, labeled, split_seed)
-    ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download)
+    if resize is None and init is not None and data.parse_spec(data_spec)[0].partition(":")[0] in data.FILE_SOURCES:
+        resize = artifacts.read_header(init, kind="checkpoint").meta["input"]["size"]   # image files: the init's size
+    ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download,
+                   resize=resize, stream=stream, check_all=True, workers=workers)
+    common.say_source(ds)
     test = test_split(ds)
-    ds, test = common.sized(ds, resize), common.sized(test, resize)
     with common.TrainingProgress("teach") as progress:
-        result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init), noise, cfg, rt,
-                       label_smoothing, on_progress=progress, resume=state)
+        result = teach(ds, test, ModelOptions(arch, dropout, stochastic_depth, init, pretrained=pretrained),
+                       noise, cfg, rt, label_smoothing, on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)
 
 
 def test_split(ds: data.Dataset) -> data.Dataset | None:
-    """The source's test split, to record test accuracy in the checkpoint; None where there is none."""
+    """The source's test split (at the same size), to record test accuracy in the checkpoint; None where there
+    is none."""
     if ds.split == "test":
         return None
     try:
-        return data.load(ds.source, default_split="test")
+        return data.load(ds.source, default_split="test", resize=ds.resized, channels=ds.shape[0])
     except DplError:
         return None

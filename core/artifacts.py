@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -333,6 +334,27 @@ SHARD_DTYPES = {"index": torch.int64, "label": torch.int64, "confidence": torch.
                 "probs": torch.float16, "topk_index": torch.int32, "topk_prob": torch.float16}
 
 
+# Shards of image files also carry each sample's key (its path or shard key, UTF-8, concatenated, with
+# offsets) and the positions of the files that could not be decoded.
+KEY_TENSORS = {"key_bytes": torch.uint8, "key_offsets": torch.int64, "skipped": torch.int64}
+
+
+def encode_keys(keys: list[str]) -> dict[str, torch.Tensor]:
+    encoded = [os.fsencode(k) for k in keys]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(k) for k in encoded])
+    return {"key_bytes": torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()),
+            "key_offsets": torch.from_numpy(offsets)}
+
+
+def decode_keys(tensors: dict[str, torch.Tensor], path: Path) -> np.ndarray:
+    raw, offsets = tensors["key_bytes"].numpy().tobytes(), tensors["key_offsets"].numpy()
+    if (len(offsets) != len(tensors["index"]) + 1 or offsets[0] != 0 or offsets[-1] != len(raw)
+            or (np.diff(offsets) < 0).any()):
+        raise DplError(f"{path}: its sample keys do not match its rows")
+    return np.array([raw[a:b] for a, b in zip(offsets[:-1], offsets[1:])], dtype=bytes)
+
+
 def shard_name(rank: int, seq: int) -> str:
     return f"shard-{rank:05d}-{seq:05d}.safetensors"
 
@@ -349,6 +371,8 @@ class Labels:
     probs: torch.Tensor | None = None          # (n, C) float16, mode soft
     topk_index: torch.Tensor | None = None     # (n, k) int32, mode topk
     topk_prob: torch.Tensor | None = None      # (n, k) float16, mode topk
+    keys: np.ndarray | None = None             # image files: each row's sample key (bytes)
+    skipped: int = 0                           # image files the teacher could not read
 
     @property
     def mode(self) -> str:
@@ -366,7 +390,8 @@ class Labels:
 
     def to(self, device) -> "Labels":
         moved = {k: getattr(self, k) for k in ("index", "label", "confidence", "probs", "topk_index", "topk_prob")}
-        return Labels(self.path, self.meta, **{k: None if v is None else v.to(device) for k, v in moved.items()})
+        return Labels(self.path, self.meta, **{k: None if v is None else v.to(device) for k, v in moved.items()},
+                      keys=self.keys, skipped=self.skipped)
 
 
 def folder_sha256(folder: Path) -> str:
@@ -427,6 +452,8 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
             raise DplError(f"{folder}: incomplete label folder: {shard_name(rank, first_missing)} is missing")
     mode, c = common["mode"], common["num_classes"]
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS.get(mode, ())}
+    keys: list[np.ndarray] = []
+    skipped: list[torch.Tensor] = []
     if not parts:
         raise DplError(f"{folder}: unknown label mode {mode!r}")
     for h in headers:
@@ -453,18 +480,31 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
             if t.dtype != SHARD_DTYPES[name]:
                 raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {SHARD_DTYPES[name]}")
             parts[name].append(t)
+        for name, dtype in KEY_TENSORS.items():
+            if name in tensors and (tensors[name].dtype != dtype or tensors[name].ndim != 1):
+                raise DplError(f"{h.path}: tensor {name!r} is not a vector of {dtype}")
+        if ("key_bytes" in tensors) != ("key_bytes" in headers[0].tensors):
+            raise DplError(f"{folder}: mixed label folder: some shards carry sample keys, others do not")
+        if "key_bytes" in tensors:
+            keys.append(decode_keys(tensors, h.path))
+        skipped.append(tensors.get("skipped", torch.zeros(0, dtype=torch.int64)))
     cat = {name: torch.cat(ts) for name, ts in parts.items()}
     order = torch.argsort(cat["index"])
     cat = {name: t[order] for name, t in cat.items()}
     total = common["total"]
     index = cat["index"]
+    gaps = torch.cat(skipped)
+    covered = torch.cat([index, gaps]).sort().values
     if allow_partial:
-        if len(index) and ((index[1:] == index[:-1]).any() or index[0] < 0 or index[-1] >= total):
+        if len(covered) and ((covered[1:] == covered[:-1]).any() or covered[0] < 0 or covered[-1] >= total):
             raise DplError(f"{folder}: the shards hold samples outside 0..{total - 1} or twice")
-    elif len(index) != total or not torch.equal(index, torch.arange(total)):
+    elif len(covered) != total or not torch.equal(covered, torch.arange(total)):
         raise DplError(f"{folder}: the shards do not cover samples 0..{total - 1} exactly once")
     if ((cat["label"] < 0) | (cat["label"] >= c)).any():
         raise DplError(f"{folder}: labels outside 0..{c - 1}")
     if mode == "topk" and ((cat["topk_index"] < 0) | (cat["topk_index"] >= c)).any():
         raise DplError(f"{folder}: top-k class indices outside 0..{c - 1}")
-    return Labels(folder, first.meta, **cat)
+    sample_keys = np.concatenate(keys)[order.numpy()] if keys else None
+    if sample_keys is not None and len(np.unique(sample_keys)) != len(sample_keys):
+        raise DplError(f"{folder}: a sample key appears twice")
+    return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps))

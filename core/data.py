@@ -1,7 +1,8 @@
 """Dataset sources, split specs, labeled/unlabeled partitions and dataset fingerprints.
 
-Every source is held in memory as a uint8 tensor (N, C, H, W) with int64 labels, so batching is
-indexing and needs no per-sample Python work.
+A source is held in memory as a uint8 tensor (N, C, H, W) with int64 labels, so batching is indexing and
+needs no per-sample Python work. Image files (`imagefolder:`, `tar:`) too, when their decoded pixels fit
+in IN_MEMORY_BYTES; larger ones stay on disk as an `images.ImageStore` that DataLoader workers decode.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpl.core import DplError
+from dpl.core import DplError, images as image_files
+from dpl.core.images import ImageStore
 
-SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH")
+SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH", "tar:PATH")
+FILE_SOURCES = ("imagefolder", "tar")
+SPLITS = ("train", "test", "val", "labeled", "unlabeled")
+IN_MEMORY_BYTES = 1 << 30     # decoded image files up to this size are held in memory, larger ones streamed
 PARTS = ("labeled", "unlabeled", "all")
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -38,7 +43,7 @@ NORMALIZATION = {
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
 }
 # Sources whose classes survive a horizontal flip (digits and letters do not).
-HFLIP_OK = {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder"}
+HFLIP_OK = {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "tar"}
 
 
 @dataclass(frozen=True)
@@ -64,17 +69,25 @@ class Partition:
 class Dataset:
     source: str                       # "digits", "fashion-mnist", "imagefolder:/abs/path", ...
     split: str                        # "train", "test", ...
-    images: torch.Tensor              # uint8 (N, C, H, W)
+    images: torch.Tensor | ImageStore # uint8 (N, C, H, W), in memory or decoded on demand
     labels: torch.Tensor              # int64 (N,), -1 where unknown
     classes: list[str]
     part: str = "all"
     partition: Partition = field(default_factory=Partition)
     indices: torch.Tensor | None = None  # positions in the full split, when a part was taken
     resized: int | None = None           # the side the images were resized to (--resize), if they were
+    keys: np.ndarray | None = None       # image files: each sample's path or shard key (bytes)
+    listing: str | None = None           # image files: the fingerprint of the source as listed
+    skipped: tuple[str, ...] = ()        # image files found unreadable and left out
+    ignored: tuple[str, ...] = ()        # what listing the source passed over
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, ImageStore)
 
     @property
     def num_classes(self) -> int:
@@ -86,7 +99,7 @@ class Dataset:
 
     @property
     def kind(self) -> str:
-        return "imagefolder" if self.source.startswith("imagefolder:") else self.source
+        return self.source.partition(":")[0]
 
     @property
     def hflip(self) -> bool:
@@ -96,10 +109,7 @@ class Dataset:
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.kind in NORMALIZATION:
             return NORMALIZATION[self.kind]
-        x = self.images.float().div_(255)
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-        return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+        return image_files.normalization(self.images)
 
     @property
     def spec(self) -> str:
@@ -108,8 +118,11 @@ class Dataset:
     def describe(self) -> dict:
         """The data spec as recorded in artifact metadata."""
         resized = {} if self.resized is None else {"resize": self.resized}
+        files = {} if self.keys is None else {"channels": self.shape[0]}
+        if self.skipped:
+            files.update({"skipped": len(self.skipped), "skipped_files": list(self.skipped[:MAX_LISTED])})
         return {"spec": self.spec, "part": self.part, **self.partition.describe(), **resized,
-                "n": len(self), "fingerprint": self.fingerprint()}
+                "n": len(self), "fingerprint": self.fingerprint(), **files}
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -121,6 +134,9 @@ class Dataset:
         h.update(json.dumps({"source": self.source, "split": self.split, "part": self.part,
                              **self.partition.describe()}, sort_keys=True).encode())
         h.update(json.dumps(list(self.shape)).encode())
+        if self.listing is not None:       # image files: the listing (names, sizes), not the pixels
+            h.update(self.listing.encode())
+            return h.hexdigest()
         h.update(self.images.contiguous().numpy().tobytes())
         h.update(self.labels.contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -131,33 +147,92 @@ def data_root() -> Path:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """`NAME[:SPLIT]` (or `imagefolder:PATH[:SPLIT]`) -> (source, split or None)."""
-    if spec.startswith("imagefolder:"):
-        rest = spec[len("imagefolder:"):]
+    """`NAME[:SPLIT]` (or `imagefolder:PATH[:SPLIT]`, `tar:PATH[:SPLIT]`) -> (source, split or None)."""
+    kind, _, rest = spec.partition(":")
+    if kind in FILE_SOURCES:
         path, _, split = rest.rpartition(":")
-        if not path or split not in ("train", "test", "val", "labeled", "unlabeled"):
+        if not path or split not in SPLITS:
             path, split = rest, None
         if not path:
-            raise DplError("imagefolder needs a path: imagefolder:PATH[:SPLIT]")
-        return "imagefolder:" + str(Path(path).expanduser().resolve()), split
+            raise DplError(f"{kind} needs a path: {kind}:PATH[:SPLIT]")
+        return f"{kind}:" + str(Path(path).expanduser().absolute()), split
     name, _, split = spec.partition(":")
     if name not in SOURCES:
         raise DplError(f"unknown dataset {name!r}; valid: {', '.join(SOURCES)}")
     return name, split or None
 
 
+MAX_LISTED = 1000     # skipped files named in an artifact's metadata (all are counted)
+
+
 def load(spec: str, *, default_split: str = "train", partition: Partition = Partition(),
-         part: str | None = None, download: bool = False) -> Dataset:
-    """Load the data a command names. `part` defaults to labeled for training commands, see callers."""
+         part: str | None = None, download: bool = False, resize: int | None = None,
+         channels: int | None = None, stream: bool | None = None, check_all: bool = False,
+         workers: int | None = None) -> Dataset:
+    """Load the data a command names. `part` defaults to labeled for training commands, see callers.
+
+    `resize` S: in-memory tensors are resized to S x S once; image files are decoded at S (their shorter
+    side, centre-cropped), by default the median shorter side of a sample of them, at most 224.
+    `channels` fixes image files' mode (a teacher's input), else grey when the sampled images are all grey.
+    `stream` None holds image files in memory when their decoded pixels fit in IN_MEMORY_BYTES; True and
+    False force a path. `check_all` decodes a streamed source once to leave out its unreadable files (the
+    training commands, which visit every sample every epoch, need this; label and eval skip as they go).
+    """
     source, split = parse_spec(spec)
     split = split or default_split
     if split in ("labeled", "unlabeled"):
         if part not in (None, split):
             raise DplError(f"split {split!r} conflicts with --part {part}")
         split, part = "train", split
+    if resize is not None and not 1 <= resize <= image_files.MAX_SIZE:
+        raise DplError(f"--resize must be between 1 and {image_files.MAX_SIZE}, got {resize}")
+    if source.partition(":")[0] in FILE_SOURCES:
+        ds = _image_files(source, split, resize, channels)
+        ds = take_part(ds, partition, part or "all")
+        return _hold(ds, stream, check_all, workers)
     images, labels, classes = _load_source(source, split, download)
     ds = Dataset(source, split, images, labels, classes)
-    return take_part(ds, partition, part or "all")
+    ds = take_part(ds, partition, part or "all")
+    return resize_to(ds, resize) if resize else ds
+
+
+def _image_files(source: str, split: str, resize: int | None, channels: int | None) -> Dataset:
+    kind, _, path = source.partition(":")
+    if kind == "imagefolder":
+        listing = image_files.list_folder(image_files.split_folder(Path(path), split))
+    else:
+        root = Path(path)
+        listing = image_files.list_shards(root if root.is_file() else image_files.split_folder(root, split))
+    rows = np.arange(len(listing))
+    side, colour = (None, None) if resize and channels else image_files.probe(listing, rows)
+    size = resize or (min(side, image_files.DEFAULT_MAX_SIZE) if side else None)
+    if size is None:
+        raise DplError(f"{listing.root}: none of the sampled image files can be read")
+    store = ImageStore(listing, rows, size, channels or colour)
+    return Dataset(source, split, store, torch.from_numpy(listing.labels.copy()), list(listing.classes),
+                   resized=size, keys=listing.keys, listing=listing.fingerprint(), ignored=listing.ignored)
+
+
+def _hold(ds: Dataset, stream: bool | None, check_all: bool, workers: int | None) -> Dataset:
+    """Image files into memory (small) or left streamed (large); unreadable files left out and named."""
+    if stream is None:
+        stream = ds.images.nbytes > IN_MEMORY_BYTES
+    if stream and not check_all:
+        return ds
+    if stream:
+        bad = image_files.unreadable(ds.images, workers)
+        pixels = None
+    else:
+        pixels, bad = image_files.materialize(ds.images, workers)
+    if len(ds) and len(bad) == len(ds):
+        raise DplError(f"{ds.images.listing.root}: none of its {len(ds)} image files can be decoded")
+    skipped = tuple(ds.images.keys_of(bad))
+    keep = np.ones(len(ds), dtype=bool)
+    keep[bad] = False
+    kept = torch.from_numpy(np.flatnonzero(keep))
+    images = image_files.rows_of(ds.images, kept) if stream else pixels
+    return replace(ds, images=images, labels=ds.labels[kept], keys=ds.keys[keep],
+                   indices=None if ds.indices is None else ds.indices[kept], skipped=skipped)
 
 
 def take_part(ds: Dataset, partition: Partition, part: str) -> Dataset:
@@ -176,8 +251,9 @@ def take_part(ds: Dataset, partition: Partition, part: str) -> Dataset:
         idx = mask.nonzero().squeeze(1)
     else:
         idx = torch.arange(len(ds))
-    return replace(ds, images=ds.images[idx], labels=ds.labels[idx], part=part,
-                   partition=partition, indices=idx)
+    images = image_files.rows_of(ds.images, idx)
+    return replace(ds, images=images, labels=ds.labels[idx], part=part, partition=partition, indices=idx,
+                   keys=None if ds.keys is None else ds.keys[idx.numpy()])
 
 
 def labeled_indices(labels: torch.Tensor, num_classes: int, partition: Partition) -> torch.Tensor:
@@ -217,8 +293,6 @@ def _load_source(source: str, split: str, download: bool):
         return _digits(split)
     if source == "fashion-mnist":
         return _fashion_mnist(split, download)
-    if source.startswith("imagefolder:"):
-        return _imagefolder(Path(source[len("imagefolder:"):]), split)
     return _torchvision(source, split, download)
 
 
@@ -307,62 +381,19 @@ def _torchvision(source: str, split: str, download: bool):
     return data.contiguous(), labels, classes
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def _imagefolder(root: Path, split: str):
-    from PIL import Image, UnidentifiedImageError
-
-    if not root.is_dir():
-        raise DplError(f"{root}: no such folder")
-    folder = root / split if (root / split).is_dir() else root
-    if folder == root and split != "train" and any((root / s).is_dir() for s in ("train", "test", "val")):
-        raise DplError(f"{root} has no {split!r} sub-folder")
-    if folder == root and split != "train":
-        raise DplError(f"{root} has no {split!r} sub-folder (a flat image folder is the train split)")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if len(classes) < 2:
-        raise DplError(f"{folder}: an image folder needs at least 2 class sub-folders, found {len(classes)}")
-    files, labels = [], []
-    for c, name in enumerate(classes):
-        members = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += members
-        labels += [c] * len(members)
-    if not files:
-        raise DplError(f"{folder}: no image files in its class sub-folders")
-    pictures = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                pictures.append(im.copy())
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DplError(f"{p}: unreadable image ({e.__class__.__name__})") from None
-    grey = all(im.mode in ("L", "1", "I;16", "I") for im in pictures)
-    mode = "L" if grey else "RGB"
-    side = min(min(im.size) for im in pictures)
-    arrays = []
-    for im in pictures:
-        im = im.convert(mode)
-        if im.size != (side, side):
-            im = im.resize((side, side), Image.BILINEAR)
-        arrays.append(np.asarray(im, dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrays))
-    x = x[:, None] if grey else x.permute(0, 3, 1, 2)
-    return x.contiguous(), torch.tensor(labels, dtype=torch.int64), classes
-
-
-def resize(ds: Dataset, size: int, batch_size: int = 4096) -> Dataset:
+def resize_to(ds: Dataset, size: int, batch_size: int = 4096) -> Dataset:
     """The dataset with its uint8 images resized to size x size (bilinear; antialiased when shrinking).
 
     Done once, in batches, so a small source (digits' 8x8) can feed models or pretext grids that need
     larger images. The fingerprint follows the new pixels.
     """
-    if size < 1:
-        raise DplError(f"--resize must be at least 1, got {size}")
+    if not 1 <= size <= image_files.MAX_SIZE:
+        raise DplError(f"--resize must be between 1 and {image_files.MAX_SIZE}, got {size}")
     c, h, w = ds.shape
     if (h, w) == (size, size):
         return ds
+    if ds.streamed:               # image files are decoded at the new side
+        return replace(ds, images=ImageStore(ds.images.listing, ds.images.rows, size, c), resized=size)
     try:
         out = torch.empty((len(ds), c, size, size), dtype=torch.uint8)
     except RuntimeError:        # the allocator refused: far more than this machine holds

@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,8 +102,10 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     for ds in (labeled, pseudo):
         if ds is not None and len(ds) == 0:
             raise DplError(f"{ds.spec} ({ds.part}): no samples")
-    if pseudo is not None and labels is not None:
-        check_labels_fit(labels, pseudo)
+    positions = check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
+    if labeled is not None and pseudo is not None and labeled.shape != pseudo.shape:
+        raise DplError(f"{pseudo.spec} gives {'x'.join(map(str, pseudo.shape))} images, the labeled {labeled.spec} "
+                       f"{'x'.join(map(str, labeled.shape))}")
     tau = opts.tau if opts.tau is not None else (labels.meta["tau"] if labels is not None else 1.0)
 
     seed_everything(cfg.seed)
@@ -121,7 +124,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     empty = torch.empty(0, dtype=torch.uint8)
     # The images of both parts, and which pseudo-labeled image each selected label row stands for.
     feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
-                    labels.index[rows] if rows is not None else torch.arange(n_pseudo))
+                    positions[rows] if rows is not None else torch.arange(n_pseudo))
     if rows is not None:
         rows, labels = rows.to(rt.device), labels.to(rt.device)
     y_l = labeled.labels.to(rt.device) if labeled is not None else None
@@ -189,19 +192,34 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     meta = {
         "arch": spec, "num_classes": base.num_classes, "classes": base.classes, "input": input_meta,
         "data": base.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed,
-        "pseudo": None if pseudo is None else {**pseudo.describe(), "selected": n_pseudo},
+        "pseudo": None if pseudo is None else {**pseudo.describe(), "selected": n_pseudo,
+                                               **({} if labels is None else {"labeled_by_teacher": len(labels)})},
         "train": train_record(cfg, cfg.batch_size, noise, steps_per_epoch=n_steps),
         "distill": {**asdict(opts), "tau": tau},
     }
     return Trained(model.cpu(), meta, history)
 
 
-def check_labels_fit(labels: artifacts.Labels, pseudo: Dataset) -> None:
+def check_labels_fit(labels: artifacts.Labels, pseudo: Dataset) -> torch.Tensor:
+    """Where each label row's sample sits in `pseudo`. Labels of image files find their samples by key, so a
+    pool that grew or was listed anew still fits; other labels need the very data they were made for."""
+    if pseudo.num_classes and labels.num_classes != pseudo.num_classes:
+        raise DplError(f"{labels.path}: labels have {labels.num_classes} classes, the data {pseudo.num_classes}")
+    if labels.keys is not None and pseudo.keys is not None:
+        order = np.argsort(pseudo.keys, kind="stable")
+        ranked = pseudo.keys[order]
+        at = np.clip(np.searchsorted(ranked, labels.keys), 0, len(ranked) - 1)
+        found = ranked[at] == labels.keys
+        if not found.all():
+            missing = labels.keys[~found]
+            raise DplError(f"{labels.path}: {len(missing)} of its {len(labels)} labeled samples are not in "
+                           f"{pseudo.spec} ({pseudo.part}, {len(pseudo)} samples; first missing: "
+                           f"{missing[0].decode()!r}): the labels were made for another pool")
+        return torch.from_numpy(order[at])
     made_for = labels.meta["data"]
     if made_for.get("fingerprint") != pseudo.fingerprint():
         raise DplError(f"{labels.path}: labels were made for {made_for.get('spec')} ({made_for.get('part')}, "
                        f"{made_for.get('n')} samples, fingerprint {str(made_for.get('fingerprint'))[:12]}), "
                        f"not for {pseudo.spec} ({pseudo.part}, {len(pseudo)} samples, "
                        f"fingerprint {pseudo.fingerprint()[:12]})")
-    if labels.num_classes != pseudo.num_classes:
-        raise DplError(f"{labels.path}: labels have {labels.num_classes} classes, the data {pseudo.num_classes}")
+    return labels.index

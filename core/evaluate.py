@@ -9,31 +9,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpl.core import DplError, augment, models
+from dpl.core import DplError, augment, images as image_files, models
 from dpl.core.train import Runtime
 
 
-def model_inputs(images: torch.Tensor, input_meta: dict, rt: Runtime, batch_size: int):
-    """Normalised model inputs on the device, batch by batch, from uint8 images; fails on no images."""
+def model_inputs(images, input_meta: dict, rt: Runtime, batch_size: int, workers: int | None = None):
+    """(normalised model inputs on the device, readable mask), batch by batch, from uint8 images (a tensor,
+    or image files decoded by DataLoader workers); fails on no images."""
     if len(images) == 0:
         raise DplError("no samples to run the model on")
-    if rt.cuda and images.device.type == "cpu":
+    if rt.cuda and torch.is_tensor(images) and images.device.type == "cpu":
         images = images.pin_memory()       # lets the copies below overlap with compute
-    for start in range(0, len(images), batch_size):
-        x = images[start: start + batch_size].to(rt.device, non_blocking=True)
-        yield augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)
+    for _, x, ok in image_files.batches(images, batch_size, workers, pin=rt.cuda, model_on_cpu=not rt.cuda):
+        x = x.to(rt.device, non_blocking=True)
+        yield augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda), ok
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, input_meta: dict, rt: Runtime,
-            batch_size: int = 512) -> torch.Tensor:
-    """Logits (float32, on the CPU) of an un-noised model over uint8 images."""
+def predict(model: nn.Module, images, input_meta: dict, rt: Runtime, batch_size: int = 512,
+            workers: int | None = None) -> torch.Tensor:
+    """Logits (float32, on the CPU) of an un-noised model over uint8 images. The rows of image files that
+    cannot be decoded are NaN (`readable` tells them apart)."""
     model.eval()
     out = []
-    for x in model_inputs(images, input_meta, rt, batch_size):
+    for x, ok in model_inputs(images, input_meta, rt, batch_size, workers):
         with rt.autocast():
-            out.append(model(x).float().cpu())
+            logits = model(x).float().cpu()
+        logits[~ok] = float("nan")
+        out.append(logits)
     return torch.cat(out)
+
+
+def readable(logits: torch.Tensor) -> torch.Tensor:
+    """The rows of `predict`'s output whose image could be decoded."""
+    return ~logits.isnan().any(dim=1)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -51,7 +60,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     """top1, top5, nll, ece (15 bins), per-class accuracy; all fractions in [0, 1]."""
-    known = labels >= 0
+    known = (labels >= 0) & readable(logits)
     logits, labels = logits[known], labels[known]
     if len(labels) == 0:
         raise DplError("the data has no ground-truth labels to measure against")
@@ -144,7 +153,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, input_meta: dict, r
     taps = LayerTaps(model, list(paths))
     out: dict[str, list[torch.Tensor]] = {FEATURES: [], **{p: [] for p in paths}}
     try:
-        for x in model_inputs(images, input_meta, rt, batch_size):
+        for x, _ in model_inputs(images, input_meta, rt, batch_size):
             with rt.autocast():
                 captured = taps(x)
             for key in out:

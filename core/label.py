@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dpl.core import DplError, artifacts, evaluate
+from dpl.core import DplError, artifacts, evaluate, images as image_files
+from dpl.core.data import MAX_LISTED
 from dpl.core.data import Dataset
 from dpl.core.teach import check_input
 from dpl.core.train import Progress, Runtime
@@ -36,31 +38,56 @@ class LabelOptions:
             raise DplError("--shard-size must be at least 1")
 
 
-def teacher_probs(teachers: list[tuple[nn.Module, dict]], images: torch.Tensor, opts: LabelOptions, rt: Runtime,
+def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOptions, rt: Runtime,
                   emit: Progress) -> torch.Tensor:
-    """Mean over teachers of softmax(logits / tau), each teacher un-noised (eval mode, no augmentation)."""
-    probs = 0
-    for model, input_meta in teachers:
-        chunks = []
-        for start in range(0, len(images), opts.batch_size):
-            logits = evaluate.predict(model, images[start: start + opts.batch_size], input_meta, rt, opts.batch_size)
-            chunks.append((logits / opts.tau).softmax(dim=1))
-            emit({"event": "advance", "n": len(logits)})
-        probs = probs + torch.cat(chunks)
-    return probs / len(teachers)
+    """Mean over teachers of softmax(logits / tau), each teacher un-noised (eval mode, no augmentation).
+    Each batch is decoded once for all teachers; rows of unreadable image files are NaN."""
+    chunks, readable = [], []
+    with torch.inference_mode():
+        for model, _ in teachers:
+            model.eval()
+        for x, ok in evaluate.model_inputs(images, teachers[0][1], rt, opts.batch_size, rt.workers):
+            probs = 0
+            for model, input_meta in teachers:
+                first = teachers[0][1]
+                same = (input_meta["mean"], input_meta["std"]) == (first["mean"], first["std"])
+                x_t = x if same else _renormalize(x, first, input_meta)   # this teacher's own normalization
+                with rt.autocast():
+                    logits = model(x_t).float()
+                probs = probs + (logits / opts.tau).softmax(dim=1)
+            chunks.append(probs / len(teachers))     # kept on the device: no wait for each batch
+            readable.append(ok)
+            emit({"event": "advance", "n": len(ok) * len(teachers)})
+    probs = torch.cat(chunks).float().cpu()
+    probs[~torch.cat(readable)] = float("nan")
+    return probs
 
 
-def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions) -> dict[str, torch.Tensor]:
-    """One shard's tensors for samples start .. start + len(probs) - 1."""
+def _renormalize(x: torch.Tensor, made: dict, wanted: dict) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    m0, s0 = (torch.tensor(made[k], device=x.device).view(shape) for k in ("mean", "std"))
+    m1, s1 = (torch.tensor(wanted[k], device=x.device).view(shape) for k in ("mean", "std"))
+    return (x * s0 + m0 - m1) / s1
+
+
+def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions, keys: list[str] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """One shard's tensors for samples start .. start + len(probs) - 1, less the unreadable (NaN) rows,
+    whose positions go to `skipped`. Image files keep each sample's key beside its index."""
+    readable = ~probs.isnan().any(dim=1)
+    positions = torch.arange(start, start + len(probs), dtype=torch.int64)
+    probs = probs[readable]
     confidence, label = probs.max(dim=1)
-    shard = {"index": torch.arange(start, start + len(probs), dtype=torch.int64), "label": label.to(torch.int64),
-             "confidence": confidence.float()}
+    shard = {"index": positions[readable], "label": label.to(torch.int64), "confidence": confidence.float()}
     if opts.mode == "soft":
         shard["probs"] = probs.half()
     elif opts.mode == "topk":
         top = probs.topk(opts.topk, dim=1)
         shard["topk_index"] = top.indices.to(torch.int32)
         shard["topk_prob"] = top.values.half()
+    if keys is not None:
+        shard.update(artifacts.encode_keys([k for k, ok in zip(keys, readable.tolist()) if ok]))
+        shard["skipped"] = positions[~readable]
     return shard
 
 
@@ -83,11 +110,13 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     checkpoints = [artifacts.load_checkpoint(p) for p in teacher_paths]
     for p, t in zip(teacher_paths, checkpoints):
         check_input(t, ds, p)
-    opts.check(ds.num_classes)
+    # An unlabeled pool has no classes of its own: it takes the teacher's.
+    num_classes, classes = checkpoints[0].num_classes, checkpoints[0].meta.get("classes") or ds.classes
+    opts.check(num_classes)
     meta = {
         "teachers": [{"role": "teacher", "path": str(p), "sha256": t.sha256()} for p, t in zip(teacher_paths, checkpoints)],
         "data": ds.describe(), "tau": opts.tau, "mode": opts.mode, "topk": opts.topk,
-        "num_classes": ds.num_classes, "classes": ds.classes, "total": len(ds), "world": world,
+        "num_classes": num_classes, "classes": classes, "total": len(ds), "world": world,
     }
     teachers = [(rt.prepare(c.build_model()), c.input) for c in checkpoints]
     Path(folder).mkdir(exist_ok=True)
@@ -97,7 +126,7 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     starts = list(range(first, last, opts.shard_size))
     emit = on_progress or (lambda e: None)
     emit({"event": "total", "total": (last - first) * len(teachers)})
-    labels, confidences, written = [], [], 0
+    labels, confidences, positions, skipped, written = [], [], [], [], 0
     for seq, start in enumerate(starts):
         stop = min(start + opts.shard_size, last)
         path = Path(folder) / artifacts.shard_name(rank, seq)
@@ -106,17 +135,24 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
             done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
             emit({"event": "advance", "n": (stop - start) * len(teachers)})
         else:
-            done = shard_tensors(teacher_probs(teachers, ds.images[start:stop], opts, rt, emit), start, opts)
+            keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
+            done = shard_tensors(teacher_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)),
+                                               opts, rt, emit), start, opts, keys)
+            bad = done.get("skipped", torch.zeros(0, dtype=torch.int64)).tolist()
+            this = {**this, "count": len(done["index"]), "skipped_files": [keys[i - start] for i in bad][:MAX_LISTED]}
             artifacts.save(path, done, "labels", this)
             written += 1
         labels.append(done["label"])
         confidences.append(done["confidence"])
+        positions.append(done["index"])
+        skipped.append(len(done.get("skipped", ())))
     quality = None
-    truth = ds.labels[first:last]
-    if (truth >= 0).all():
+    truth = ds.labels[torch.cat(positions)]
+    if len(truth) and (truth >= 0).all():
         quality = evaluate.label_quality(torch.cat(labels), torch.cat(confidences), truth)
     return {"rank": rank, "world": world, "samples": last - first, "shards": len(starts), "written": written,
-            "kept": len(starts) - written, "total": len(ds), "quality": quality}
+            "kept": len(starts) - written, "total": len(ds), "skipped": sum(skipped) + len(ds.skipped),
+            "quality": quality}
 
 
 def _same_shard(path: Path, expected: dict) -> bool:
@@ -126,7 +162,7 @@ def _same_shard(path: Path, expected: dict) -> bool:
         found = artifacts.read_header(path, kind="labels").meta
     except DplError:
         return False
-    return all(found.get(k) == v for k, v in expected.items())
+    return all(found.get(k) == v for k, v in expected.items() if k != "count")
 
 
 def shard_files(folder: Path, rank: int | None = None) -> list[Path]:

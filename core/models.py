@@ -8,7 +8,11 @@ block to `stochastic_depth` at the last, as in Noisy Student. Layers are reached
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -235,6 +239,77 @@ def _torchvision_mobile(name: str, *, num_classes, in_channels, image_size, drop
     return model
 
 
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d")
+TORCHVISION_MOBILE = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                      "efficientnet_b0", "efficientnet_b1", "efficientnet_b2")
+PRETRAINED = TORCHVISION_RESNETS + TORCHVISION_MOBILE     # the archs torchvision has ImageNet weights for
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    url: str
+    file: Path              # the torch hub cache file the weights were read from
+    loaded: list[str]       # state-dict keys taken from the weights
+    fresh: list[str]        # state-dict keys left as built
+
+
+def pretrained_file(name: str) -> tuple[str, Path]:
+    """URL of torchvision's default ImageNet weights for `name` and the torch hub cache file for it."""
+    if name not in PRETRAINED:
+        raise DplError(f"no pretrained weights for {name}; --pretrained takes {', '.join(PRETRAINED)}")
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def load_pretrained(model: nn.Module, name: str) -> Pretrained:
+    """Load torchvision's ImageNet weights for `name` into `model`, as the registry built it.
+
+    The weights are read from the torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded only when the
+    file is not there. Every tensor whose shape matches is loaded; the rest start fresh: the classifier
+    for a class count other than 1000, and the 3x3 stem that replaces resnets' 7x7 conv on images of 64 px
+    or less. The first conv of an input with other than 3 channels gets the RGB kernel adapted (timm's
+    adapt_input_conv): summed over RGB for one channel, else repeated and scaled by 3 / channels.
+    """
+    url, file = pretrained_file(name)
+    if not file.is_file():     # downloaded here, not by torch.hub, which announces it on stdout
+        digest = torch.hub.HASH_REGEX.search(file.name)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(file), digest and digest.group(1), progress=False)
+        except (OSError, RuntimeError) as e:    # no network (URLError), or the hash of what came differs
+            raise DplError(f"cannot download {url} ({_first_line(e)}); place that file at {file}") from None
+    try:
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        why = "refused by torch.load(weights_only=True)" if isinstance(e, pickle.UnpicklingError) else _first_line(e)
+        raise DplError(f"{file}: unreadable weights ({why}); replace it with {url}") from None
+    if not isinstance(state, dict):
+        raise DplError(f"{file}: not a state dict; replace it with {url}")
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if isinstance(getattr(model, "fc", None), Classifier):     # the resnets' fc sits inside a Classifier
+        state = {(f"fc.{k}" if k.startswith("fc.") else k): v for k, v in state.items()}
+    own = model.state_dict()
+    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
+    if first in state:
+        state[first] = _adapt_input_conv(state[first], own[first].shape[1])
+    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    if not loaded:
+        raise DplError(f"{file}: no tensor fits {name}; replace it with {url}")
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    return Pretrained(url, file, loaded, [k for k in own if k not in set(loaded)])
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    if weight.ndim != 4 or weight.shape[1] != 3 or in_channels == 3:
+        return weight
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    repeat = -(-in_channels // 3)
+    return weight.repeat(1, repeat, 1, 1)[:, :in_channels] * (3 / in_channels)
+
+
 def _family(builder: Callable, *args, **fixed) -> Callable[..., nn.Module]:
     return lambda **kw: builder(*args, **fixed, **kw)
 
@@ -247,10 +322,8 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}x4": _family(ResNet, 32, (64, 128, 256), (d - 2) // 6) for d in (8, 32)},
     "fitnet-thin": PlainNet,
     **{f"wrn-{d}-{k}": _family(WideResNet, d, k) for d in (16, 28, 40) for k in (1, 2, 4, 10) if not (d == 28 and k < 10)},
-    **{n: _family(_torchvision_resnet, n) for n in ("resnet18", "resnet34", "resnet50", "resnet101",
-                                                   "wide_resnet50_2", "resnext50_32x4d")},
-    **{n: _family(_torchvision_mobile, n) for n in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-                                                   "efficientnet_b0", "efficientnet_b1", "efficientnet_b2")},
+    **{n: _family(_torchvision_resnet, n) for n in TORCHVISION_RESNETS},
+    **{n: _family(_torchvision_mobile, n) for n in TORCHVISION_MOBILE},
 }
 
 

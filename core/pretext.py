@@ -421,7 +421,7 @@ def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt:
                      "flip": opts.flip and ds.hflip, **asdict(opts.views)})
     last = history[-1] if history else {}
     meta = {
-        "arch": spec, "num_classes": ds.num_classes, "classes": ds.classes,
+        "arch": spec, "num_classes": spec["num_classes"], "classes": ds.classes,
         "input": artifacts.input_meta(ds.shape[0], ds.shape[1], mean, std),
         "data": ds.describe(), "parents": [], "seed": cfg.seed, "pretext": task,
         "metrics": {f"pretext_{k}": v for k, v in last.items() if k != "epoch"},

@@ -20,6 +20,7 @@ class ModelOptions:
     dropout: float = 0.0
     stochastic_depth: float = 0.0
     init: Path | None = None
+    pretrained: bool = False        # torchvision's ImageNet weights (not part of the arch: a rebuild loads none)
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,20 @@ def train_record(cfg: TrainConfig, batch_size: int, noise: augment.Noise | None,
 
 
 def make_model(opts: ModelOptions, ds: Dataset) -> tuple[nn.Module, dict, list[dict]]:
-    """Build the model for this data, loading --init weights if given. Returns model, arch, parents."""
+    """Build the model for this data, loading --pretrained or --init weights if given. Returns model, arch, parents."""
+    if opts.pretrained and opts.init is not None:
+        raise DplError("give --pretrained or --init, not both")
     c, h, w = ds.shape
     if h != w:
         raise DplError(f"{ds.spec}: images must be square, got {h}x{w}")
-    spec = models.arch_spec(opts.arch, num_classes=ds.num_classes, in_channels=c, image_size=h,
+    # An unlabeled pool (dpl pretrain on a folder of photos) gets a one-class head that fine-tuning replaces.
+    spec = models.arch_spec(opts.arch, num_classes=max(1, ds.num_classes), in_channels=c, image_size=h,
                             dropout=opts.dropout, stochastic_depth=opts.stochastic_depth)
     model = models.build(spec)
     parents = []
+    if opts.pretrained:
+        weights = models.load_pretrained(model, spec["name"])
+        parents.append({"role": "pretrained", "path": weights.url, "sha256": artifacts.sha256_file(weights.file)})
     if opts.init is not None:
         init = artifacts.load_checkpoint(opts.init)
         state = init.model_state()
@@ -82,7 +89,7 @@ def check_input(ckpt: artifacts.Checkpoint, ds: Dataset, path) -> None:
     if tuple(ds.shape) != expected:
         raise DplError(f"{path}: the model takes {'x'.join(map(str, expected))} images, "
                        f"{ds.spec} has {'x'.join(map(str, ds.shape))}")
-    if ckpt.num_classes != ds.num_classes:
+    if ds.num_classes and ckpt.num_classes != ds.num_classes:     # an unlabeled pool has no classes of its own
         raise DplError(f"{path}: the model predicts {ckpt.num_classes} classes, {ds.spec} has {ds.num_classes}")
 
 

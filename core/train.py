@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dpl.core import DplError, Interrupted, RunError, artifacts, distributed
+from dpl.core import DplError, Interrupted, RunError, artifacts, distributed, images
 
 Objective = Callable[[object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
@@ -77,9 +77,11 @@ class Runtime:
         """The forward to train through; the caller keeps `model` itself for its state_dict."""
         return torch.compile(model) if self.compile else model
 
-    def loader_workers(self, nbytes: int) -> int:
+    def loader_workers(self, nbytes: int, streamed: bool = False) -> int:
         if self.workers is not None:
             return self.workers
+        if streamed:                 # image files: workers decode them
+            return images.default_workers(model_on_cpu=not self.cuda)
         if self.cuda and nbytes > torch.cuda.mem_get_info(self.device)[0] // 2:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             return min(4, cores)
@@ -87,13 +89,16 @@ class Runtime:
 
     def place(self, *tensors: torch.Tensor) -> Feed:
         """A feed of batches from these tensors (the training images and the index maps into them)."""
-        workers = self.loader_workers(sum(t.nbytes for t in tensors))
-        return Feed(self, workers, tuple(t if workers else t.to(self.device) for t in tensors))
+        streamed = any(isinstance(t, images.ImageStore) for t in tensors)
+        workers = self.loader_workers(sum(t.nbytes for t in tensors), streamed)
+        return Feed(self, workers, tuple(t if workers or not torch.is_tensor(t) else t.to(self.device)
+                                         for t in tensors))
 
 
 @dataclass(frozen=True)
 class Feed:
-    """Tensors on the device (workers == 0) or in host memory for DataLoader workers to gather from."""
+    """Tensors on the device (workers == 0) or in host memory for DataLoader workers to gather from.
+    An `images.ImageStore` among them is decoded where the gathering happens."""
 
     rt: Runtime
     workers: int
@@ -103,14 +108,19 @@ class Feed:
         """(batch, gather(batch, *tensors) on the device) for each batch of indices, in order."""
         if not self.workers:
             for batch in batches:
-                yield batch, gather(batch, *self.tensors)
+                yield batch, gather(batch, *self.tensors).to(self.rt.device)
             return
         batches = [_to(b, torch.device("cpu")) for b in batches]
         # Its own generator: the loader's seed draw must not move the global RNG that the noise comes from.
         loader = DataLoader(_Gathered(batches, gather, self.tensors), batch_size=None, num_workers=self.workers,
                             pin_memory=self.rt.cuda, prefetch_factor=self.rt.prefetch, generator=torch.Generator())
-        for batch, x in zip(batches, loader):
-            yield _to(batch, self.rt.device), x.to(self.rt.device, non_blocking=True)
+        with images.frozen_heap():
+            gathered = iter(loader)
+        try:
+            for batch, x in zip(batches, gathered):
+                yield _to(batch, self.rt.device), x.to(self.rt.device, non_blocking=True)
+        except DplError as e:        # raised in a worker: its message is the last line of the report
+            raise DplError(str(e).strip().splitlines()[-1].removeprefix("dpl.core.DplError: ")) from None
 
     def shuffled(self, batch_size: int, seed: int) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
         """`batches(epoch)` for fit: (indices, images) from the first tensor, in shuffled_batches' order."""

@@ -77,3 +77,22 @@ def write_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class=6, si
                 pixels = rng.integers(0, 60, shape, dtype=np.uint8) + np.uint8((60 * c) % 196)
                 Image.fromarray(pixels, mode).save(folder / f"{i}.png")
     return root
+
+
+def write_photos(root: Path, source: str = "digits", per_class: int = 20, flat: bool = False, start: int = 0,
+                 classes: int = 10, seed: int = 0) -> Path:
+    """Images of `source` exported as the photos a user has (the own-images recipe's RGB JPEGs of mixed sizes
+    and aspect ratios), in class sub-folders classK, or all in one flat folder."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "recipes" / "own-images"))
+    from export import write_photo
+
+    from dpl.core import data
+
+    ds = data.load(source)
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root if flat else root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(ds.labels.numpy() == c)[start: start + per_class]:
+            write_photo(ds.images[i].numpy(), folder / f"{i:05d}.jpg", rng)
+    return root

@@ -94,7 +94,8 @@ def test_layer_without_tensor_output_is_refused():
 def test_teacher_for_other_input_is_refused(teacher, tmp_path):
     root = write_imagefolder(tmp_path / "imgs", size=12, classes=[str(i) for i in range(10)], per_class=2)
     out = tmp_path / "h.safetensors"
-    assert_refused(dpl("hint", "--teacher", teacher, "--data", f"imagefolder:{root}", "-o", out),
+    # image files are decoded at the teacher's size unless --resize says otherwise
+    assert_refused(dpl("hint", "--teacher", teacher, "--data", f"imagefolder:{root}", "--resize", "12", "-o", out),
                    "takes 1x8x8 images", "1x12x12")
     assert not out.exists()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_refused, dpl
+from conftest import assert_refused, dpl, write_photos
 from dpl.core import artifacts
 
 BIN = Path(sys.executable).parent
@@ -52,6 +52,26 @@ def test_label_with_two_ranks_equals_one_rank(teacher, one_rank_labels, tmp_path
     assert {n[:12] for n in names} == {"shard-00000-", "shard-00001-"}
     assert artifacts.read_labels(out).meta["world"] == 2
     same_labels(out, one_rank_labels)
+
+
+def test_label_over_tar_shards_with_two_ranks_equals_one_process(tmp_path):
+    """Each rank takes its own contiguous part of the shards' samples: every key labeled once, as by one process."""
+    write_photos(tmp_path / "labeled", per_class=4)
+    write_photos(tmp_path / "pool", per_class=7, start=4, flat=True)
+    teacher = tmp_path / "t.safetensors"
+    assert dpl("teach", "--data", f"imagefolder:{tmp_path / 'labeled'}", "--resize", "12", "--arch", "cnn-s",
+               "--epochs", "1", "--device", "cpu", "-o", teacher).code == 0
+    assert dpl("pack", tmp_path / "pool", "--shard-size", "25", "-o", tmp_path / "shards").code == 0
+    spec = f"tar:{tmp_path / 'shards'}"
+    assert dpl("label", teacher, "--data", spec, "--stream", "--device", "cpu", "-o", tmp_path / "one").code == 0
+    r = torchrun("label", teacher, "--data", spec, "--stream", "--workers", "2", "--batch-size", "16",
+                 "--shard-size", "20", "--device", "cpu", "-o", tmp_path / "two")
+    assert r.returncode == 0, r.stderr
+    one, two = artifacts.read_labels(tmp_path / "one"), artifacts.read_labels(tmp_path / "two")
+    assert two.meta["world"] == 2 and len(two) == len(one) == 70
+    assert len(set(two.keys.tolist())) == 70 and set(two.keys.tolist()) == set(one.keys.tolist())
+    by_key = dict(zip(one.keys.tolist(), one.probs.float()))
+    assert all(torch.allclose(by_key[k], p.float(), atol=1e-3) for k, p in zip(two.keys.tolist(), two.probs))
 
 
 def test_independent_shard_jobs_fill_one_folder(teacher, one_rank_labels, tmp_path):

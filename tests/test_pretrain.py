@@ -104,9 +104,9 @@ def test_grid_tiles_and_simclr_views_are_per_sample_and_exact():
 
 def test_resize_is_batched_and_changes_the_fingerprint():
     ds = data.load("digits")
-    big = data.resize(ds, 24)
+    big = data.resize_to(ds, 24)
     assert big.shape == (1, 24, 24) and big.images.dtype == torch.uint8 and len(big) == len(ds)
-    assert big.fingerprint() != ds.fingerprint() and data.resize(ds, 8) is ds
+    assert big.fingerprint() != ds.fingerprint() and data.resize_to(ds, 8) is ds
 
 
 def test_pretrained_backbone_loads_into_teach_init_with_no_missing_or_unexpected_keys(tmp_path, rotation_ckpt):
