@@ -92,8 +92,10 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).")]
 Workers = Annotated[int | None, typer.Option(
     min=0, help="DataLoader worker processes that gather training batches from host memory, a few batches ahead "
-                "(into pinned memory on CUDA). 0: the images live on the device and batches are gathered there. "
-                "\\[default: 0, or up to 4 when the images would fill more than half of the GPU's free memory]",
+                "(into pinned memory on CUDA), and that decode streamed image files. 0: the images live on the device "
+                "and batches are gathered there; streamed files are decoded inline. \\[default: 0, or up to 4 when "
+                "the images would fill more than half of the GPU's free memory; streamed files: the cores less one "
+                "(at most 8) with a GPU, none on a CPU of 2 cores, else a quarter of the cores]",
     show_default=False)]
 Stream = Annotated[bool | None, typer.Option(
     "--stream/--in-memory", help="Image files (imagefolder:, tar:): decode them on demand in DataLoader workers, or "
