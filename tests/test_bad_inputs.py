@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_refused, assert_usage_error, dpl, write_imagefolder
-from dpl.core import data
+from dpl.core import artifacts, data
 
 
 def case(id, *args, words=(), usage=False, env=None, xfail=None):
@@ -275,3 +275,13 @@ def test_the_corpus_covers_every_command_with_30_cases_or_more():
     commands = {c.values[0][0] for c in CASES}
     assert {"teach", "label", "distill", "hint", "eval", "info"} <= commands
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("maker, name", [(_unreadable, "dog/broken.png"), (_bomb, "cat/bomb.png")])
+def test_an_unreadable_file_inside_a_usable_folder_is_skipped_and_recorded(tmp_path, maker, name):
+    out = tmp_path / "t.safetensors"
+    r = dpl("teach", "--data", f"imagefolder:{maker(tmp_path)}", "--arch", "cnn-s", "--epochs", "1",
+            "--device", "cpu", "-o", out)
+    assert r.code == 0 and f"skipped 1 unreadable image files (first: {name})" in r.stderr, r
+    made = artifacts.read_header(out).meta["data"]
+    assert made["skipped"] == 1 and made["skipped_files"] == [name] and made["n"] == 6
