@@ -81,10 +81,11 @@ def distill_command(
         raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
     channels = labels.meta["data"].get("channels") if labels is not None else None
     load = dict(download=download, resize=resize, channels=channels, stream=stream, workers=workers)
-    pool = labels is not None and not split.active and (labeled_data or _teacher_data(labels, spec))
-    if pool:
+    separate = labels is not None and not split.active
+    teacher_meta = _teacher_data(labels, spec) if separate and labeled_data is None else None
+    if separate and (labeled_data or teacher_meta):
         # Noisy Student proper: the labeled source and the unlabeled pool are two sources.
-        labeled_spec, labeled_split, _ = data_of(pool if isinstance(pool, dict) else {}, labeled_data,
+        labeled_spec, labeled_split, _ = data_of(teacher_meta or {}, labeled_data,
                                                  common.partition(labeled_per_class, labeled, split_seed), None)
         labeled_ds = data.load(labeled_spec, partition=labeled_split, part="labeled" if labeled_split.active else "all",
                                check_all=True, **load)

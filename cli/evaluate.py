@@ -55,7 +55,7 @@ def eval_command(
     for path, ckpt in zip(checkpoints, loaded):
         spec = data_spec or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
         size = resize or ckpt.meta.get("data", {}).get("resize")
-        if size is None and data.parse_spec(spec)[0].partition(":")[0] in data.FILE_SOURCES:
+        if size is None and data.is_image_files(spec):
             size = ckpt.input["size"]
         ds = data.load(spec, default_split="test", partition=split, part=part or "all", download=download,
                        resize=size, channels=ckpt.input["channels"], stream=stream, workers=workers)

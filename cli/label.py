@@ -27,7 +27,7 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
     if not split.active and same_source and ("labeled_per_class" in made or "labeled" in made):
         split = data.Partition(made.get("labeled_per_class"), made.get("labeled"), made.get("split_seed", 0))
     resize = resize or made.get("resize")
-    if resize is None and data.parse_spec(data_spec)[0].partition(":")[0] in data.FILE_SOURCES and "input" in meta:
+    if resize is None and data.is_image_files(data_spec) and "input" in meta:
         resize = meta["input"]["size"]       # image files are decoded at the size the model takes
     return data_spec, split, resize
 

@@ -86,7 +86,7 @@ def teach_command(
     common.check_output(output, force)
     rt = train.runtime(device, compile, workers=workers)
     split = common.partition(labeled_per_class, labeled, split_seed)
-    if resize is None and init is not None and data.parse_spec(data_spec)[0].partition(":")[0] in data.FILE_SOURCES:
+    if resize is None and init is not None and data.is_image_files(data_spec):
         resize = artifacts.read_header(init, kind="checkpoint").meta["input"]["size"]   # image files: the init's size
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download,
                    resize=resize, stream=stream, check_all=True, workers=workers)

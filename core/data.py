@@ -165,6 +165,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 MAX_LISTED = 1000     # skipped files named in an artifact's metadata (all are counted)
 
 
+def is_image_files(spec: str) -> bool:
+    """Whether a data spec names image files (`imagefolder:`, `tar:`), decoded at a size of dpl's choosing."""
+    return spec.partition(":")[0] in FILE_SOURCES
+
+
 def load(spec: str, *, default_split: str = "train", partition: Partition = Partition(),
          part: str | None = None, download: bool = False, resize: int | None = None,
          channels: int | None = None, stream: bool | None = None, check_all: bool = False,
@@ -186,7 +191,7 @@ def load(spec: str, *, default_split: str = "train", partition: Partition = Part
         split, part = "train", split
     if resize is not None and not 1 <= resize <= image_files.MAX_SIZE:
         raise DplError(f"--resize must be between 1 and {image_files.MAX_SIZE}, got {resize}")
-    if source.partition(":")[0] in FILE_SOURCES:
+    if is_image_files(source):
         ds = _image_files(source, split, resize, channels)
         ds = take_part(ds, partition, part or "all")
         return _hold(ds, stream, check_all, workers)
@@ -219,18 +224,16 @@ def _hold(ds: Dataset, stream: bool | None, check_all: bool, workers: int | None
         stream = ds.images.nbytes > IN_MEMORY_BYTES
     if stream and not check_all:
         return ds
-    if stream:
-        bad = image_files.unreadable(ds.images, workers)
-        pixels = None
-    else:
-        pixels, bad = image_files.materialize(ds.images, workers)
+    pixels, bad = image_files.decode_all(ds.images, workers, keep_pixels=not stream)
     if len(ds) and len(bad) == len(ds):
         raise DplError(f"{ds.images.listing.root}: none of its {len(ds)} image files can be decoded")
     skipped = tuple(ds.images.keys_of(bad))
     keep = np.ones(len(ds), dtype=bool)
     keep[bad] = False
     kept = torch.from_numpy(np.flatnonzero(keep))
-    images = image_files.rows_of(ds.images, kept) if stream else pixels
+    images = ds.images if stream else pixels
+    if len(bad):
+        images = image_files.rows_of(images, kept)
     return replace(ds, images=images, labels=ds.labels[kept], keys=ds.keys[keep],
                    indices=None if ds.indices is None else ds.indices[kept], skipped=skipped)
 

@@ -13,15 +13,20 @@ from dpl.core import DplError, augment, images as image_files, models
 from dpl.core.train import Runtime
 
 
-def model_inputs(images, input_meta: dict, rt: Runtime, batch_size: int, workers: int | None = None):
-    """(normalised model inputs on the device, readable mask), batch by batch, from uint8 images (a tensor,
-    or image files decoded by DataLoader workers); fails on no images."""
+def device_batches(images, rt: Runtime, batch_size: int, workers: int | None = None):
+    """(uint8 batch on the device, readable mask), batch by batch, from uint8 images (a tensor, or image files
+    decoded by DataLoader workers); fails on no images."""
     if len(images) == 0:
         raise DplError("no samples to run the model on")
     if rt.cuda and torch.is_tensor(images) and images.device.type == "cpu":
         images = images.pin_memory()       # lets the copies below overlap with compute
     for _, x, ok in image_files.batches(images, batch_size, workers, pin=rt.cuda, model_on_cpu=not rt.cuda):
-        x = x.to(rt.device, non_blocking=True)
+        yield x.to(rt.device, non_blocking=True), ok
+
+
+def model_inputs(images, input_meta: dict, rt: Runtime, batch_size: int, workers: int | None = None):
+    """(normalised model inputs on the device, readable mask), batch by batch."""
+    for x, ok in device_batches(images, rt, batch_size, workers):
         yield augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda), ok
 
 

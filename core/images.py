@@ -437,6 +437,10 @@ class _Chunks(torch.utils.data.Dataset):
         return start, out, ok
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def frozen_heap():
     """Fork DataLoader workers with the parent's Python objects out of the collector's reach: a collection in
@@ -454,7 +458,7 @@ def default_workers(model_on_cpu: bool) -> int:
     less one, at most 8. Where the model's threads need the same cores: none on 2 cores or fewer (decoding
     inline measured faster than one worker there: 6,300 vs 5,700 images/s labeling tar shards, 8,100 from
     memory), else a quarter of them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if not model_on_cpu:
         return min(8, max(1, cores - 1))
     return 0 if cores <= 2 else min(8, cores // 4)
@@ -480,26 +484,17 @@ def batches(images, batch_size: int, workers: int | None = None, pin: bool = Fal
     yield from batches
 
 
-def materialize(store: ImageStore, workers: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode every image: (uint8 tensor of the readable ones, positions of the unreadable ones)."""
-    out = torch.empty(store.shape, dtype=torch.uint8)
+def decode_all(store: ImageStore, workers: int | None = None, keep_pixels: bool = True
+               ) -> tuple[torch.Tensor | None, np.ndarray]:
+    """One decoding pass: (uint8 tensor of every image, zeros where unreadable, or None when the pixels are not
+    kept; positions of the unreadable images)."""
+    out = torch.empty(store.shape, dtype=torch.uint8) if keep_pixels else None
     bad = []
     for start, x, ok in batches(store, 256, workers, model_on_cpu=False):
-        out[start: start + len(x)] = x
+        if out is not None:
+            out[start: start + len(x)] = x
         bad.extend((start + torch.nonzero(~ok).flatten()).tolist())
-    if not bad:
-        return out, np.zeros(0, dtype=np.int64)
-    keep = torch.ones(len(out), dtype=torch.bool)
-    keep[bad] = False
-    return out[keep], np.array(bad, dtype=np.int64)
-
-
-def unreadable(store: ImageStore, workers: int | None = None) -> np.ndarray:
-    """Positions of the images that cannot be decoded: one decoding pass, the pixels dropped."""
-    bad = []
-    for start, _, ok in batches(store, 256, workers, model_on_cpu=False):
-        bad.extend((start + torch.nonzero(~ok).flatten()).tolist())
-    return np.array(bad, dtype=np.int64)
+    return out, np.array(bad, dtype=np.int64)
 
 
 def normalization(images, max_samples: int = NORM_SAMPLE) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dpl.core import DplError, artifacts, evaluate, images as image_files
-from dpl.core.data import MAX_LISTED
-from dpl.core.data import Dataset
+from dpl.core import DplError, artifacts, augment, evaluate, images as image_files
+from dpl.core.data import MAX_LISTED, Dataset
 from dpl.core.teach import check_input
 from dpl.core.train import Progress, Runtime
 
@@ -46,14 +45,11 @@ def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOpt
     with torch.inference_mode():
         for model, _ in teachers:
             model.eval()
-        for x, ok in evaluate.model_inputs(images, teachers[0][1], rt, opts.batch_size, rt.workers):
+        for x, ok in evaluate.device_batches(images, rt, opts.batch_size, rt.workers):
             probs = 0
             for model, input_meta in teachers:
-                first = teachers[0][1]
-                same = (input_meta["mean"], input_meta["std"]) == (first["mean"], first["std"])
-                x_t = x if same else _renormalize(x, first, input_meta)   # this teacher's own normalization
                 with rt.autocast():
-                    logits = model(x_t).float()
+                    logits = model(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)).float()
                 probs = probs + (logits / opts.tau).softmax(dim=1)
             chunks.append(probs / len(teachers))     # kept on the device: no wait for each batch
             readable.append(ok)
@@ -61,13 +57,6 @@ def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOpt
     probs = torch.cat(chunks).float().cpu()
     probs[~torch.cat(readable)] = float("nan")
     return probs
-
-
-def _renormalize(x: torch.Tensor, made: dict, wanted: dict) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    m0, s0 = (torch.tensor(made[k], device=x.device).view(shape) for k in ("mean", "std"))
-    m1, s1 = (torch.tensor(wanted[k], device=x.device).view(shape) for k in ("mean", "std"))
-    return (x * s0 + m0 - m1) / s1
 
 
 def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions, keys: list[str] | None = None

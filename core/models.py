@@ -8,7 +8,6 @@ block to `stochastic_depth` at the last, as in Noisy Student. Layers are reached
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,9 +281,8 @@ def load_pretrained(model: nn.Module, name: str) -> Pretrained:
             raise DplError(f"cannot download {url} ({_first_line(e)}); place that file at {file}") from None
     try:
         state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        why = "refused by torch.load(weights_only=True)" if isinstance(e, pickle.UnpicklingError) else _first_line(e)
-        raise DplError(f"{file}: unreadable weights ({why}); replace it with {url}") from None
+    except Exception as e:     # torch.load(weights_only=True) refuses a foreign object with an UnpicklingError
+        raise DplError(f"{file}: unreadable weights ({_first_line(e)}); replace it with {url}") from None
     if not isinstance(state, dict):
         raise DplError(f"{file}: not a state dict; replace it with {url}")
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

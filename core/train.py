@@ -5,7 +5,6 @@ what the loss is: each passes an objective (batch -> loss, stats) and a batch ma
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import threading
@@ -83,8 +82,7 @@ class Runtime:
         if streamed:                 # image files: workers decode them
             return images.default_workers(model_on_cpu=not self.cuda)
         if self.cuda and nbytes > torch.cuda.mem_get_info(self.device)[0] // 2:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            return min(4, cores)
+            return min(4, images.usable_cores())
         return 0
 
     def place(self, *tensors: torch.Tensor) -> Feed:
