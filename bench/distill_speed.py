@@ -18,7 +18,8 @@ import torch
 
 from dpl.core import artifacts, augment, data, label, models
 from dpl.core.distill import DistillOptions, distill
-from dpl.core.teach import ModelOptions, NoiseOptions, teach
+from dpl.core.runs import ModelOptions, NoiseOptions
+from dpl.core.teach import teach
 from dpl.core.train import TrainConfig, runtime
 from timing import epoch_times
 
@@ -52,11 +53,11 @@ def label_throughput(ckpt_path, ds, rt, batch_size, folder) -> float:
 def bytes_per_sample(num_classes: int, n: int, folder: Path) -> float:
     probs = torch.randn(n, num_classes).softmax(1)
     opts = label.LabelOptions(mode="topk", topk=10, shard_size=50_000)
-    meta = {"teachers": [], "data": {}, "tau": 1.0, "mode": "topk", "num_classes": num_classes,
+    meta = {"teachers": [], "data": {}, "tau": 1.0, "mode": "topk", "topk": opts.topk, "num_classes": num_classes,
             "classes": [str(c) for c in range(num_classes)], "total": n, "world": 1}
     out = folder / f"labels-{num_classes}"
     out.mkdir()
-    artifacts.write_labels(out, [label.shard_tensors(probs, 0, opts)], meta)
+    label.write_shard(out, meta, rank=0, seq=0, rank_shards=1, tensors=label.shard_tensors(probs, 0, opts))
     return sum(f.stat().st_size for f in out.iterdir()) / n
 
 
@@ -88,7 +89,7 @@ def main():
         labels_dir = tmp / "labels"
         label.label([teacher_path], ds, label.LabelOptions(), rt, labels_dir)
         labels = artifacts.read_labels(labels_dir)
-        student = ModelOptions(args.student)
+        student = ModelOptions(arch=args.student)
 
         teach_t, offline_t, online_t = [], [], []
         for r in range(args.rounds):

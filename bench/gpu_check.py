@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from dpl.core import artifacts, augment, label, models
 from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, NoiseOptions, teach
+from dpl.core.runs import ModelOptions, NoiseOptions
+from dpl.core.teach import teach
 from dpl.core.train import TrainConfig, runtime
 
 
@@ -57,7 +58,7 @@ def teach_step(ds, rt, batch, epochs) -> float:
     """Median seconds per step of dpl teach (resnet18, no augmentation), the first epoch dropped."""
     stamps = []
     cfg = TrainConfig(epochs=epochs, batch_size=batch, warmup_epochs=0)
-    teach(ds, None, ModelOptions("resnet18"), NoiseOptions(crop=False, flip=False), cfg, rt,
+    teach(ds, None, ModelOptions(arch="resnet18"), NoiseOptions(crop=False, flip=False), cfg, rt,
           on_progress=lambda e: (torch.cuda.synchronize(), stamps.append(time.perf_counter()))
           if e["event"] in ("start", "epoch") else None)
     return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:])) / (len(ds) // batch)

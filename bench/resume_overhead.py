@@ -9,13 +9,14 @@ import tempfile
 from pathlib import Path
 
 from dpl.core import data
-from dpl.core.teach import ModelOptions, NoiseOptions, teach
+from dpl.core.runs import ModelOptions, NoiseOptions
+from dpl.core.teach import teach
 from dpl.core.train import ResumeSpec, TrainConfig, runtime
 from timing import epoch_times
 
 
 def measured_epochs(ds, arch, cfg, rt, resume) -> list[float]:
-    run = lambda p: teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt,
+    run = lambda p: teach(ds, None, ModelOptions(arch=arch), NoiseOptions(crop=False, flip=False), cfg, rt,
                           on_progress=p, resume=resume)
     return epoch_times(run, rt)[1:]     # the first epoch warms up
 

@@ -140,7 +140,8 @@ def teach_speed(work: Path, rounds: int) -> None:
     import torch
 
     from dpl.core import data, train
-    from dpl.core.teach import ModelOptions, NoiseOptions, teach
+    from dpl.core.runs import ModelOptions, NoiseOptions
+    from dpl.core.teach import teach
     sys.path.insert(0, str(Path(__file__).parent))
     from timing import epoch_times
 
@@ -156,7 +157,7 @@ def teach_speed(work: Path, rounds: int) -> None:
     rates = {"in memory": [], "streamed": []}
     for _ in range(rounds):
         for name, ds in (("in memory", held), ("streamed", streamed)):
-            times = epoch_times(lambda p: teach(ds, None, ModelOptions("cnn-m"), NoiseOptions(), cfg, rt, on_progress=p), rt)
+            times = epoch_times(lambda p: teach(ds, None, ModelOptions(arch="cnn-m"), NoiseOptions(), cfg, rt, on_progress=p), rt)
             rates[name].append(len(ds) / statistics.median(times))
     for name, r in rates.items():
         print(f"teach cnn-m {len(held)} images, {name}: {', '.join(f'{v:,.0f}' for v in r)} images/s")

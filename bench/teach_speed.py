@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from dpl.core import data, models
 from timing import epoch_times
-from dpl.core.teach import ModelOptions, NoiseOptions, teach
+from dpl.core.runs import ModelOptions, NoiseOptions
+from dpl.core.teach import teach
 from dpl.core.train import TrainConfig, runtime
 
 
@@ -47,7 +48,7 @@ def hand_written(ds, arch, epochs, batch_size, lr, rt) -> list[float]:
 
 def with_dpl(ds, arch, epochs, batch_size, lr, rt) -> list[float]:
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0)
-    return epoch_times(lambda p: teach(ds, None, ModelOptions(arch), NoiseOptions(crop=False, flip=False), cfg, rt,
+    return epoch_times(lambda p: teach(ds, None, ModelOptions(arch=arch), NoiseOptions(crop=False, flip=False), cfg, rt,
                                        on_progress=p), rt)
 
 

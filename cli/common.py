@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dpl.core import DplError, Interrupted, RunError, artifacts, data, distributed
-from dpl.core.train import ResumeSpec
+from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, runs, train
+from ..core.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -80,6 +81,14 @@ Config = Annotated[Path | None, typer.Option(
 
 # ---- data options ---------------------------------------------------------------------------------
 
+DataSpec = Annotated[str, typer.Option("--data", help="Training data: NAME[:SPLIT] (digits, fashion-mnist, cifar10, imagefolder:PATH, tar:PATH, ...).")]
+InheritedData = Annotated[str | None, typer.Option("--data", help="Data: NAME[:SPLIT]. \\[default: the data the teacher (or the labels) was made from]")]
+Resize = Annotated[int | None, typer.Option(
+    min=1, help="Resize the images to SxS once, before anything else (e.g. digits' 8x8 for a pretext grid, or for a "
+                "backbone pretrained at S); image files are decoded with their shorter side at S, centre-cropped. "
+                "Recorded in the checkpoint. \\[default: the size of the checkpoint or labels the command reads; "
+                "else, image files: the median shorter side of a sample of them, at most 224]")]
+
 LabeledPerClass = Annotated[int | None, typer.Option(
     min=1, help="Labeled/unlabeled partition: this many labeled samples per class (stratified, from --split-seed).")]
 Labeled = Annotated[int | None, typer.Option(
@@ -100,6 +109,84 @@ Workers = Annotated[int | None, typer.Option(
 Stream = Annotated[bool | None, typer.Option(
     "--stream/--in-memory", help="Image files (imagefolder:, tar:): decode them on demand in DataLoader workers, or "
     "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False)]
+# ---- training options (teach, distill, hint, pretrain) ----------------------------------------------
+
+Arch = Annotated[str, typer.Option(help="Architecture from the registry (dpl info --archs lists them).")]
+Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Batch size.")]
+Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (after warmup; cosine decay to 0).")]
+Optimizer = Annotated[str, typer.Option(help="sgd (Nesterov momentum) or adamw.")]
+Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option(min=0.0, help="Weight decay (not applied to biases and norms).")]
+Warmup = Annotated[float, typer.Option(min=0.0, help="Linear learning-rate warmup, in epochs.")]
+Seed = Annotated[int, typer.Option(help="Random seed of the run.")]
+RandAugment = Annotated[str | None, typer.Option(help="RandAugment noise as N,M: N ops per image at magnitude M (0-30).")]
+Crop = Annotated[bool, typer.Option(help="Random crop after padding by 1/8 of the image side.")]
+Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data whose classes survive it).")]
+Dropout = Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout before the classifier.")]
+StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop probability of the last residual block (linear from the first).")]
+Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")]
+Pretrained = Annotated[bool, typer.Option(
+    "--pretrained", help="Start from torchvision's ImageNet weights for this architecture, read from the torch hub "
+                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).")]
+
+
+def train_config(o: dict) -> train.TrainConfig:
+    """The schedule from a command's options (its locals())."""
+    return train.TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"],
+                             momentum=o["momentum"], weight_decay=o["weight_decay"],
+                             warmup_epochs=o["warmup_epochs"], seed=o["seed"])
+
+
+def model_options(o: dict) -> runs.ModelOptions:
+    return runs.ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
+                             init=o.get("init"), pretrained=o.get("pretrained", False))
+
+
+def noise_options(o: dict) -> runs.NoiseOptions:
+    return runs.NoiseOptions(randaugment=augment.parse_randaugment(o["randaugment"]), crop=o["crop"], flip=o["flip"])
+
+
+def partition(o: dict) -> data.Partition:
+    return data.Partition(labeled_per_class=o["labeled_per_class"], labeled=o["labeled"], seed=o["split_seed"])
+
+
+def data_of(meta: dict, data_spec: str | None, split: data.Partition,
+            resize: int | None) -> tuple[str, data.Partition, int | None]:
+    """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
+    made = meta.get("data", {})
+    same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
+    if data_spec is None:
+        data_spec = made.get("spec", "digits")
+    # The artifact's partition belongs to its own source: another source (a pool) is not partitioned by it.
+    if not split.active and same_source and ("labeled_per_class" in made or "labeled" in made):
+        split = data.Partition(labeled_per_class=made.get("labeled_per_class"), labeled=made.get("labeled"),
+                               seed=made.get("split_seed", 0))
+    resize = resize or made.get("resize")
+    if resize is None and data.is_image_files(data_spec) and "input" in meta:
+        resize = meta["input"]["size"]       # image files are decoded at the size the model takes
+    return data_spec, split, resize
+
+
+def test_split(ds: data.Dataset) -> data.Dataset | None:
+    """The source's test split (at the same size), to record test accuracy in the checkpoint; None where there
+    is none."""
+    if ds.split == "test":
+        return None
+    try:
+        return data.load(ds.source, default_split="test", resize=ds.resized, channels=ds.shape[0])
+    except DplError:
+        return None
+
+
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the command line or a --config file set, as flags."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags[n] for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"]
+
+
+# ---- output options ---------------------------------------------------------------------------------
+
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.")]
@@ -110,7 +197,7 @@ ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the re
 SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
 KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
 # Options that do not change what a run computes: a resume state may continue under other values.
-NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config"}
+NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config", "ctx"}
 
 
 def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:
@@ -130,21 +217,10 @@ def write_result(output: Path, result, state: ResumeSpec, keep_state: bool) -> N
     """Rank 0 writes the checkpoint (with the command line), then drops the resume state; stdout gets the path."""
     if not distributed.is_main():
         return
-    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": command_line()}, result.extras)
+    artifacts.save_checkpoint(output, result.model, {**result.meta, "command": command_line()}, result.objective)
     if not keep_state:
         state.path.unlink(missing_ok=True)
     print(output)
-
-
-def partition(labeled_per_class: int | None, labeled: int | None, split_seed: int) -> data.Partition:
-    if labeled_per_class is not None and labeled is not None:
-        raise DplError("give --labeled-per-class or --labeled, not both")
-    return data.Partition(labeled_per_class, labeled, split_seed)
-
-
-def sized(ds: data.Dataset | None, resize: int | None) -> data.Dataset | None:
-    """`ds` resized to --resize S (unchanged without one, None stays None)."""
-    return data.resize_to(ds, resize) if ds is not None and resize else ds
 
 
 _notes: list[str] = []     # said once the work starts, so that a refused command prints its one line alone
@@ -225,3 +301,13 @@ class TrainingProgress:
             self.task = self.bar.add_task(self.description, total=event["total"], stats="")
         elif kind == "advance":
             self.bar.update(self.task, advance=event["n"])
+
+
+def quality_table(quality: dict, title: str) -> Table:
+    table = Table(title=title + f": accuracy {quality['accuracy']:.4f}")
+    for col in ("confidence >=", "coverage", "accuracy", "n"):
+        table.add_column(col, justify="right")
+    for row in quality["thresholds"]:
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        table.add_row(f"{row['threshold']:.2f}", f"{row['coverage']:.4f}", acc, str(row["n"]))
+    return table

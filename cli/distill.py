@@ -7,13 +7,9 @@ from typing import Annotated
 
 import typer
 
-from dpl.cli import common
-from dpl.cli.label import Resize, data_of
-from dpl.cli.teach import (Arch, BatchSize, Crop, Dropout, Epochs, Flip, Init, Lr, Momentum, Optimizer, Pretrained,
-                           RandAugment, Seed, StochasticDepth, Warmup, WeightDecay, test_split, train_config)
-from dpl.core import DplError, artifacts, augment, data, train
-from dpl.core.distill import DistillOptions, distill
-from dpl.core.teach import ModelOptions, NoiseOptions
+from . import common
+from ..core import DplError, artifacts, data, losses, train
+from ..core.distill import DistillOptions, distill, source_meta
 
 
 @common.guarded
@@ -21,37 +17,38 @@ def distill_command(
     output: common.Output,
     labels_dir: Annotated[Path | None, typer.Option("--labels", help="Label folder from dpl label (offline: the teacher is not run).")] = None,
     teacher: Annotated[list[Path] | None, typer.Option(help="Live teacher checkpoint (online KD); repeat for an ensemble.")] = None,
-    data_spec: Annotated[str | None, typer.Option("--data", help="Training data. \\[default: the data the labels were made for]")] = None,
+    data_spec: common.InheritedData = None,
     labeled_data: Annotated[str | None, typer.Option(help="The labeled source, when the pseudo-labels are of a separate pool (e.g. a folder of unlabeled photos). \\[default: the teacher's own labeled training data, for labels of another source than the teacher's]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     download: common.Download = False,
-    resize: Resize = None,
+    resize: common.Resize = None,
     stream: common.Stream = None,
+    loss: Annotated[str, typer.Option(help=f"Loss between the student's and the teacher's class distributions: {', '.join(losses.LOGIT_LOSSES)} (dkd: Zhao et al.'s decoupled KD, alpha 1, beta 8).")] = "kd",
     tau: Annotated[float | None, typer.Option(help="KD temperature. \\[default: the labels' own; 1 with --teacher]")] = None,
-    alpha: Annotated[float, typer.Option(min=0.0, help="Weight (lambda) of the KD term on labeled samples.")] = 1.0,
-    unlabeled_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the pseudo-label term.")] = 1.0,
-    unlabeled_ratio: Annotated[float, typer.Option(help="Pseudo-labeled samples per labeled sample in each batch.")] = 3.0,
+    alpha: Annotated[float | None, typer.Option(min=0.0, help="Weight of a live teacher's KD term on labeled samples. \\[default: 1]", show_default=False)] = None,
+    unlabeled_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the pseudo-label term. \\[default: 1]", show_default=False)] = None,
+    unlabeled_ratio: Annotated[float | None, typer.Option(help="Pseudo-labeled samples per labeled sample in each batch. \\[default: 3]", show_default=False)] = None,
     hard: Annotated[bool, typer.Option("--hard", help="Train on the argmax of soft labels.")] = False,
     min_confidence: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Keep pseudo-labels at least this confident.")] = None,
     balance: Annotated[int | None, typer.Option(min=1, help="Per class: keep the N most confident; duplicate a class with fewer.")] = None,
-    arch: Arch = "cnn-m",
-    epochs: Epochs = 30,
-    batch_size: BatchSize = 128,
-    lr: Lr = 0.05,
-    optimizer: Optimizer = "sgd",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4,
-    warmup_epochs: Warmup = 1.0,
-    randaugment: RandAugment = None,
-    crop: Crop = True,
-    flip: Flip = True,
-    dropout: Dropout = 0.0,
-    stochastic_depth: StochasticDepth = 0.0,
-    init: Init = None,
-    pretrained: Pretrained = False,
-    seed: Seed = 0,
+    arch: common.Arch = "cnn-m",
+    epochs: common.Epochs = 30,
+    batch_size: common.BatchSize = 128,
+    lr: common.Lr = 0.05,
+    optimizer: common.Optimizer = "sgd",
+    momentum: common.Momentum = 0.9,
+    weight_decay: common.WeightDecay = 5e-4,
+    warmup_epochs: common.Warmup = 1.0,
+    randaugment: common.RandAugment = None,
+    crop: common.Crop = True,
+    flip: common.Flip = True,
+    dropout: common.Dropout = 0.0,
+    stochastic_depth: common.StochasticDepth = 0.0,
+    init: common.Init = None,
+    pretrained: common.Pretrained = False,
+    seed: common.Seed = 0,
     allow_partial: common.AllowPartial = False,
     device: common.Device = "auto",
     compile: common.Compile = False,
@@ -63,30 +60,23 @@ def distill_command(
     config: common.Config = None,
 ):
     """Train a student on labeled data plus pseudo-labels (--labels) or a live teacher (--teacher)."""
-    state = common.resume_spec("distill", dict(locals()), resume, save_every)
-    cfg = train_config(epochs, batch_size, lr, optimizer, momentum, weight_decay, warmup_epochs, seed)
-    noise = NoiseOptions(augment.parse_randaugment(randaugment), crop, flip)
-    opts = DistillOptions(tau, alpha, unlabeled_weight, unlabeled_ratio, hard, min_confidence, balance)
-    opts.check()
+    options = dict(locals())
+    state = common.resume_spec("distill", options, resume, save_every)
+    cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
+    opts = DistillOptions(loss=loss, tau=tau, alpha=alpha, unlabeled_weight=unlabeled_weight,
+                          unlabeled_ratio=unlabeled_ratio, hard=hard, min_confidence=min_confidence, balance=balance)
     common.check_output(output, force)
     rt = train.runtime(device, compile, workers=workers)
     teachers = list(teacher or [])
-    split = common.partition(labeled_per_class, labeled, split_seed)
     labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
-    if labels is not None:
-        spec, split, resize = data_of(labels.meta, data_spec, split, resize)
-    elif teachers:
-        spec, split, resize = data_of(artifacts.read_header(teachers[0], kind="checkpoint").meta, data_spec, split, resize)
-    else:
-        raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
+    spec, split, resize = common.data_of(source_meta(labels, teachers), data_spec, common.partition(options), resize)
     channels = labels.meta["data"].get("channels") if labels is not None else None
     load = dict(download=download, resize=resize, channels=channels, stream=stream, workers=workers)
     separate = labels is not None and not split.active
     teacher_meta = _teacher_data(labels, spec) if separate and labeled_data is None else None
     if separate and (labeled_data or teacher_meta):
         # Noisy Student proper: the labeled source and the unlabeled pool are two sources.
-        labeled_spec, labeled_split, _ = data_of(teacher_meta or {}, labeled_data,
-                                                 common.partition(labeled_per_class, labeled, split_seed), None)
+        labeled_spec, labeled_split, _ = common.data_of(teacher_meta or {}, labeled_data, common.partition(options), None)
         labeled_ds = data.load(labeled_spec, partition=labeled_split, part="labeled" if labeled_split.active else "all",
                                check_all=True, **load)
         pseudo_ds = data.load(spec, **load)
@@ -103,9 +93,8 @@ def distill_command(
     common.say_source(labeled_ds, "labeled ")
     common.say_source(pseudo_ds, "pseudo-labeled ")
     with common.TrainingProgress("distill") as progress:
-        result = distill(labeled_ds, pseudo_ds, labels, teachers,
-                         ModelOptions(arch, dropout, stochastic_depth, init, pretrained=pretrained), noise, opts, cfg, rt,
-                         test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
+        result = distill(labeled_ds, pseudo_ds, labels, teachers, model_opts, noise, opts, cfg, rt,
+                         common.test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dpl.cli import common
-from dpl.core import DplError, artifacts, data, models
+from . import common
+from ..core import DplError, artifacts, data, models
 
 
 @common.guarded

@@ -6,30 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-
-from dpl.cli import common
-from dpl.core import DplError, artifacts, data, distributed, train
-from dpl.core.label import LabelOptions, label, shard_files
-
-Resize = Annotated[int | None, typer.Option(
-    min=1, help="Resize the images to SxS first. \\[default: the --resize of the teacher (or labels) given]")]
-
-
-def data_of(meta: dict, data_spec: str | None, split: data.Partition,
-            resize: int | None) -> tuple[str, data.Partition, int | None]:
-    """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
-    made = meta.get("data", {})
-    same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
-    if data_spec is None:
-        data_spec = made.get("spec", "digits")
-    # The artifact's partition belongs to its own source: another source (a pool) is not partitioned by it.
-    if not split.active and same_source and ("labeled_per_class" in made or "labeled" in made):
-        split = data.Partition(made.get("labeled_per_class"), made.get("labeled"), made.get("split_seed", 0))
-    resize = resize or made.get("resize")
-    if resize is None and data.is_image_files(data_spec) and "input" in meta:
-        resize = meta["input"]["size"]       # image files are decoded at the size the model takes
-    return data_spec, split, resize
+from . import common
+from ..core import DplError, artifacts, data, distributed, train
+from ..core.label import LabelOptions, label, shard_files
 
 
 @common.guarded
@@ -42,7 +21,7 @@ def label_command(
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
     download: common.Download = False,
-    resize: Resize = None,
+    resize: common.Resize = None,
     stream: common.Stream = None,
     ensemble: Annotated[list[Path] | None, typer.Option(help="More teachers to average with the first (repeatable).")] = None,
     soft: Annotated[bool, typer.Option("--soft/--hard", help="Store full probabilities, or only label + confidence.")] = True,
@@ -61,6 +40,7 @@ def label_command(
     """Label the unlabeled part (or the whole split) with an un-noised teacher. Reports label accuracy
     against the ground truth when the data has it. Under torchrun, each rank labels its own part and
     writes its own shard series; the folder is complete when every rank's shards are there."""
+    options = dict(locals())
     teachers = list(teacher) + list(ensemble or [])
     rank, world = distributed.shard_of(shard)
     if output.exists() and not output.is_dir():
@@ -69,12 +49,10 @@ def label_command(
     if mine and not (force or resume):
         raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
     artifacts.check_writable(output)
-    if topk is not None and not soft:
-        raise DplError("--topk stores soft labels; it cannot go with --hard")
-    opts = LabelOptions(mode="topk" if topk else ("soft" if soft else "hard"), topk=topk, tau=tau,
+    opts = LabelOptions(mode="hard" if not soft else ("topk" if topk else "soft"), topk=topk, tau=tau,
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
-    spec, split, resize = data_of(first.meta, data_spec, common.partition(labeled_per_class, labeled, split_seed), resize)
+    spec, split, resize = common.data_of(first.meta, data_spec, common.partition(options), resize)
     ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download,
                    resize=resize, channels=first.meta.get("input", {}).get("channels"), stream=stream, workers=workers)
     common.say_source(ds)
@@ -91,14 +69,4 @@ def label_command(
         common.stderr.print(f"skipped {done['skipped']} unreadable image files (listed in the shards' metadata)")
     if quality is not None and not as_json and (rank == 0 or shard is not None):
         part = f", part {rank}/{world}" if world > 1 else ""
-        common.stderr.print(quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {done['samples']} samples{part})"))
-
-
-def quality_table(quality: dict, title: str) -> Table:
-    table = Table(title=title + f": accuracy {quality['accuracy']:.4f}")
-    for col in ("confidence >=", "coverage", "accuracy", "n"):
-        table.add_column(col, justify="right")
-    for row in quality["thresholds"]:
-        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-        table.add_row(f"{row['threshold']:.2f}", f"{row['coverage']:.4f}", acc, str(row["n"]))
-    return table
+        common.stderr.print(common.quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {done['samples']} samples{part})"))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from dpl.cli.distill import distill_command
-from dpl.cli.evaluate import eval_command
-from dpl.cli.hint import hint_command
-from dpl.cli.info import info_command
-from dpl.cli.label import label_command
-from dpl.cli.pack import pack_command
-from dpl.cli.pretrain import pretrain_command
-from dpl.cli.teach import teach_command
+from .distill import distill_command
+from .evaluate import eval_command
+from .hint import hint_command
+from .info import info_command
+from .label import label_command
+from .pack import pack_command
+from .pretrain import pretrain_command
+from .teach import teach_command
 
 app = typer.Typer(
     name="dpl",

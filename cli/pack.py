@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from dpl.cli import common
-from dpl.core import DplError, artifacts, images
+from . import common
+from ..core import DplError, artifacts, images
 
 
 @common.guarded

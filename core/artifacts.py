@@ -24,15 +24,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dpl.core import DplError, __version__, models
+from . import DplError, __version__, models
 
 FORMAT = "1"
 PLAIN_KEYS = {"dpl.kind", "dpl.format", "dpl.version", "created"}   # stored as-is; every other key is JSON
 MAX_HEADER = 64 << 20
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
-# Tensor-name prefixes that belong to a training objective (regressor, pretext head), not the model.
-EXTRA_PREFIXES = ("regressor.", "pretext.")
+# Tensors of a checkpoint under this prefix belong to the objective that trained the model (a hint regressor,
+# a pretext head), not to the model: kept for inspection, never loaded into a model.
+OBJECTIVE_PREFIX = "objective."
 
 
 def sha256_file(path: Path) -> str:
@@ -84,6 +85,24 @@ class Header:
 
 def read_header(path: Path, kind: str | None = None) -> Header:
     path = Path(path)
+    header, data_len = _safetensors_header(path)
+    stored = header.pop("__metadata__", None) or {}
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise DplError(f"{path}: corrupt safetensors metadata")
+    for name, info in header.items():
+        _check_entry(path, name, info, data_len)
+    if "dpl.kind" not in stored:
+        raise DplError(f"{path}: a safetensors file, but not a dpl artifact (no dpl.kind in its metadata)")
+    if kind is not None and stored["dpl.kind"] != kind:
+        raise DplError(f"{path}: a dpl {stored['dpl.kind']!r} artifact, expected a {kind}")
+    if stored.get("dpl.format") != FORMAT:
+        raise DplError(f"{path}: dpl format {stored.get('dpl.format')!r} is not supported (this dpl reads {FORMAT})")
+    return Header(path, _decode_metadata(path, stored), header)
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (checked to be an object that fits the file), and the size of
+    the data after it."""
     if not path.exists():
         raise DplError(f"{path}: no such file")
     if path.is_dir():
@@ -106,18 +125,11 @@ def read_header(path: Path, kind: str | None = None) -> Header:
         raise DplError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise DplError(f"{path}: not a safetensors file (header is not an object)")
-    stored = header.pop("__metadata__", None) or {}
-    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
-        raise DplError(f"{path}: corrupt safetensors metadata")
-    data_len = size - 8 - n
-    for name, info in header.items():
-        _check_entry(path, name, info, data_len)
-    if "dpl.kind" not in stored:
-        raise DplError(f"{path}: a safetensors file, but not a dpl artifact (no dpl.kind in its metadata)")
-    if kind is not None and stored["dpl.kind"] != kind:
-        raise DplError(f"{path}: a dpl {stored['dpl.kind']!r} artifact, expected a {kind}")
-    if stored.get("dpl.format") != FORMAT:
-        raise DplError(f"{path}: dpl format {stored.get('dpl.format')!r} is not supported (this dpl reads {FORMAT})")
+    return header, size - 8 - n
+
+
+def _decode_metadata(path: Path, stored: dict[str, str]) -> dict:
+    """JSON values for structured keys, each checked against META_RULES where it has one."""
     meta = {}
     for k, v in stored.items():
         try:
@@ -126,7 +138,7 @@ def read_header(path: Path, kind: str | None = None) -> Header:
             raise DplError(f"{path}: corrupt metadata value for {k!r}") from None
         if k in META_RULES and not META_RULES[k](meta[k]):
             raise DplError(f"{path}: corrupt metadata value for {k!r}")
-    return Header(path, meta, header)
+    return meta
 
 
 # What the readers rely on in the metadata they consume, checked when a key is present: a file that lies
@@ -251,10 +263,10 @@ class Checkpoint:
         return sha256_file(self.path)
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.tensors.items() if not k.startswith(EXTRA_PREFIXES)}
+        return {k: v for k, v in self.tensors.items() if not k.startswith(OBJECTIVE_PREFIX)}
 
-    def extra_state(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+    def objective_state(self) -> dict[str, torch.Tensor]:
+        return {k[len(OBJECTIVE_PREFIX):]: v for k, v in self.tensors.items() if k.startswith(OBJECTIVE_PREFIX)}
 
     def build_model(self, **overrides) -> nn.Module:
         """Rebuild the model from metadata alone; `overrides` change arch knobs (dropout, ...).
@@ -310,9 +322,10 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
                            f"{own[k].dtype} in the model)")
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict, extras: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(path: Path, model: nn.Module, meta: dict, objective: dict[str, torch.Tensor] | None = None) -> None:
+    """The model's tensors, and the objective's (`objective`) under OBJECTIVE_PREFIX."""
     tensors = dict(model.state_dict())
-    tensors.update(extras or {})
+    tensors.update({OBJECTIVE_PREFIX + k: v for k, v in (objective or {}).items()})
     save(path, tensors, "checkpoint", meta)
 
 
@@ -407,17 +420,39 @@ def shard_meta(meta: dict, rank: int, seq: int, rank_shards: int, count: int) ->
     return {**meta, "rank": rank, "seq": seq, "rank_shards": rank_shards, "count": count}
 
 
-def write_labels(folder: Path, shards: list[dict[str, torch.Tensor]], meta: dict, rank: int = 0) -> None:
-    """Write one rank's shards into `folder` (which must exist), each shard atomically."""
-    for seq, tensors in enumerate(shards):
-        save(Path(folder) / shard_name(rank, seq), tensors, "labels",
-             shard_meta(meta, rank, seq, len(shards), int(len(tensors["index"]))))
-
-
 def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     """Read and check a whole label folder. `allow_partial` accepts a folder that misses shards (an
     interrupted or still running `dpl label`): its rows are then the samples its shards hold."""
     folder = Path(folder)
+    headers = _label_headers(folder)
+    first = headers[0]
+    common = {k: first.meta[k] for k in LABEL_KEYS}
+    _check_complete(folder, headers, common["world"], allow_partial)
+    mode, c = common["mode"], common["num_classes"]
+    if mode not in SHARD_TENSORS:
+        raise DplError(f"{folder}: unknown label mode {mode!r}")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS[mode]}
+    keys: list[np.ndarray] = []
+    skipped: list[torch.Tensor] = []
+    for h in headers:
+        _check_shard_shapes(folder, h, first, mode, c)
+        tensors = _load_shard(folder, h, parts, headers[0])
+        if "key_bytes" in tensors:
+            keys.append(decode_keys(tensors, h.path))
+        skipped.append(tensors.get("skipped", torch.zeros(0, dtype=torch.int64)))
+    cat = {name: torch.cat(ts) for name, ts in parts.items()}
+    order = torch.argsort(cat["index"])
+    cat = {name: t[order] for name, t in cat.items()}
+    gaps = torch.cat(skipped)
+    _check_rows(folder, cat, gaps, common["total"], c, mode, allow_partial)
+    sample_keys = np.concatenate(keys)[order.numpy()] if keys else None
+    if sample_keys is not None and len(np.unique(sample_keys)) != len(sample_keys):
+        raise DplError(f"{folder}: a sample key appears twice")
+    return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps))
+
+
+def _label_headers(folder: Path) -> list[Header]:
+    """The headers of a folder's shards, which must agree on the folder's common metadata."""
     if not folder.exists():
         raise DplError(f"{folder}: no such label folder")
     if not folder.is_dir():
@@ -427,15 +462,17 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
         raise DplError(f"{folder}: no label shards (shard-*.safetensors) in it")
     headers = [read_header(f, kind="labels") for f in files]
     first = headers[0]
-    require(first, *LABEL_KEYS, "rank", "seq", "rank_shards", "count")
-    common = {k: first.meta[k] for k in LABEL_KEYS}
-    for h in headers[1:]:
+    for h in headers:
         require(h, *LABEL_KEYS, "rank", "seq", "rank_shards", "count")
         for k in LABEL_KEYS:
-            if h.meta[k] != common[k]:
+            if h.meta[k] != first.meta[k]:
                 raise DplError(f"{folder}: mixed label folder: {h.path.name} differs from {first.path.name} in {k!r}")
-    present = {(h.meta["rank"], h.meta["seq"]): h for h in headers}
-    world = common["world"]
+    return headers
+
+
+def _check_complete(folder: Path, headers: list[Header], world: int, allow_partial: bool) -> None:
+    """Every shard is where its metadata says; without allow_partial, every rank's series is complete."""
+    present = {(h.meta["rank"], h.meta["seq"]) for h in headers}
     for h in headers:
         if h.path.name != shard_name(h.meta["rank"], h.meta["seq"]):
             raise DplError(f"{h.path}: its metadata says rank {h.meta['rank']} shard {h.meta['seq']}")
@@ -443,58 +480,57 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
             raise DplError(f"{h.path}: rank {h.meta['rank']}, but the folder was written by {world} ranks")
     # Fewer files than ranks leave some rank among the first len(files) + 1 without shards: the loops stay
     # bounded by the files on disk, whatever the metadata announces.
-    for rank in range(0 if allow_partial else min(world, len(files) + 1)):
+    for rank in range(0 if allow_partial else min(world, len(headers) + 1)):
         announced = {h.meta["rank_shards"] for h in headers if h.meta["rank"] == rank} or {None}
         if len(announced) != 1 or None in announced:
             raise DplError(f"{folder}: incomplete label folder: no shards from rank {rank} of {world}")
         first_missing = next(s for s in itertools.count() if (rank, s) not in present)
         if first_missing < announced.pop():
             raise DplError(f"{folder}: incomplete label folder: {shard_name(rank, first_missing)} is missing")
-    mode, c = common["mode"], common["num_classes"]
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS.get(mode, ())}
-    keys: list[np.ndarray] = []
-    skipped: list[torch.Tensor] = []
-    if not parts:
-        raise DplError(f"{folder}: unknown label mode {mode!r}")
-    for h in headers:
-        for name in parts:
-            info = h.tensors.get(name)
-            if info is None:
-                raise DplError(f"{h.path}: {mode} label shard lacks tensor {name!r}")
-            if info["shape"][:1] != [h.meta["count"]]:
-                raise DplError(f"{h.path}: tensor {name!r} has {info['shape'][:1]} rows, metadata says {h.meta['count']}")
-            if len(info["shape"]) != SHARD_NDIM[name]:
-                raise DplError(f"{h.path}: tensor {name!r} has shape {info['shape']}, "
-                               f"expected {SHARD_NDIM[name]} dimensions")
-        if mode == "soft" and h.tensors["probs"]["shape"][1] != c:
-            raise DplError(f"{folder}: probs have {h.tensors['probs']['shape'][1]} columns, expected {c}")
-        if mode == "topk":
-            k, k_prob, k_first = (x.tensors[n]["shape"][1] for x, n in
-                                  ((h, "topk_index"), (h, "topk_prob"), (first, "topk_index")))
-            if not k == k_prob == k_first or not 1 <= k <= c:
-                raise DplError(f"{h.path}: top-k tensors have {k} and {k_prob} columns, expected the same k "
-                               f"(1..{c}) in every shard")
-        tensors = load_tensors(h)
-        for name in parts:
-            t = tensors[name]
-            if t.dtype != SHARD_DTYPES[name]:
-                raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {SHARD_DTYPES[name]}")
-            parts[name].append(t)
-        for name, dtype in KEY_TENSORS.items():
-            if name in tensors and (tensors[name].dtype != dtype or tensors[name].ndim != 1):
-                raise DplError(f"{h.path}: tensor {name!r} is not a vector of {dtype}")
-        if ("key_bytes" in tensors) != ("key_bytes" in headers[0].tensors):
-            raise DplError(f"{folder}: mixed label folder: some shards carry sample keys, others do not")
-        if "key_bytes" in tensors:
-            keys.append(decode_keys(tensors, h.path))
-        skipped.append(tensors.get("skipped", torch.zeros(0, dtype=torch.int64)))
-    cat = {name: torch.cat(ts) for name, ts in parts.items()}
-    order = torch.argsort(cat["index"])
-    cat = {name: t[order] for name, t in cat.items()}
-    total = common["total"]
-    index = cat["index"]
-    gaps = torch.cat(skipped)
-    covered = torch.cat([index, gaps]).sort().values
+
+
+def _check_shard_shapes(folder: Path, h: Header, first: Header, mode: str, c: int) -> None:
+    """A shard's tensors, as its header declares them, have the rows and columns its metadata implies."""
+    for name in SHARD_TENSORS[mode]:
+        info = h.tensors.get(name)
+        if info is None:
+            raise DplError(f"{h.path}: {mode} label shard lacks tensor {name!r}")
+        if info["shape"][:1] != [h.meta["count"]]:
+            raise DplError(f"{h.path}: tensor {name!r} has {info['shape'][:1]} rows, metadata says {h.meta['count']}")
+        if len(info["shape"]) != SHARD_NDIM[name]:
+            raise DplError(f"{h.path}: tensor {name!r} has shape {info['shape']}, "
+                           f"expected {SHARD_NDIM[name]} dimensions")
+    if mode == "soft" and h.tensors["probs"]["shape"][1] != c:
+        raise DplError(f"{folder}: probs have {h.tensors['probs']['shape'][1]} columns, expected {c}")
+    if mode == "topk":
+        k, k_prob, k_first = (x.tensors[n]["shape"][1] for x, n in
+                              ((h, "topk_index"), (h, "topk_prob"), (first, "topk_index")))
+        if not k == k_prob == k_first or not 1 <= k <= c:
+            raise DplError(f"{h.path}: top-k tensors have {k} and {k_prob} columns, expected the same k "
+                           f"(1..{c}) in every shard")
+
+
+def _load_shard(folder: Path, h: Header, parts: dict[str, list[torch.Tensor]], first: Header) -> dict[str, torch.Tensor]:
+    """A shard's tensors, their dtypes checked; its label tensors are appended to `parts`."""
+    tensors = load_tensors(h)
+    for name in parts:
+        t = tensors[name]
+        if t.dtype != SHARD_DTYPES[name]:
+            raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {SHARD_DTYPES[name]}")
+        parts[name].append(t)
+    for name, dtype in KEY_TENSORS.items():
+        if name in tensors and (tensors[name].dtype != dtype or tensors[name].ndim != 1):
+            raise DplError(f"{h.path}: tensor {name!r} is not a vector of {dtype}")
+    if ("key_bytes" in tensors) != ("key_bytes" in first.tensors):
+        raise DplError(f"{folder}: mixed label folder: some shards carry sample keys, others do not")
+    return tensors
+
+
+def _check_rows(folder: Path, cat: dict[str, torch.Tensor], gaps: torch.Tensor, total: int, c: int, mode: str,
+                allow_partial: bool) -> None:
+    """The rows (and the skipped samples) cover 0..total-1 once each (a part of it, once, when partial);
+    class indices are within 0..c-1."""
+    covered = torch.cat([cat["index"], gaps]).sort().values
     if allow_partial:
         if len(covered) and ((covered[1:] == covered[:-1]).any() or covered[0] < 0 or covered[-1] >= total):
             raise DplError(f"{folder}: the shards hold samples outside 0..{total - 1} or twice")
@@ -504,7 +540,3 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
         raise DplError(f"{folder}: labels outside 0..{c - 1}")
     if mode == "topk" and ((cat["topk_index"] < 0) | (cat["topk_index"] >= c)).any():
         raise DplError(f"{folder}: top-k class indices outside 0..{c - 1}")
-    sample_keys = np.concatenate(keys)[order.numpy()] if keys else None
-    if sample_keys is not None and len(np.unique(sample_keys)) != len(sample_keys):
-        raise DplError(f"{folder}: a sample key appears twice")
-    return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from dpl.core import DplError
+from . import DplError
 
 MAX_MAGNITUDE = 30  # RandAugment's M runs from 0 to 30, as in the paper and torchvision
 
@@ -22,10 +22,6 @@ class Noise:
     crop_pad: int = 0                 # random crop after zero padding by this many pixels (0: off)
     hflip: bool = False
     randaugment: tuple[int, int] | None = None   # (N ops per image, magnitude M in 0..30)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.crop_pad or self.hflip or self.randaugment)
 
 
 def parse_randaugment(text: str | None) -> tuple[int, int] | None:

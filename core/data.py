@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpl.core import DplError, images as image_files
-from dpl.core.images import ImageStore
+from . import DplError, images as image_files
+from .images import ImageStore
 
 SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH", "tar:PATH")
 FILE_SOURCES = ("imagefolder", "tar")
@@ -46,13 +46,19 @@ NORMALIZATION = {
 HFLIP_OK = {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "tar"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Partition:
     """A deterministic labeled/unlabeled split of a training split."""
 
     labeled_per_class: int | None = None
     labeled: int | None = None
     seed: int = 0
+
+    def __post_init__(self):
+        if self.labeled_per_class is not None and self.labeled is not None:
+            raise DplError("give --labeled-per-class or --labeled, not both")
+        if (self.labeled_per_class or 1) < 1 or (self.labeled or 1) < 1:
+            raise DplError("--labeled-per-class and --labeled must be at least 1")
 
     @property
     def active(self) -> bool:

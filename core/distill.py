@@ -2,10 +2,14 @@
 
 A student learns from true labels on the labeled set and from teacher targets on the pseudo-labeled set,
 which come either from stored label shards (offline: the teacher never runs) or from live teachers
-(online: their forward on the same augmented batch). Loss, per Hinton et al.:
+(online: their forward on the same augmented batch). With `--loss kd` (Hinton et al.), the loss terms are
 
-    labeled:     H(y, P_S) + alpha * tau^2 * H(P_T^tau, P_S^tau)    (the second term only with --teacher)
-    unlabeled:   unlabeled_weight * tau^2 * H(P_T^tau, P_S^tau)     (H(argmax P_T, P_S) with hard targets)
+    ce      H(y, P_S)                                             labeled samples
+    kd      alpha * tau^2 * KL(P_T^tau || P_S^tau)                labeled samples, live teachers only
+    pseudo  unlabeled_weight * tau^2 * KL(P_T^tau || P_S^tau)     pseudo-labeled samples
+            (unlabeled_weight * H(argmax P_T, P_S) with hard targets)
+
+and another `--loss` (a `losses.LOGIT_LOSSES` entry) takes the place of the KL in `kd` and `pseudo`.
 """
 
 from __future__ import annotations
@@ -14,40 +18,75 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dpl.core import DplError, artifacts, augment, distributed, evaluate, label
-from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, NoiseOptions, Trained, check_input, make_model, train_record
-from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
+from . import DplError, artifacts, augment, distributed, label, losses
+from .data import Dataset
+from .runs import (ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, load_teachers, make_model, parent,
+                   test_metrics, train_record)
+from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistillOptions:
+    loss: str = "kd"                    # a losses.LOGIT_LOSSES entry
     tau: float | None = None            # None: the labels' own tau offline, 1 online
-    alpha: float = 1.0                  # weight of the KD term on labeled samples (online teachers only)
-    unlabeled_weight: float = 1.0
-    unlabeled_ratio: float = 3.0        # pseudo-labeled samples per labeled sample in each batch
+    alpha: float | None = None          # weight of the KD term on labeled samples (live teachers only) [1]
+    unlabeled_weight: float | None = None   # weight of the pseudo-label term [1]
+    unlabeled_ratio: float | None = None    # pseudo-labeled samples per labeled sample in each batch [3]
     hard: bool = False
     min_confidence: float | None = None
     balance: int | None = None
 
-    def check(self) -> None:
+    def __post_init__(self):
+        losses.logit_loss(self.loss)
         if self.tau is not None and not 0 < self.tau < math.inf:
             raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
-        if self.alpha < 0 or self.unlabeled_weight < 0:
+        if (self.alpha or 0) < 0 or (self.unlabeled_weight or 0) < 0:
             raise DplError("--alpha and --unlabeled-weight must be >= 0")
-        if not self.unlabeled_ratio > 0:
+        if self.unlabeled_ratio is not None and not self.unlabeled_ratio > 0:
             raise DplError(f"--unlabeled-ratio must be > 0, got {self.unlabeled_ratio}")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise DplError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        if self.balance is not None and self.balance < 1:
+            raise DplError("--balance must be at least 1")
+        if self.hard and self.loss != "kd":
+            raise DplError(f"--loss {self.loss} compares class distributions; it cannot go with --hard")
+
+    def resolved(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool) -> DistillOptions:
+        """The options with their defaults filled in for these parts; an option that cannot apply is refused."""
+        self._refuse_inapplicable(labels, teachers, labeled, pseudo)
+        tau = self.tau if self.tau is not None else (labels.meta["tau"] if labels is not None else 1.0)
+        return DistillOptions(loss=self.loss, tau=tau, alpha=1.0 if self.alpha is None else self.alpha,
+                              unlabeled_weight=1.0 if self.unlabeled_weight is None else self.unlabeled_weight,
+                              unlabeled_ratio=3.0 if self.unlabeled_ratio is None else self.unlabeled_ratio,
+                              hard=self.hard, min_confidence=self.min_confidence, balance=self.balance)
+
+    def _refuse_inapplicable(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool) -> None:
+        if (self.min_confidence is not None or self.balance is not None) and labels is None:
+            raise DplError("--min-confidence and --balance select among stored labels: give --labels")
+        if self.alpha is not None and not (teachers and labeled):
+            raise DplError("--alpha weights a live teacher's term on labeled samples: it needs --teacher and "
+                           "labeled data (stored labels are weighted by --unlabeled-weight)")
+        if self.unlabeled_weight is not None and not pseudo:
+            raise DplError("--unlabeled-weight weights the pseudo-labeled samples, and this run has none "
+                           "(give --labels, or a partition whose unlabeled part the teacher labels)")
+        if self.unlabeled_ratio is not None and not (labeled and pseudo):
+            raise DplError("--unlabeled-ratio mixes labeled and pseudo-labeled samples, and this run has "
+                           f"only {'labeled' if labeled else 'pseudo-labeled'} ones")
+        if self.loss != "kd" and labels is not None and labels.mode == "hard":
+            raise DplError(f"{labels.path}: --loss {self.loss} needs the teacher's class distribution, and these "
+                           "labels are hard (label + confidence): label again with --soft or --topk")
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau^2 * H(targets, softmax(logits / tau)), averaged over the batch, less the targets' own entropy
-    (a constant: the gradient is that of H, and the value reads 0 when the student matches)."""
-    log_q = F.log_softmax(logits.float() / tau, dim=1)
-    return (torch.xlogy(targets, targets) - targets * log_q).sum(dim=1).mean() * tau * tau
+def source_meta(labels: artifacts.Labels | None, teacher_paths: list[Path]) -> dict:
+    """The metadata of what the student learns from (the labels, else the first teacher), whose data and
+    partition distill defaults to."""
+    if labels is not None:
+        return labels.meta
+    if teacher_paths:
+        return artifacts.read_header(teacher_paths[0], kind="checkpoint").meta
+    raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
 
 
 class Teachers:
@@ -67,6 +106,30 @@ class Teachers:
         return total / len(self.nets)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """How each step's batch is made: `labeled` samples of the labeled part, then `pseudo` of the
+    pseudo-labeled part, for `steps` steps an epoch (per rank: --batch-size is per rank)."""
+
+    labeled: int
+    pseudo: int
+    steps: int
+
+    @staticmethod
+    def plan(n_labeled: int, n_pseudo: int, batch_size: int, ratio: float) -> Mix:
+        if n_labeled and n_pseudo:
+            b_l = min(batch_size, n_labeled)
+            b_u = max(1, round(ratio * b_l))
+            steps = n_pseudo // b_u
+        elif n_labeled:
+            b_l, b_u = min(batch_size, n_labeled), 0
+            steps = n_labeled // b_l
+        else:
+            b_l, b_u = 0, min(batch_size, n_pseudo)
+            steps = n_pseudo // b_u
+        return Mix(b_l, b_u, max(1, steps // distributed.rank_world()[1]))
+
+
 def _stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
     """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly.
     Under torchrun, each rank takes its own slice of the shared stream."""
@@ -84,142 +147,106 @@ def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.
     return torch.cat(parts)
 
 
+def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, device):
+    """`batches(epoch)` for fit: ((labeled indices, pseudo-label rows), images of both) for each step."""
+    def batches(epoch: int):
+        il = _stream(n_labeled, mix.steps * mix.labeled, seed, epoch, device) if mix.labeled else None
+        iu = _stream(n_pseudo, mix.steps * mix.pseudo, seed + 1, epoch, device) if mix.pseudo else None
+        b_l, b_u = mix.labeled, mix.pseudo
+        return feed(((il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
+                     for s in range(mix.steps)), _gather_parts)
+    return batches
+
+
+def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,
+                      input_meta: dict, noise: augment.Noise, opts: DistillOptions, rt: Runtime):
+    """The step: noised batch through the student (and live teachers); the loss terms of the module docstring.
+    `targets(rows, teacher_probs)` gives the pseudo-labeled rows' targets at tau."""
+    logit_loss = losses.logit_loss(opts.loss)
+    tau = opts.tau
+
+    def step(batch):
+        (il, iu), x = batch
+        x = augment.apply(x, noise)
+        logits = forward(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
+        t_probs = teachers.probs(x, tau) if teachers is not None else None
+        terms, stats = {}, {}
+        n_l = 0 if il is None else len(il)
+        if il is not None:
+            y = y_labeled[il]
+            terms["ce"] = losses.cross_entropy(logits[:n_l], y)
+            stats["acc"] = losses.accuracy(logits[:n_l], y)
+            if t_probs is not None and opts.alpha > 0:
+                terms["kd"] = opts.alpha * logit_loss(logits[:n_l], t_probs[:n_l], y, tau)
+        if iu is not None:
+            target, s_u = targets(iu, None if t_probs is None else t_probs[n_l:]), logits[n_l:]
+            if opts.hard:
+                pseudo = losses.hard_pseudo_label(s_u, target)
+            else:
+                pseudo = logit_loss(s_u, target, target.argmax(1), tau)
+            terms["pseudo"] = opts.unlabeled_weight * pseudo
+        return terms, stats
+    return step
+
+
 def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.Labels | None,
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
             on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
-    opts.check()
-    if labels is None and not teacher_paths:
-        raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
-    if (opts.min_confidence is not None or opts.balance is not None) and labels is None:
-        raise DplError("--min-confidence and --balance select among stored labels: give --labels")
-    base = labeled if labeled is not None else pseudo
-    teachers_ckpt = [artifacts.load_checkpoint(p) for p in teacher_paths]
-    for p, t in zip(teacher_paths, teachers_ckpt):
-        check_input(t, base, p)
-    if labeled is not None and (labeled.labels < 0).any():
-        raise DplError(f"{labeled.spec}: the labeled part has samples without labels")
-    for ds in (labeled, pseudo):
-        if ds is not None and len(ds) == 0:
-            raise DplError(f"{ds.spec} ({ds.part}): no samples")
-    positions = check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
-    if labeled is not None and pseudo is not None and labeled.shape != pseudo.shape:
-        raise DplError(f"{pseudo.spec} gives {'x'.join(map(str, pseudo.shape))} images, the labeled {labeled.spec} "
-                       f"{'x'.join(map(str, labeled.shape))}")
-    tau = opts.tau if opts.tau is not None else (labels.meta["tau"] if labels is not None else 1.0)
+    source_meta(labels, teacher_paths)
+    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None)
+    base = _check_parts(labeled, pseudo)
+    teachers_ckpt = load_teachers(teacher_paths, base)
+    positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
+    if labels is not None and labels.mode == "hard":
+        opts = DistillOptions(**{**asdict(opts), "hard": True})    # hard labels train as hard targets
 
     seed_everything(cfg.seed)
     model, spec, parents = make_model(model_opts, base)
     model = rt.prepare(model)
-    forward = rt.compiled(model)
     teachers = Teachers(teachers_ckpt, rt) if teachers_ckpt else None
-    mean, std = base.normalization
-    input_meta = artifacts.input_meta(base.shape[0], base.shape[1], mean, std)
+    input_meta = input_of(base)
     noise = noise_opts.for_data(base)
 
-    rows = None
-    if pseudo is not None and labels is not None:
-        rows = label.select(labels, opts.min_confidence, opts.balance)
+    rows = label.select(labels, opts.min_confidence, opts.balance) if positions is not None else None
+    n_labeled = 0 if labeled is None else len(labeled)
     n_pseudo = 0 if pseudo is None else (len(rows) if rows is not None else len(pseudo))
     empty = torch.empty(0, dtype=torch.uint8)
     # The images of both parts, and which pseudo-labeled image each selected label row stands for.
     feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
                     positions[rows] if rows is not None else torch.arange(n_pseudo))
     if rows is not None:
-        rows, labels = rows.to(rt.device), labels.to(rt.device)
-    y_l = labeled.labels.to(rt.device) if labeled is not None else None
-
-    if labeled is not None and pseudo is not None:
-        b_l = min(cfg.batch_size, len(labeled))
-        b_u = max(1, round(opts.unlabeled_ratio * b_l))
-        n_steps = n_pseudo // b_u
-    elif labeled is not None:
-        b_l, b_u = min(cfg.batch_size, len(labeled)), 0
-        n_steps = len(labeled) // b_l
+        rows, on_device = rows.to(rt.device), labels.to(rt.device)
+        targets = lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)   # noqa: E731
     else:
-        b_l, b_u = 0, min(cfg.batch_size, n_pseudo)
-        n_steps = n_pseudo // b_u
-    n_steps = max(1, n_steps // distributed.rank_world()[1])     # --batch-size is per rank
+        targets = lambda iu, t_probs: t_probs                                                          # noqa: E731
+    mix = Mix.plan(n_labeled, n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
+    objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
+                                  targets, teachers, input_meta, noise, opts, rt)
+    history = fit(model, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device), mix.steps,
+                  cfg, rt, on_progress, resume)
 
-    def batches(epoch: int):
-        il = _stream(len(labeled), n_steps * b_l, cfg.seed, epoch, rt.device) if b_l else None
-        iu = _stream(n_pseudo, n_steps * b_u, cfg.seed + 1, epoch, rt.device) if b_u else None
-        return feed(((il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
-                     for s in range(n_steps)), _gather_parts)
-
-    def objective(batch):
-        (il, iu), x = batch
-        row = rows[iu] if rows is not None and iu is not None else None      # rows of the label arrays
-        x = augment.apply(x, noise)
-        logits = forward(augment.to_input(x, mean, std, rt.cuda))
-        t_probs = teachers.probs(x, tau) if teachers is not None else None
-        stats, loss = {}, 0.0
-        n_l = 0 if il is None else len(il)
-        if il is not None:
-            ce = F.cross_entropy(logits[:n_l], y_l[il])
-            stats["ce"] = ce.detach()
-            stats["acc"] = (logits[:n_l].argmax(1) == y_l[il]).float().mean()
-            loss = ce
-            if t_probs is not None and opts.alpha > 0:
-                kd = soft_cross_entropy(logits[:n_l], t_probs[:n_l], tau)
-                stats["kd"] = kd.detach()
-                loss = loss + opts.alpha * kd
-        if iu is not None:
-            if labels is not None:
-                targets = label.soft_targets(labels, row, tau, opts.hard)
-            else:
-                targets = t_probs[n_l:]
-            s_u = logits[n_l:]
-            if opts.hard or (labels is not None and labels.mode == "hard"):
-                pseudo_loss = F.cross_entropy(s_u, targets.argmax(1))
-            else:
-                pseudo_loss = soft_cross_entropy(s_u, targets, tau)
-            stats["pseudo"] = pseudo_loss.detach()
-            loss = loss + opts.unlabeled_weight * pseudo_loss
-        return loss, stats
-
-    history = fit(model, objective, batches, n_steps, cfg, rt, on_progress, resume)
-
-    metrics = {"train_loss": history[-1]["loss"]}
-    if test is not None:
-        logits = evaluate.predict(model, test.images, input_meta, rt)
-        m = evaluate.classification_metrics(logits, test.labels, test.num_classes)
-        metrics.update({"test_top1": m["top1"], "test_nll": m["nll"], "test_ece": m["ece"], "test_spec": test.spec})
-    for path, ckpt in zip(teacher_paths, teachers_ckpt):
-        parents.append({"role": "teacher", "path": str(path), "sha256": ckpt.sha256()})
+    parents += [parent("teacher", p, c.sha256()) for p, c in zip(teacher_paths, teachers_ckpt)]
     if labels is not None:
-        parents.append({"role": "labels", "path": str(labels.path), "sha256": labels.sha256()})
-    meta = {
-        "arch": spec, "num_classes": base.num_classes, "classes": base.classes, "input": input_meta,
-        "data": base.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed,
-        "pseudo": None if pseudo is None else {**pseudo.describe(), "selected": n_pseudo,
-                                               **({} if labels is None else {"labeled_by_teacher": len(labels)})},
-        "train": train_record(cfg, cfg.batch_size, noise, steps_per_epoch=n_steps),
-        "distill": {**asdict(opts), "tau": tau},
-    }
+        parents.append(parent("labels", labels.path, labels.sha256()))
+    metrics = {"train_loss": history[-1]["loss"], **test_metrics(model, test, input_meta, rt)}
+    pseudo_record = None if pseudo is None else {
+        **pseudo.describe(), "selected": n_pseudo, **({} if labels is None else {"labeled_by_teacher": len(labels)})}
+    meta = checkpoint_meta(spec, base, parents, cfg, train_record(cfg, cfg.batch_size, noise, steps_per_epoch=mix.steps),
+                           metrics, pseudo=pseudo_record, distill=asdict(opts))
     return Trained(model.cpu(), meta, history)
 
 
-def check_labels_fit(labels: artifacts.Labels, pseudo: Dataset) -> torch.Tensor:
-    """Where each label row's sample sits in `pseudo`. Labels of image files find their samples by key, so a
-    pool that grew or was listed anew still fits; other labels need the very data they were made for."""
-    if pseudo.num_classes and labels.num_classes != pseudo.num_classes:
-        raise DplError(f"{labels.path}: labels have {labels.num_classes} classes, the data {pseudo.num_classes}")
-    if labels.keys is not None and pseudo.keys is not None:
-        order = np.argsort(pseudo.keys, kind="stable")
-        ranked = pseudo.keys[order]
-        at = np.clip(np.searchsorted(ranked, labels.keys), 0, len(ranked) - 1)
-        found = ranked[at] == labels.keys
-        if not found.all():
-            missing = labels.keys[~found]
-            raise DplError(f"{labels.path}: {len(missing)} of its {len(labels)} labeled samples are not in "
-                           f"{pseudo.spec} ({pseudo.part}, {len(pseudo)} samples; first missing: "
-                           f"{missing[0].decode()!r}): the labels were made for another pool")
-        return torch.from_numpy(order[at])
-    made_for = labels.meta["data"]
-    if made_for.get("fingerprint") != pseudo.fingerprint():
-        raise DplError(f"{labels.path}: labels were made for {made_for.get('spec')} ({made_for.get('part')}, "
-                       f"{made_for.get('n')} samples, fingerprint {str(made_for.get('fingerprint'))[:12]}), "
-                       f"not for {pseudo.spec} ({pseudo.part}, {len(pseudo)} samples, "
-                       f"fingerprint {pseudo.fingerprint()[:12]})")
-    return labels.index
+def _check_parts(labeled: Dataset | None, pseudo: Dataset | None) -> Dataset:
+    """The labeled and pseudo-labeled parts must be usable together; returns the one that defines the input."""
+    if labeled is not None and (labeled.labels < 0).any():
+        raise DplError(f"{labeled.spec}: the labeled part has samples without labels")
+    for ds in (labeled, pseudo):
+        if ds is not None and len(ds) == 0:
+            raise DplError(f"{ds.spec} ({ds.part}): no samples")
+    if labeled is not None and pseudo is not None and labeled.shape != pseudo.shape:
+        raise DplError(f"{pseudo.spec} gives {'x'.join(map(str, pseudo.shape))} images, the labeled {labeled.spec} "
+                       f"{'x'.join(map(str, labeled.shape))}")
+    if labeled is None and pseudo is None:
+        raise DplError("distill needs data to train on")
+    return labeled if labeled is not None else pseudo

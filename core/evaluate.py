@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpl.core import DplError, augment, images as image_files, models
-from dpl.core.train import Runtime
+from . import DplError, augment, images as image_files, models
+from .train import Runtime
 
 
 def device_batches(images, rt: Runtime, batch_size: int, workers: int | None = None):
@@ -109,30 +109,8 @@ def label_quality(predicted: torch.Tensor, confidence: torch.Tensor, truth: torc
 
 # ---- frozen-feature probes: linear and kNN ---------------------------------------------------------
 
-FEATURES = "features"            # the input of the final Linear: the backbone's feature vector
+FEATURES = models.FEATURES       # the input of the final Linear: the backbone's feature vector
 MAX_PROBE_FEATURES = 2048        # spatial maps are average-pooled down to at most this many values
-
-
-class LayerTaps:
-    """Run a model and collect, by forward hooks, the outputs of the layers at `paths` and, under FEATURES,
-    the input of its final Linear. Call remove() to take the hooks off."""
-
-    def __init__(self, model: nn.Module, paths: list[str]):
-        self.model, self.captured = model, {}
-        layer = models.get_layer(model, models.feature_layer(model))
-        self.handles = [layer.register_forward_pre_hook(lambda m, args: self.captured.__setitem__(FEATURES, args[0]))]
-        for path in paths:
-            self.handles.append(models.get_layer(model, path).register_forward_hook(
-                lambda m, args, out, path=path: self.captured.__setitem__(path, out)))
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.captured = {}
-        self.model(x)
-        return self.captured
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def probe_vector(out, path: str, max_features: int = MAX_PROBE_FEATURES) -> torch.Tensor:
@@ -155,16 +133,13 @@ def extract_features(model: nn.Module, images: torch.Tensor, input_meta: dict, r
                      paths: list[str] = (), batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Frozen features (float32, on the CPU) of un-noised images: FEATURES and each layer in `paths`."""
     model.eval()
-    taps = LayerTaps(model, list(paths))
     out: dict[str, list[torch.Tensor]] = {FEATURES: [], **{p: [] for p in paths}}
-    try:
+    with models.Taps(model, list(out), stop=True) as taps:
         for x, _ in model_inputs(images, input_meta, rt, batch_size):
             with rt.autocast():
                 captured = taps(x)
             for key in out:
                 out[key].append(probe_vector(captured.get(key), key).cpu())
-    finally:
-        taps.remove()
     return {k: torch.cat(v) for k, v in out.items()}
 
 

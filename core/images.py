@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpl.core import DplError
+from . import DplError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SUFFIXES = {os.fsencode(s) for s in IMAGE_SUFFIXES}
@@ -174,56 +174,14 @@ def list_shards(folder: Path) -> Listing:
     any order, and ranks and workers split them by position exactly. `classes.txt` beside the shards (one
     name per line) names the classes; without it they are named by their index.
     """
-    folder = Path(folder)
-    if folder.is_file() and folder.suffix == ".tar":
-        root, names = folder.parent, [folder.name]
-    else:
-        root = _resolved_folder(folder)
-        names = sorted(p.name for p in root.iterdir() if p.suffix == ".tar" and p.is_file())
-        if not names:
-            compressed = sorted(p.name for p in root.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".tar.xz")))
-            raise DplError(f"{root}: no .tar shards" + (
-                f" ({compressed[0]} is compressed: shards must be plain tar to be read at random)" if compressed else ""))
+    root, names = _shard_files(Path(folder))
     keys, archive, offset, size, labels = [], [], [], [], []   # numpy arrays, one per shard
     for a, name in enumerate(names):
-        pending, cls = {}, {}
-        try:
-            with tarfile.open(root / name, "r:") as tar:
-                for m in tar:
-                    base = m.name.rsplit("/", 1)[-1]
-                    if not m.isfile() or "." not in base:
-                        continue
-                    stem = m.name[: len(m.name) - len(base)] + base.split(".", 1)[0]
-                    ext = base.split(".", 1)[1].lower()
-                    if ext == "cls":
-                        cls[stem] = tar.extractfile(m).read()
-                    elif "." + ext in IMAGE_SUFFIXES:
-                        if pending.get(stem) is not None:
-                            raise DplError(f"{root / name}: key {stem!r} has two images")
-                        pending[stem] = (m.offset_data, m.size)
-                    else:
-                        pending.setdefault(stem, None)
-                tar.members = []
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DplError(f"{root / name}: not a readable plain tar shard ({e.__class__.__name__}: {e})") from None
-        for stem in cls:
-            if pending.get(stem) is None:
-                raise DplError(f"{root / name}: key {stem!r} has no image")
-        for stem, found in pending.items():
-            if found is None:
-                raise DplError(f"{root / name}: key {stem!r} has no image")
-        try:
-            shard_labels = [int(cls[k].decode().strip()) if cls else -1 for k in pending]
-        except KeyError as e:
-            raise DplError(f"{root / name}: key {e.args[0]!r} has no .cls while others do") from None
-        except ValueError:
-            raise DplError(f"{root / name}: a .cls member does not hold a class index") from None
-        if cls and min(shard_labels) < 0:
-            raise DplError(f"{root / name}: negative class index in a .cls member")
-        keys.append(np.array([k.encode() for k in pending], dtype=bytes))
-        archive.append(np.full(len(pending), a, dtype=np.int32))
-        offset.append(np.array([f[0] for f in pending.values()], dtype=np.int64))
-        size.append(np.array([f[1] for f in pending.values()], dtype=np.int64))
+        images, shard_labels = _read_shard(root / name)
+        keys.append(np.array([k.encode() for k in images], dtype=bytes))
+        archive.append(np.full(len(images), a, dtype=np.int32))
+        offset.append(np.array([f[0] for f in images.values()], dtype=np.int64))
+        size.append(np.array([f[1] for f in images.values()], dtype=np.int64))
         labels.append(np.array(shard_labels, dtype=np.int64))
     keys, labels = np.concatenate(keys), np.concatenate(labels)
     if len(keys) == 0:
@@ -232,15 +190,69 @@ def list_shards(folder: Path) -> Listing:
         raise DplError(f"{root}: a key appears in more than one shard")
     if (labels >= 0).any() and (labels < 0).any():
         raise DplError(f"{root}: key {keys[labels < 0][0].decode()!r} has no .cls while others do")
-    classes = []
-    if labels[0] >= 0:
-        names_file = root / "classes.txt"
-        classes = [c for c in names_file.read_text().split("\n") if c] if names_file.is_file() else []
-        classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
-        if labels.max() >= len(classes):
-            raise DplError(f"{root}: class index {labels.max()} but {names_file.name} names {len(classes)} classes")
     return Listing(root, tuple(names), keys, np.concatenate(archive), np.concatenate(offset), np.concatenate(size),
-                   labels, tuple(classes))
+                   labels, _shard_classes(root, labels))
+
+
+def _shard_files(folder: Path) -> tuple[Path, list[str]]:
+    """The folder of the shards and their file names: one .tar file, or the .tar files of a folder."""
+    if folder.is_file() and folder.suffix == ".tar":
+        return folder.parent, [folder.name]
+    root = _resolved_folder(folder)
+    names = sorted(p.name for p in root.iterdir() if p.suffix == ".tar" and p.is_file())
+    if not names:
+        compressed = sorted(p.name for p in root.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".tar.xz")))
+        raise DplError(f"{root}: no .tar shards" + (
+            f" ({compressed[0]} is compressed: shards must be plain tar to be read at random)" if compressed else ""))
+    return root, names
+
+
+def _read_shard(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
+    """One shard's images, key -> (offset, size) in member order, and their class indices (-1: none)."""
+    pending, cls = {}, {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                base = m.name.rsplit("/", 1)[-1]
+                if not m.isfile() or "." not in base:
+                    continue
+                stem = m.name[: len(m.name) - len(base)] + base.split(".", 1)[0]
+                ext = base.split(".", 1)[1].lower()
+                if ext == "cls":
+                    cls[stem] = tar.extractfile(m).read()
+                elif "." + ext in IMAGE_SUFFIXES:
+                    if pending.get(stem) is not None:
+                        raise DplError(f"{path}: key {stem!r} has two images")
+                    pending[stem] = (m.offset_data, m.size)
+                else:
+                    pending.setdefault(stem, None)
+            tar.members = []
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DplError(f"{path}: not a readable plain tar shard ({e.__class__.__name__}: {e})") from None
+    missing = next((stem for stem in [*cls, *pending] if pending.get(stem) is None), None)
+    if missing is not None:
+        raise DplError(f"{path}: key {missing!r} has no image")
+    try:
+        labels = [int(cls[k].decode().strip()) if cls else -1 for k in pending]
+    except KeyError as e:
+        raise DplError(f"{path}: key {e.args[0]!r} has no .cls while others do") from None
+    except ValueError:
+        raise DplError(f"{path}: a .cls member does not hold a class index") from None
+    if cls and min(labels) < 0:
+        raise DplError(f"{path}: negative class index in a .cls member")
+    return pending, labels
+
+
+def _shard_classes(root: Path, labels: np.ndarray) -> tuple[str, ...]:
+    """Class names from classes.txt beside the shards (else the indices); none for unlabeled shards."""
+    if labels[0] < 0:
+        return ()
+    names_file = root / "classes.txt"
+    classes = [c for c in names_file.read_text().split("\n") if c] if names_file.is_file() else []
+    classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
+    if labels.max() >= len(classes):
+        raise DplError(f"{root}: class index {labels.max()} but {names_file.name} names {len(classes)} classes")
+    return tuple(classes)
 
 
 # ---- decoding ----------------------------------------------------------------------------------------
@@ -528,7 +540,7 @@ def shard_key(relative: str) -> str:
 def pack(listing: Listing, out: Path, shard_size: int) -> list[Path]:
     """Write the listed images, bytes unchanged, into plain tar shards `shard-NNNNNN.tar` (`KEY.EXT`, and
     `KEY.cls` where the class is known) plus `classes.txt`; each shard written whole, then renamed."""
-    from dpl.core.artifacts import atomic_write
+    from .artifacts import atomic_write
 
     keys = [shard_key(k.decode()) for k in listing.keys]
     if len(set(keys)) != len(keys):

@@ -7,18 +7,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from dpl.core import DplError, artifacts, augment, evaluate, images as image_files
-from dpl.core.data import MAX_LISTED, Dataset
-from dpl.core.teach import check_input
-from dpl.core.train import Progress, Runtime
+from . import DplError, artifacts, augment, evaluate, images as image_files
+from .data import MAX_LISTED, Dataset
+from .runs import load_teachers
+from .train import Progress, Runtime
 
 MODES = ("hard", "soft", "topk")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LabelOptions:
     mode: str = "soft"
     topk: int | None = None
@@ -26,15 +27,20 @@ class LabelOptions:
     shard_size: int = 50_000
     batch_size: int = 512
 
-    def check(self, num_classes: int) -> None:
+    def __post_init__(self):
         if self.mode not in MODES:
             raise DplError(f"unknown label mode {self.mode!r}; valid: {', '.join(MODES)}")
         if not 0 < self.tau < math.inf:
             raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
-        if self.mode == "topk" and not (self.topk and 1 <= self.topk <= num_classes):
+        if (self.mode == "topk") != (self.topk is not None):
+            raise DplError("--topk K stores soft labels as their top K classes; it goes with neither --hard nor "
+                           "a mode other than topk")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise DplError("--shard-size and --batch-size must be at least 1")
+
+    def check_classes(self, num_classes: int) -> None:
+        if self.mode == "topk" and not 1 <= self.topk <= num_classes:
             raise DplError(f"--topk must be between 1 and the {num_classes} classes, got {self.topk}")
-        if self.shard_size < 1:
-            raise DplError("--shard-size must be at least 1")
 
 
 def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOptions, rt: Runtime,
@@ -96,12 +102,10 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     """
     if len(ds) < world:
         raise DplError(f"{ds.spec} ({ds.part}): {len(ds)} samples to label, fewer than the {world} shards asked for")
-    checkpoints = [artifacts.load_checkpoint(p) for p in teacher_paths]
-    for p, t in zip(teacher_paths, checkpoints):
-        check_input(t, ds, p)
+    checkpoints = load_teachers(teacher_paths, ds)
     # An unlabeled pool has no classes of its own: it takes the teacher's.
     num_classes, classes = checkpoints[0].num_classes, checkpoints[0].meta.get("classes") or ds.classes
-    opts.check(num_classes)
+    opts.check_classes(num_classes)
     meta = {
         "teachers": [{"role": "teacher", "path": str(p), "sha256": t.sha256()} for p, t in zip(teacher_paths, checkpoints)],
         "data": ds.describe(), "tau": opts.tau, "mode": opts.mode, "topk": opts.topk,
@@ -119,8 +123,7 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     for seq, start in enumerate(starts):
         stop = min(start + opts.shard_size, last)
         path = Path(folder) / artifacts.shard_name(rank, seq)
-        this = artifacts.shard_meta(meta, rank, seq, len(starts), stop - start)
-        if resume and _same_shard(path, this):
+        if resume and _same_shard(path, artifacts.shard_meta(meta, rank, seq, len(starts), stop - start)):
             done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
             emit({"event": "advance", "n": (stop - start) * len(teachers)})
         else:
@@ -128,8 +131,7 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
             done = shard_tensors(teacher_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)),
                                                opts, rt, emit), start, opts, keys)
             bad = done.get("skipped", torch.zeros(0, dtype=torch.int64)).tolist()
-            this = {**this, "count": len(done["index"]), "skipped_files": [keys[i - start] for i in bad][:MAX_LISTED]}
-            artifacts.save(path, done, "labels", this)
+            write_shard(folder, meta, rank, seq, len(starts), done, [keys[i - start] for i in bad])
             written += 1
         labels.append(done["label"])
         confidences.append(done["confidence"])
@@ -142,6 +144,16 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     return {"rank": rank, "world": world, "samples": last - first, "shards": len(starts), "written": written,
             "kept": len(starts) - written, "total": len(ds), "skipped": sum(skipped) + len(ds.skipped),
             "quality": quality}
+
+
+def write_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, tensors: dict[str, torch.Tensor],
+                skipped_files: list[str] = ()) -> Path:
+    """Shard `seq` of rank `rank`'s `rank_shards` into the label folder, atomically. `meta` is the folder's
+    common metadata; `tensors` come from shard_tensors; `skipped_files` name its unreadable image files."""
+    path = Path(folder) / artifacts.shard_name(rank, seq)
+    shard = artifacts.shard_meta(meta, rank, seq, rank_shards, len(tensors["index"]))
+    artifacts.save(path, tensors, "labels", {**shard, "skipped_files": list(skipped_files)[:MAX_LISTED]})
+    return path
 
 
 def _same_shard(path: Path, expected: dict) -> bool:
@@ -159,7 +171,32 @@ def shard_files(folder: Path, rank: int | None = None) -> list[Path]:
     return sorted(Path(folder).glob(pattern))
 
 
-# ---- selection at distill time: label once, distill many -------------------------------------------
+# ---- reading labels against data, and the selection at distill time: label once, distill many -------------------------------------------
+
+def check_labels_fit(labels: artifacts.Labels, pseudo: Dataset) -> torch.Tensor:
+    """Where each label row's sample sits in `pseudo`. Labels of image files find their samples by key, so a
+    pool that grew or was listed anew still fits; other labels need the very data they were made for."""
+    if pseudo.num_classes and labels.num_classes != pseudo.num_classes:
+        raise DplError(f"{labels.path}: labels have {labels.num_classes} classes, the data {pseudo.num_classes}")
+    if labels.keys is not None and pseudo.keys is not None:
+        order = np.argsort(pseudo.keys, kind="stable")
+        ranked = pseudo.keys[order]
+        at = np.clip(np.searchsorted(ranked, labels.keys), 0, len(ranked) - 1)
+        found = ranked[at] == labels.keys
+        if not found.all():
+            missing = labels.keys[~found]
+            raise DplError(f"{labels.path}: {len(missing)} of its {len(labels)} labeled samples are not in "
+                           f"{pseudo.spec} ({pseudo.part}, {len(pseudo)} samples; first missing: "
+                           f"{missing[0].decode()!r}): the labels were made for another pool")
+        return torch.from_numpy(order[at])
+    made_for = labels.meta["data"]
+    if made_for.get("fingerprint") != pseudo.fingerprint():
+        raise DplError(f"{labels.path}: labels were made for {made_for.get('spec')} ({made_for.get('part')}, "
+                       f"{made_for.get('n')} samples, fingerprint {str(made_for.get('fingerprint'))[:12]}), "
+                       f"not for {pseudo.spec} ({pseudo.part}, {len(pseudo)} samples, "
+                       f"fingerprint {pseudo.fingerprint()[:12]})")
+    return labels.index
+
 
 def select(labels: artifacts.Labels, min_confidence: float | None = None, balance: int | None = None) -> torch.Tensor:
     """Rows of `labels` to train on: confidence filter, then per-class balancing to `balance` rows
@@ -171,8 +208,6 @@ def select(labels: artifacts.Labels, min_confidence: float | None = None, balanc
         if len(rows) == 0:
             raise DplError(f"{labels.path}: no pseudo-label has confidence >= {min_confidence}")
     if balance is not None:
-        if balance < 1:
-            raise DplError("--balance must be at least 1")
         picked = []
         for c in range(labels.num_classes):
             members = rows[labels.label[rows] == c]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from dpl.core import DplError
+from . import DplError
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -272,6 +272,22 @@ def load_pretrained(model: nn.Module, name: str) -> Pretrained:
     adapt_input_conv): summed over RGB for one channel, else repeated and scaled by 3 / channels.
     """
     url, file = pretrained_file(name)
+    state = _read_pretrained(url, file)
+    if isinstance(getattr(model, "fc", None), Classifier):     # the resnets' fc sits inside a Classifier
+        state = {(f"fc.{k}" if k.startswith("fc.") else k): v for k, v in state.items()}
+    own = model.state_dict()
+    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
+    if first in state:
+        state[first] = _adapt_input_conv(state[first], own[first].shape[1])
+    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    if not loaded:
+        raise DplError(f"{file}: no tensor fits {name}; replace it with {url}")
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    return Pretrained(url, file, loaded, [k for k in own if k not in set(loaded)])
+
+
+def _read_pretrained(url: str, file: Path) -> dict[str, torch.Tensor]:
+    """torchvision's state dict from the hub cache, downloaded first when absent; tensors only."""
     if not file.is_file():     # downloaded here, not by torch.hub, which announces it on stdout
         digest = torch.hub.HASH_REGEX.search(file.name)
         try:
@@ -285,18 +301,7 @@ def load_pretrained(model: nn.Module, name: str) -> Pretrained:
         raise DplError(f"{file}: unreadable weights ({_first_line(e)}); replace it with {url}") from None
     if not isinstance(state, dict):
         raise DplError(f"{file}: not a state dict; replace it with {url}")
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if isinstance(getattr(model, "fc", None), Classifier):     # the resnets' fc sits inside a Classifier
-        state = {(f"fc.{k}" if k.startswith("fc.") else k): v for k, v in state.items()}
-    own = model.state_dict()
-    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
-    if first in state:
-        state[first] = _adapt_input_conv(state[first], own[first].shape[1])
-    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
-    if not loaded:
-        raise DplError(f"{file}: no tensor fits {name}; replace it with {url}")
-    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
-    return Pretrained(url, file, loaded, [k for k in own if k not in set(loaded)])
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -396,26 +401,91 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
                        f"{' ...' if len(names) > 40 else ''} (dpl info --layers lists them all)") from None
 
 
+FEATURES = "features"            # a tap's name for the input of the final Linear: the backbone's feature vector
+
+
+class _Reached(Exception):
+    pass
+
+
+class Taps:
+    """Forward hooks that capture layer outputs by module path; FEATURES captures the input of the model's
+    final Linear. The one way dpl reaches inside a model: hints, probes, pretext tasks, `info --layers`.
+
+    `taps(x)` runs the model and returns {path: output}, in the order the layers ran (a layer that runs twice
+    keeps its last output). With `stop=True` the forward pass stops as soon as every tapped layer has run, so
+    nothing past them is computed. Use as a context manager, or call remove(), to take the hooks off.
+    """
+
+    def __init__(self, model: nn.Module, paths, stop: bool = False):
+        self.model, self.paths, self.stop = model, list(dict.fromkeys(paths)), stop
+        self.captured: dict[str, object] = {}
+        self.handles = []
+        for path in self.paths:
+            if path == FEATURES:
+                layer = get_layer(model, feature_layer(model))
+                self.handles.append(layer.register_forward_pre_hook(
+                    lambda m, args: self._capture(FEATURES, args[0])))
+            else:
+                self.handles.append(get_layer(model, path).register_forward_hook(
+                    lambda m, args, out, path=path: self._capture(path, out)))
+
+    def _capture(self, path: str, out) -> None:
+        self.captured[path] = out
+        if self.stop and len(self.captured) == len(self.paths):
+            raise _Reached
+
+    def __call__(self, x: torch.Tensor) -> dict[str, object]:
+        self.captured = {}
+        try:
+            self.model(x)
+        except _Reached:
+            pass
+        captured, self.captured = self.captured, {}
+        return captured
+
+    def tensor(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """One tapped layer's output, which must be a tensor."""
+        out = self(x).get(path)
+        if not isinstance(out, torch.Tensor):
+            raise DplError(f"layer {path!r} does not output a tensor (it gives {type(out).__name__})")
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def __enter__(self) -> Taps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def output_shape(taps: Taps, path: str, input_shape) -> tuple[int, ...]:
+    """The output shape (less the batch) of a tapped layer for one input of `input_shape`, in eval mode."""
+    was_training = taps.model.training
+    taps.model.eval()
+    try:
+        with torch.no_grad():
+            device = next(taps.model.parameters()).device
+            return tuple(taps.tensor(torch.zeros(1, *input_shape, device=device), path).shape[1:])
+    finally:
+        taps.model.train(was_training)
+
+
 def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict]:
     """Every named module in execution order with its output shape for one input of `input_shape`."""
-    rows, handles = [], []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(m, args, out, name=name):
-            shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-            params = sum(p.numel() for p in m.parameters(recurse=False))
-            rows.append({"path": name, "type": type(m).__name__, "shape": shape, "params": params})
-
-        handles.append(module.register_forward_hook(hook))
+    modules = dict(model.named_modules())
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+        with Taps(model, [name for name in modules if name]) as taps, torch.inference_mode():
+            captured = taps(torch.zeros(1, *input_shape))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return rows
+    return [{"path": name, "type": type(modules[name]).__name__,
+             "shape": list(out.shape[1:]) if isinstance(out, torch.Tensor) else None,
+             "params": sum(p.numel() for p in modules[name].parameters(recurse=False))}
+            for name, out in captured.items()]

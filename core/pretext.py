@@ -3,7 +3,7 @@
 Each task is a batch transform plus a head on the backbone's feature vector (the input of the model's final
 Linear, read by a forward pre-hook), trained by the one loop in `train.fit`. All transforms work on whole
 uint8 batches on the device, each sample drawing its own randomness. The checkpoint holds the model exactly
-as `teach` makes it; the task's head (and the jigsaw permutation set) is stored under the prefix `pretext.`.
+as `teach` makes it; the task's head (and the jigsaw permutation set) is stored under the prefix `objective.`.
 
     rotation  RotNet (Gidaris et al., ICLR'18): every image at 0/90/180/270 degrees, 4-way classification.
     jigsaw    Noroozi & Favaro (ECCV'16): 3x3 tiles with gaps and jitter, shuffled by one of P permutations
@@ -18,25 +18,24 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpl.core import DplError, artifacts, augment, evaluate, models
-from dpl.core.data import Dataset
-from dpl.core.teach import ModelOptions, Trained, make_model, train_record
-from dpl.core.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from . import DplError, augment, losses, models
+from .data import Dataset
+from .runs import ModelOptions, Trained, checkpoint_meta, make_model, train_record
+from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
-TASKS = ("rotation", "jigsaw", "context", "simclr")
 GRID = 3                 # jigsaw and context cut a 3x3 grid of cells
 MIN_TILE = 6             # smallest tile (or patch) side, in pixels, that still shows something
 # Context prediction: the 8 neighbours of the centre cell (row, column), in label order.
 NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Views:
     """SimCLR's augmentation, per view: random resized crop, colour jitter, grayscale, blur (the flip is
     PretextOptions.flip, shared with the other tasks)."""
@@ -45,25 +44,25 @@ class Views:
     jitter: float = 0.5              # colour-jitter strength s: brightness/contrast/saturation 0.8s, hue 0.2s
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2      # colour images only
-    blur_prob: float = 0.0           # Gaussian blur, kernel 10% of the side, sigma in [0.1, 2]
+    blur_prob: float | None = None   # Gaussian blur, kernel 10% of the side, sigma in [0.1, 2] [by image size]
 
-    def check(self) -> None:
+    def __post_init__(self):
         if not 0.0 < self.crop_scale <= 1.0:
             raise DplError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if self.jitter < 0:
             raise DplError(f"--color-jitter must be >= 0, got {self.jitter}")
         for name, p in (("--color-jitter-prob", self.jitter_prob), ("--grayscale-prob", self.grayscale_prob),
                         ("--blur-prob", self.blur_prob)):
-            if not 0.0 <= p <= 1.0:
+            if p is not None and not 0.0 <= p <= 1.0:
                 raise DplError(f"{name} must be in [0, 1], got {p}")
 
 
-def default_blur_prob(image_size: int) -> float:
-    # SimCLR blurs ImageNet-sized images and leaves CIFAR-sized ones alone.
-    return 0.5 if image_size >= 64 else 0.0
+    def for_size(self, image_size: int) -> Views:
+        """SimCLR blurs ImageNet-sized images and leaves CIFAR-sized ones alone: the default blur by size."""
+        return self if self.blur_prob is not None else replace(self, blur_prob=0.5 if image_size >= 64 else 0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretextOptions:
     task: str = "rotation"
     head_width: int = 512            # hidden width of the task's MLP head
@@ -76,7 +75,7 @@ class PretextOptions:
     projection_dim: int = 128        # simclr: output width of the projection head
     views: Views = field(default_factory=Views)
 
-    def check(self) -> None:
+    def __post_init__(self):
         if self.task not in TASKS:
             raise DplError(f"unknown pretext task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.head_width < 1 or self.projection_dim < 1:
@@ -87,26 +86,6 @@ class PretextOptions:
             raise DplError(f"--patch-size must be at least 1, got {self.patch_size}")
         if not self.temperature > 0:
             raise DplError(f"--temperature must be > 0, got {self.temperature}")
-        self.views.check()
-
-
-# ---- losses ---------------------------------------------------------------------------------------
-
-def contrastive_logits(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities / temperature of 2N embeddings (view 1 of every image, then view 2), with
-    each sample's similarity to itself masked out; and the index of each sample's positive."""
-    z = F.normalize(z.float(), dim=1)
-    n2 = z.shape[0]
-    if n2 % 2 or n2 < 4:
-        raise DplError("NT-Xent needs two views of at least two images")
-    sim = (z @ z.T / temperature).masked_fill(torch.eye(n2, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = (torch.arange(n2, device=z.device) + n2 // 2) % n2
-    return sim, positives
-
-
-def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent (SimCLR): mean over the 2N samples of -log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))."""
-    return F.cross_entropy(*contrastive_logits(z, temperature))
 
 
 # ---- jigsaw permutations --------------------------------------------------------------------------
@@ -272,7 +251,7 @@ def simclr_view(x: torch.Tensor, views: Views, flip: bool) -> torch.Tensor:
     if c == 3 and views.grayscale_prob > 0:
         apply = torch.rand(b, device=dev).view(b, 1, 1, 1) < views.grayscale_prob
         out = torch.where(apply, _grey(out).expand_as(out), out)
-    if views.blur_prob > 0:
+    if views.blur_prob:
         apply = torch.rand(b, device=dev).view(b, 1, 1, 1) < views.blur_prob
         out = torch.where(apply, gaussian_blur(out, torch.empty(b, device=dev).uniform_(0.1, 2.0)), out)
     return out.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
@@ -291,145 +270,195 @@ class Pretext(nn.Module):
     def __init__(self, model: nn.Module, head: nn.Module):
         super().__init__()
         self.model, self.head = model, head
-        self.taps = evaluate.LayerTaps(model, [])
+        # The model runs up to its feature vector: the classifier is not used.
+        self.taps = models.Taps(model, [models.FEATURES], stop=True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's feature vector of each image (the model's classifier output is not used)."""
-        return self.taps(x)[evaluate.FEATURES]
+        """The backbone's feature vector of each image."""
+        return self.taps.tensor(x, models.FEATURES)
 
 
-def head_for(opts: PretextOptions, width: int) -> nn.Module:
-    if opts.task == "rotation":
-        return mlp(width, opts.head_width, 4)
-    if opts.task == "jigsaw":
-        return mlp(GRID * GRID * width, opts.head_width, opts.permutations)
-    if opts.task == "context":
-        return mlp(2 * width, opts.head_width, len(NEIGHBOURS))
-    return mlp(width, opts.head_width, opts.projection_dim)
+class Task:
+    """A pretext task: a head on the backbone's feature vector, and a step that makes a batch's inputs and
+    targets on the device and returns the loss terms. Built for one dataset; `record` goes to the checkpoint."""
+
+    name = ""
+
+    def __init__(self, opts: PretextOptions, ds: Dataset, rt: Runtime, seed: int):
+        self.opts, self.rt = opts, rt
+        self.mean, self.std = ds.normalization
+        self.size = ds.shape[1]
+        self.flip = opts.flip and ds.hflip
+
+    def head(self, width: int) -> nn.Module:
+        raise NotImplementedError
+
+    def step(self, net: Pretext, x: torch.Tensor) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        return {"flip": self.flip}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors the task keeps beside its head (the jigsaw permutation set)."""
+        return {}
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return augment.to_input(x, self.mean, self.std, self.rt.cuda)
+
+    def classified(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[dict, dict]:
+        return {"ce": losses.cross_entropy(logits, target)}, {"acc": losses.accuracy(logits, target)}
 
 
-def pretext_objective(net: Pretext, opts: PretextOptions, ds: Dataset, rt: Runtime,
-                      permutations: torch.Tensor | None):
-    mean, std = ds.normalization
-    size = ds.shape[1]
-    flip = opts.flip and ds.hflip
-    grid = grid_for(ds, opts.task) if opts.task in ("jigsaw", "context") else None
-    patch_size = opts.patch_size or size
+class Rotation(Task):
+    name = "rotation"
 
-    def inputs(x: torch.Tensor) -> torch.Tensor:
-        return augment.to_input(x, mean, std, rt.cuda)
+    def __init__(self, opts, ds, rt, seed):
+        super().__init__(opts, ds, rt, seed)
+        self.noise = augment.Noise(crop_pad=max(1, self.size // 8) if opts.crop else 0, hflip=self.flip)
 
-    def embed_patches(patches: torch.Tensor, color_drop: bool = False) -> torch.Tensor:
+    def head(self, width):
+        return mlp(width, self.opts.head_width, 4)
+
+    def step(self, net, x):
+        x = augment.apply(x, self.noise)
+        rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+        target = torch.arange(4, device=x.device).repeat_interleave(len(x))
+        return self.classified(net.head(net.embed(self.inputs(rotated))), target)
+
+    def record(self):
+        return {**super().record(), "crop": self.opts.crop}
+
+
+class GridTask(Task):
+    """Tasks on tiles of a 3x3 grid: each tile is embedded by the shared backbone at `patch_size`."""
+
+    def __init__(self, opts, ds, rt, seed):
+        super().__init__(opts, ds, rt, seed)
+        self.grid = grid_for(ds, self.name)
+        self.patch_size = opts.patch_size or self.size
+
+    def embed_patches(self, net: Pretext, patches: torch.Tensor, color_drop: bool = False) -> torch.Tensor:
         """(B, K, C, t, t) uint8 -> (B, K * width): each patch embedded by the shared backbone."""
         b, k, c, t, _ = patches.shape
-        x = augment.to_input(patches.reshape(b * k, c, t, t), mean, std)
+        x = augment.to_input(patches.reshape(b * k, c, t, t), self.mean, self.std)
         if color_drop and c == 3:
             # Doersch et al.: keep one random channel per patch, Gaussian noise (1/100 of the range) in the others.
             keep = F.one_hot(torch.randint(0, 3, (b * k,), device=x.device), 3).bool()[:, :, None, None]
-            x = torch.where(keep, x, torch.randn_like(x) * (0.01 / torch.tensor(std, device=x.device).view(1, -1, 1, 1)))
-        if t != patch_size:
-            x = F.interpolate(x, size=(patch_size, patch_size), mode="bilinear", align_corners=False)
-        if rt.cuda:
+            x = torch.where(keep, x, torch.randn_like(x) * (0.01 / torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)))
+        if t != self.patch_size:
+            x = F.interpolate(x, size=(self.patch_size, self.patch_size), mode="bilinear", align_corners=False)
+        if self.rt.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return net.embed(x).reshape(b, -1)
 
-    def accuracy(logits, target):
-        return (logits.argmax(1) == target).float().mean()
+    def record(self):
+        return {**super().record(), "grid": GRID, "cell": self.grid.cell, "tile": self.grid.tile,
+                "patch_size": self.patch_size}
 
-    if opts.task == "rotation":
-        noise = augment.Noise(crop_pad=max(1, size // 8) if opts.crop else 0, hflip=flip)
 
-        def step(batch):
-            x = augment.apply(batch[1], noise)
-            rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
-            target = torch.arange(4, device=x.device).repeat_interleave(len(x))
-            logits = net.head(net.embed(inputs(rotated)))
-            return F.cross_entropy(logits, target), {"acc": accuracy(logits, target)}
-    elif opts.task == "jigsaw":
-        cells = torch.tensor([(r, c) for r in range(GRID) for c in range(GRID)], device=rt.device)
-        perms = permutations.to(rt.device)
+class Jigsaw(GridTask):
+    name = "jigsaw"
 
-        def step(batch):
-            x = augment.apply(batch[1], augment.Noise(hflip=flip))
-            b = len(x)
-            top, left = grid_offsets(b, size, grid, cells.expand(b, -1, -1), x.device)
-            tiles = crop_patches(x, top, left, grid.tile)
-            target = torch.randint(0, len(perms), (b,), device=x.device)
-            shuffled = tiles[torch.arange(b, device=x.device)[:, None], perms[target]]   # slot q shows tile perm[q]
-            logits = net.head(embed_patches(shuffled))
-            return F.cross_entropy(logits, target), {"acc": accuracy(logits, target)}
-    elif opts.task == "context":
-        neighbours = torch.tensor(NEIGHBOURS, device=rt.device)
-        centre = torch.tensor([[GRID // 2, GRID // 2]], device=rt.device)
+    def __init__(self, opts, ds, rt, seed):
+        super().__init__(opts, ds, rt, seed)
+        self.permutations = maximal_hamming_permutations(opts.permutations, seed)
+        self.perms = self.permutations.to(rt.device)
+        self.cells = torch.tensor([(r, c) for r in range(GRID) for c in range(GRID)], device=rt.device)
 
-        def step(batch):
-            x = augment.apply(batch[1], augment.Noise(hflip=flip))
-            b = len(x)
-            target = torch.randint(0, len(NEIGHBOURS), (b,), device=x.device)
-            cells = torch.stack([centre.expand(b, -1), neighbours[target]], dim=1)      # (B, 2, 2)
-            top, left = grid_offsets(b, size, grid, cells, x.device)
-            pair = crop_patches(x, top, left, grid.tile)
-            logits = net.head(embed_patches(pair, color_drop=opts.color_drop))
-            return F.cross_entropy(logits, target), {"acc": accuracy(logits, target)}
-    else:
-        def step(batch):
-            x = batch[1]
-            both = torch.cat([simclr_view(x, opts.views, flip), simclr_view(x, opts.views, flip)])
-            sim, positives = contrastive_logits(net.head(net.embed(inputs(both))), opts.temperature)
-            return F.cross_entropy(sim, positives), {"acc": accuracy(sim, positives)}
-    return step
+    def head(self, width):
+        return mlp(GRID * GRID * width, self.opts.head_width, self.opts.permutations)
+
+    def step(self, net, x):
+        x = augment.apply(x, augment.Noise(hflip=self.flip))
+        b = len(x)
+        top, left = grid_offsets(b, self.size, self.grid, self.cells.expand(b, -1, -1), x.device)
+        tiles = crop_patches(x, top, left, self.grid.tile)
+        target = torch.randint(0, len(self.perms), (b,), device=x.device)
+        shuffled = tiles[torch.arange(b, device=x.device)[:, None], self.perms[target]]   # slot q shows tile perm[q]
+        return self.classified(net.head(self.embed_patches(net, shuffled)), target)
+
+    def record(self):
+        return {**super().record(), "permutations": self.opts.permutations,
+                "min_hamming": min_hamming(self.permutations)}
+
+    def state(self):
+        return {"permutations": self.permutations}
+
+
+class Context(GridTask):
+    name = "context"
+
+    def __init__(self, opts, ds, rt, seed):
+        super().__init__(opts, ds, rt, seed)
+        self.neighbours = torch.tensor(NEIGHBOURS, device=rt.device)
+        self.centre = torch.tensor([[GRID // 2, GRID // 2]], device=rt.device)
+
+    def head(self, width):
+        return mlp(2 * width, self.opts.head_width, len(NEIGHBOURS))
+
+    def step(self, net, x):
+        x = augment.apply(x, augment.Noise(hflip=self.flip))
+        b = len(x)
+        target = torch.randint(0, len(NEIGHBOURS), (b,), device=x.device)
+        cells = torch.stack([self.centre.expand(b, -1), self.neighbours[target]], dim=1)      # (B, 2, 2)
+        top, left = grid_offsets(b, self.size, self.grid, cells, x.device)
+        pair = crop_patches(x, top, left, self.grid.tile)
+        return self.classified(net.head(self.embed_patches(net, pair, color_drop=self.opts.color_drop)), target)
+
+    def record(self):
+        return {**super().record(), "color_drop": self.opts.color_drop}
+
+
+class SimCLR(Task):
+    name = "simclr"
+
+    def __init__(self, opts, ds, rt, seed):
+        super().__init__(opts, ds, rt, seed)
+        self.views = opts.views.for_size(self.size)
+
+    def head(self, width):
+        return mlp(width, self.opts.head_width, self.opts.projection_dim)
+
+    def step(self, net, x):
+        both = torch.cat([simclr_view(x, self.views, self.flip), simclr_view(x, self.views, self.flip)])
+        z = net.head(net.embed(self.inputs(both)))
+        with torch.no_grad():
+            acc = losses.accuracy(*losses.contrastive_logits(z, self.opts.temperature))
+        return {"nt_xent": losses.nt_xent(z, self.opts.temperature)}, {"acc": acc}
+
+    def record(self):
+        return {**super().record(), "temperature": self.opts.temperature,
+                "projection_dim": self.opts.projection_dim, **asdict(self.views)}
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Rotation, Jigsaw, Context, SimCLR)}
 
 
 def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt: Runtime,
-             untrained: bool = False, on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
-    """Train `arch` on `ds` with the pretext task. `untrained` skips training: the checkpoint then holds the
-    initialised backbone (and head), the baseline of every probe table."""
-    opts.check()
+             on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
+    """Train `arch` on `ds` with the pretext task. With cfg.epochs 0 nothing is trained: the checkpoint then
+    holds the initialised backbone (and head), the baseline of every probe table."""
     if len(ds) == 0:
         raise DplError(f"{ds.spec}: no samples to pretrain on")
-    if opts.task in ("jigsaw", "context"):
-        grid_for(ds, opts.task)
     batch_size = min(cfg.batch_size, len(ds))
     if batch_size < 2:
         raise DplError("pretraining needs batches of at least 2 images (batch norm; SimCLR's negatives)")
     seed_everything(cfg.seed)
-    model, spec, _ = make_model(ModelOptions(arch), ds)
-    permutations = maximal_hamming_permutations(opts.permutations, cfg.seed) if opts.task == "jigsaw" else None
+    model, spec, _ = make_model(ModelOptions(arch=arch), ds)
+    task = TASKS[opts.task](opts, ds, rt, cfg.seed)
     width = model.get_submodule(models.feature_layer(model)).in_features
-    net = rt.prepare(Pretext(model, head_for(opts, width)))
+    net = rt.prepare(Pretext(model, task.head(width)))
     history = []
-    if not untrained:
-        objective = pretext_objective(net, opts, ds, rt, permutations)
-        history = fit(net, objective, rt.place(ds.images).shuffled(batch_size, cfg.seed),
+    if cfg.epochs:
+        history = fit(net, lambda batch: task.step(net, batch[1]), rt.place(ds.images).shuffled(batch_size, cfg.seed),
                       steps_per_epoch(len(ds), batch_size), cfg, rt, on_progress, resume)
     net.taps.remove()
-    mean, std = ds.normalization
-    task = {"task": opts.task, "head_width": opts.head_width, "feature_width": width}
-    if opts.task != "simclr":
-        task["flip"] = opts.flip and ds.hflip
-    if opts.task == "rotation":
-        task["crop"] = opts.crop
-    if opts.task in ("jigsaw", "context"):
-        grid = grid_for(ds, opts.task)
-        task.update({"grid": GRID, "cell": grid.cell, "tile": grid.tile, "patch_size": opts.patch_size or ds.shape[1]})
-    if opts.task == "jigsaw":
-        task.update({"permutations": opts.permutations, "min_hamming": min_hamming(permutations)})
-    if opts.task == "context":
-        task["color_drop"] = opts.color_drop
-    if opts.task == "simclr":
-        task.update({"temperature": opts.temperature, "projection_dim": opts.projection_dim,
-                     "flip": opts.flip and ds.hflip, **asdict(opts.views)})
     last = history[-1] if history else {}
-    meta = {
-        "arch": spec, "num_classes": spec["num_classes"], "classes": ds.classes,
-        "input": artifacts.input_meta(ds.shape[0], ds.shape[1], mean, std),
-        "data": ds.describe(), "parents": [], "seed": cfg.seed, "pretext": task,
-        "metrics": {f"pretext_{k}": v for k, v in last.items() if k != "epoch"},
-        "history": history,
-        "train": train_record(cfg, batch_size, None, epochs=0 if untrained else cfg.epochs,
-                              warmup_epochs=cfg.warmup_epochs),
-    }
-    extras = {f"pretext.head.{k}": v for k, v in net.head.state_dict().items()}
-    if permutations is not None:
-        extras["pretext.permutations"] = permutations
-    return Trained(net.model.cpu(), meta, history, extras=extras)
+    meta = checkpoint_meta(
+        spec, ds, [], cfg, train_record(cfg, batch_size, None, warmup_epochs=cfg.warmup_epochs),
+        {f"pretext_{k}": v for k, v in last.items() if k != "epoch"},
+        pretext={"task": opts.task, "head_width": opts.head_width, "feature_width": width, **task.record()},
+        history=history)
+    state = {**{f"head.{k}": v for k, v in net.head.state_dict().items()}, **task.state()}
+    return Trained(net.model.cpu(), meta, history, objective=state)

@@ -1,5 +1,7 @@
 """The one training loop. `teach`, `distill`, `hint` and `pretrain` differ only in what a batch is and
-what the loss is: each passes an objective (batch -> loss, stats) and a batch maker to `fit`.
+what the loss is: each passes an objective and a batch maker to `fit`. An objective maps a batch to its
+loss terms, already weighted ({"ce": ..., "kd": ...}: the loss is their sum) and statistics to average
+that are not part of the loss ({"acc": ...}).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dpl.core import DplError, Interrupted, RunError, artifacts, distributed, images
+from . import DplError, Interrupted, RunError, artifacts, distributed, images
 
-Objective = Callable[[object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Objective = Callable[[object], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
@@ -38,8 +40,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
             raise DplError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adamw")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DplError("--epochs and --batch-size must be at least 1")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise DplError("--epochs must be at least 0 and --batch-size at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DplError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
@@ -170,22 +172,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, device: torch.device,
-                     drop_last: bool = True) -> Iterator[torch.Tensor]:
-    """Index batches of one epoch; the order depends only on (seed, epoch). Under torchrun each rank takes
-    its own slice of the epoch's order (equal sizes, no sample twice): --batch-size is per rank."""
+def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index batches of one epoch, the last partial batch dropped (a whole one when n < batch_size); the order
+    depends only on (seed, epoch). Under torchrun each rank takes its own slice of the epoch's order (equal
+    sizes, no sample twice): --batch-size is per rank."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     rank, world = distributed.rank_world()
     order = order[: n - n % world][rank::world].to(device)
     n = len(order)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    stop = n - n % batch_size if n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start: start + batch_size]
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+def steps_per_epoch(n: int, batch_size: int) -> int:
     n //= distributed.rank_world()[1]
-    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+    return n // batch_size if n >= batch_size else math.ceil(n / batch_size)
 
 
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -319,80 +321,133 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
     """Train every parameter of `module` (the model plus any objective heads) for cfg.epochs.
 
     `batches(epoch)` yields `n_steps` batches, in an order that depends only on the epoch; `objective(batch)`
-    returns the loss and a dict of scalar stats to average. Returns one dict of averaged stats per epoch.
-    With `resume`, a resume state is written every `resume.every` epochs and when SIGINT/SIGTERM arrives,
-    and `resume.resume` continues from it: weights, optimizer, schedule, RNG states and batch position.
+    returns the loss terms and the stats (see the module docstring). Returns one dict per epoch of the averaged
+    loss, terms and stats. With `resume`, a resume state is written every `resume.every` epochs and when
+    SIGINT/SIGTERM arrives, and `resume.resume` continues from it: weights, optimizer, schedule, RNG states and
+    batch position.
+
+    A non-finite loss stops the run. On the CPU it is caught before its step is taken, and the resume state is
+    written at that step. On a GPU, reading the loss every step would make the host wait for the device each
+    step; the loss is read at the log interval instead (as are the stop requests under torchrun, which take an
+    all-reduce), so the run stops there, up to cfg.log_every steps late, and keeps the last resume state
+    written before.
     """
+    if cfg.epochs == 0:
+        raise DplError("--epochs 0 trains nothing")
     rank, world = distributed.rank_world()
     if world > 1:
         distributed.setup(rt.device)
         distributed.broadcast_module(module)
         torch.manual_seed(cfg.seed * 1_000 + rank)    # each rank draws its own noise
-    optimizer = make_optimizer(module, cfg)
-    total = cfg.epochs * n_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup_epochs * n_steps)))
-    history, start_epoch, skip, sums, count = [], 0, 0, {}, 0
-    if resume is not None and resume.resume:
-        position = load_resume_state(resume, module, optimizer, schedule)
-        history, start_epoch, skip = position["history"], position["epoch"], position["batch"]
-        sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
-        count = skip
+    run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume)
+    history, skip, schedule = run.history, run.count, run.schedule
     emit = on_progress if on_progress is not None and rank == 0 else (lambda event: None)
-    emit({"event": "start", "epochs": cfg.epochs, "steps": total})
+    emit({"event": "start", "epochs": cfg.epochs, "steps": cfg.epochs * n_steps})
     step = start_epoch * n_steps + skip
-
-    def checkpoint(epoch: int, batch: int) -> None:
-        """Every rank calls this at the same step; rank 0 writes."""
-        if resume is None:
-            return
-        rng = _rng_state(rt.device)
-        if rank == 0:
-            save_resume_state(resume, module, optimizer, schedule, {
-                "epoch": epoch, "batch": batch, "history": history,
-                "sums": {k: float(v) for k, v in sums.items()}}, rng)
-
     with _StopRequests() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             module.train()
             for index, batch in enumerate(batches(epoch)):
                 if index < skip:
                     continue
-                with rt.autocast():
-                    loss, stats = objective(batch)
-                if not distributed.all_ranks_agree(bool(torch.isfinite(loss.detach())), rt.device):
-                    checkpoint(epoch, index)
-                    terms = ", ".join(f"{k} {float(v):.4g}" for k, v in stats.items())
-                    where = f"; resume state at that step in {resume.path}" if resume is not None else ""
-                    raise RunError(f"loss is {float(loss.detach())} at epoch {epoch + 1} step {index + 1}"
-                                   f"{' (' + terms + ')' if terms else ''}: try a lower --lr"
-                                   f"{' or --device cpu (no bf16 autocast)' if rt.cuda else ''}{where}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1:
-                    distributed.average_gradients(module)
-                optimizer.step()
-                schedule.step()
+                # The host reads device values only where it must: every step on the CPU (where it costs
+                # nothing), at the log interval on a GPU.
+                check = not rt.cuda or (run.count + 1) % cfg.log_every == 0 or run.count + 1 == n_steps
+                run.step(objective, batch, epoch, index, check)
                 step += 1
-                count += 1
-                for k, v in {"loss": loss, **stats}.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
-                if count % cfg.log_every == 0 or count == n_steps:
+                if run.count % cfg.log_every == 0 or run.count == n_steps:
                     emit({"event": "step", "epoch": epoch, "step": step, "lr": schedule.get_last_lr()[0],
-                          **_means(sums, count)})
-                if not distributed.all_ranks_agree(stop.signum is None, rt.device):
-                    checkpoint(epoch, index + 1)
-                    signum = stop.signum or signal.SIGTERM          # another rank was signalled
-                    name = signal.Signals(signum).name
-                    raise Interrupted(signum, f"{name} at epoch {epoch + 1} step {index + 1}; " + (
-                        "resume state saved: run the same command with --resume" if resume is not None
-                        else "no output was written"))
-            summary = {"epoch": epoch + 1, **_means(sums, max(count, 1))}
+                          **_means(run.sums, run.count)})
+                if (check or world == 1) and not distributed.all_ranks_agree(stop.signum is None, rt.device):
+                    raise run.interrupted(stop.signum, epoch, index)
+            summary = {"epoch": epoch + 1, **_means(run.sums, max(run.count, 1))}
             history.append(summary)
             emit({"event": "epoch", **summary})
-            skip, sums, count = 0, {}, 0
+            skip, run.sums, run.count = 0, {}, 0
             if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
-                checkpoint(epoch + 1, 0)
+                run.checkpoint(epoch + 1, 0)
     return history
+
+
+@dataclass
+class _Run:
+    """The state of `fit` between steps: what a step changes, what a resume state saves."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    cfg: TrainConfig
+    rt: Runtime
+    resume: ResumeSpec | None
+    history: list[dict]
+    sums: dict[str, torch.Tensor]
+    count: int = 0
+    finite: torch.Tensor | None = None      # GPU: whether every loss since the start was finite
+
+    @staticmethod
+    def start(module: nn.Module, cfg: TrainConfig, rt: Runtime, n_steps: int, resume: ResumeSpec | None) -> tuple[_Run, int]:
+        """A fresh run, or the one a resume state continues; and the epoch it starts in."""
+        optimizer = make_optimizer(module, cfg)
+        total = cfg.epochs * n_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup_epochs * n_steps)))
+        run = _Run(module, optimizer, schedule, cfg, rt, resume, history=[], sums={})
+        if resume is None or not resume.resume:
+            return run, 0
+        position = load_resume_state(resume, module, optimizer, schedule)
+        run.history, run.count = position["history"], position["batch"]
+        run.sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
+        return run, position["epoch"]
+
+    def step(self, objective: Objective, batch, epoch: int, index: int, check: bool) -> None:
+        with self.rt.autocast():
+            terms, stats = objective(batch)
+            loss = sum(terms.values())
+        self.check_finite(loss, {**terms, **stats}, epoch, index, check)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if distributed.rank_world()[1] > 1:
+            distributed.average_gradients(self.module)
+        self.optimizer.step()
+        self.schedule.step()
+        self.count += 1
+        for k, v in {"loss": loss, **terms, **stats}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+
+    def check_finite(self, loss: torch.Tensor, named: dict, epoch: int, index: int, check: bool) -> None:
+        """Exact on the CPU: stop before the step, with a resume state at it. On a GPU: accumulate on the
+        device, read at `check` steps, and stop there, keeping the last resume state written before."""
+        if not self.rt.cuda:
+            if not distributed.all_ranks_agree(bool(torch.isfinite(loss.detach())), self.rt.device):
+                self.checkpoint(epoch, index)
+                raise self.non_finite(loss, named, f"epoch {epoch + 1} step {index + 1}", "; resume state at that step in ")
+            return
+        self.finite = torch.isfinite(loss.detach()) & (True if self.finite is None else self.finite)
+        if check and not distributed.all_ranks_agree(bool(self.finite), self.rt.device):
+            raise self.non_finite(loss, named, f"epoch {epoch + 1} at or before step {index + 1} (on a GPU the loss "
+                                  f"is read every {self.cfg.log_every} steps)", "; the last resume state is kept in ")
+
+    def non_finite(self, loss: torch.Tensor, named: dict, where: str, saved: str) -> RunError:
+        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in named.items())
+        saved = saved + str(self.resume.path) if self.resume is not None else ""
+        return RunError(f"loss is {float(loss.detach())} at {where}{' (' + terms + ')' if terms else ''}: try a lower "
+                        f"--lr{' or --device cpu (no bf16 autocast)' if self.rt.cuda else ''}{saved}")
+
+    def interrupted(self, signum: int | None, epoch: int, index: int) -> Interrupted:
+        self.checkpoint(epoch, index + 1)
+        signum = signum or signal.SIGTERM          # another rank was signalled
+        return Interrupted(signum, f"{signal.Signals(signum).name} at epoch {epoch + 1} step {index + 1}; " + (
+            "resume state saved: run the same command with --resume" if self.resume is not None
+            else "no output was written"))
+
+    def checkpoint(self, epoch: int, batch: int) -> None:
+        """Every rank calls this at the same step; rank 0 writes."""
+        if self.resume is None:
+            return
+        rng = _rng_state(self.rt.device)
+        if distributed.rank_world()[0] == 0:
+            save_resume_state(self.resume, self.module, self.optimizer, self.schedule, {
+                "epoch": epoch, "batch": batch, "history": self.history,
+                "sums": {k: float(v) for k, v in self.sums.items()}}, rng)
 
 
 def _means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:

@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import assert_refused, dpl, write_imagefolder
 from dpl.core import DplError, artifacts, models
-from dpl.core.hint import LayerTap, make_regressor
+from dpl.core.hint import make_regressor
 from dpl.core.train import seed_everything
 
 
@@ -28,9 +28,9 @@ def test_stage1_lowers_the_hint_loss_and_records_the_layers(stage1, teacher):
     assert meta["hint"]["regressor"] == "Conv2d"
     assert meta["parents"][0] == {"role": "teacher", "path": str(teacher), "sha256": artifacts.sha256_file(teacher)}
     ckpt = artifacts.load_checkpoint(stage1)
-    regressor = ckpt.extra_state("regressor.")
+    regressor = {k[len("regressor."):]: v for k, v in ckpt.objective_state().items() if k.startswith("regressor.")}
     assert regressor["weight"].shape[:2] == (32, 24)           # teacher channels x student channels
-    assert not any(k.startswith("regressor.") for k in ckpt.model_state())
+    assert not any(k.startswith(("regressor.", "objective.")) for k in ckpt.model_state())
 
 
 def test_stage1_trains_only_up_to_the_guided_layer(stage1):
@@ -88,7 +88,7 @@ def test_layer_without_tensor_output_is_refused():
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), Pair())
     with pytest.raises(DplError, match="layer '1' does not output a tensor"):
-        LayerTap(model, "1")(torch.zeros(1, 1, 5, 5))
+        models.Taps(model, ["1"], stop=True).tensor(torch.zeros(1, 1, 5, 5), "1")
 
 
 def test_teacher_for_other_input_is_refused(teacher, tmp_path):

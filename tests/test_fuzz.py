@@ -46,28 +46,21 @@ def make_checkpoint(path: Path, num_classes: int = 10) -> None:
 
 
 def make_labels(folder: Path, mode: str, ds: data.Dataset | None = None, shards: int = 2) -> Path:
-    """A label folder of `shards` shards: for `ds` (so distill accepts it), or 12 samples of 3 classes."""
+    """A label folder of `shards` shards, written as `dpl label` writes them: for `ds` (so distill accepts it),
+    or 12 samples of 3 classes."""
     n, c = (len(ds), ds.num_classes) if ds is not None else (12, 3)
     probs = torch.rand(n, c, generator=torch.Generator().manual_seed(0)).softmax(1)
-    confidence, top1 = probs.max(1)
+    opts = label.LabelOptions(mode=mode, topk=2 if mode == "topk" else None, tau=2.0)
     bounds = [n * i // shards for i in range(shards + 1)]
-    tensors = []
-    for lo, hi in zip(bounds, bounds[1:]):
-        t = {"index": torch.arange(lo, hi), "label": top1[lo:hi], "confidence": confidence[lo:hi]}
-        if mode == "soft":
-            t["probs"] = probs[lo:hi].half()
-        elif mode == "topk":
-            top = probs[lo:hi].topk(2, dim=1)
-            t["topk_index"], t["topk_prob"] = top.indices.to(torch.int32), top.values.half()
-        tensors.append(t)
     described = ds.describe() if ds is not None else {"spec": "digits:train", "part": "unlabeled", "n": n,
                                                       "labeled_per_class": 1, "split_seed": 0, "fingerprint": "0" * 64}
     meta = {"teachers": [{"role": "teacher", "path": "absent.safetensors", "sha256": "0" * 64}], "data": described,
-            "tau": 2.0, "mode": mode, "topk": 2 if mode == "topk" else None, "num_classes": c,
+            "tau": opts.tau, "mode": opts.mode, "topk": opts.topk, "num_classes": c,
             "classes": [str(i) for i in range(c)], "total": n, "world": 1,
             "quality": {"accuracy": 0.5, "mean_confidence": 0.6, "n": n, "thresholds": []}}
     folder.mkdir(parents=True)
-    artifacts.write_labels(folder, tensors, meta)
+    for seq, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        label.write_shard(folder, meta, 0, seq, shards, label.shard_tensors(probs[lo:hi], lo, opts))
     return folder
 
 

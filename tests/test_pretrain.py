@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl, write_imagefolder
 from dpl.core import artifacts, data, models, pretext
-from dpl.core.teach import ModelOptions, make_model
+from dpl.core.runs import ModelOptions, make_model
 
 SMALL = ("--arch", "cnn-s", "--batch-size", "64", "--device", "cpu")
 
@@ -58,8 +58,8 @@ def test_each_task_loss_falls_and_the_checkpoint_holds_the_model_as_teach_makes_
     assert meta["arch"] == models.arch_spec("cnn-s", num_classes=10, in_channels=1, image_size=size)
     tensors = load_file(str(out))
     own = set(models.build(meta["arch"]).state_dict())
-    assert {k for k in tensors if not k.startswith("pretext.")} == own
-    assert any(k.startswith("pretext.head.") for k in tensors)
+    assert {k for k in tensors if not k.startswith("objective.")} == own
+    assert any(k.startswith("objective.head.") for k in tensors)
 
 
 def test_jigsaw_permutations_have_the_claimed_minimum_hamming_distance_and_are_reproducible(tmp_path):
@@ -68,7 +68,7 @@ def test_jigsaw_permutations_have_the_claimed_minimum_hamming_distance_and_are_r
         out = tmp_path / f"{name}.safetensors"
         r = dpl("pretrain", "--task", "jigsaw", "--epochs", "0", "--resize", "24", *SMALL, "-o", out)
         assert r.code == 0, r
-        stored.append((load_file(str(out))["pretext.permutations"], info(out)["pretext"]))
+        stored.append((load_file(str(out))["objective.permutations"], info(out)["pretext"]))
     (perms, claim), (again, _) = stored
     assert torch.equal(perms, again)
     assert perms.shape == (100, 9) and claim["permutations"] == 100
@@ -77,18 +77,6 @@ def test_jigsaw_permutations_have_the_claimed_minimum_hamming_distance_and_are_r
     pairwise = (perms[:, None] != perms[None]).sum(-1) + 10 * torch.eye(100, dtype=torch.long)
     assert int(pairwise.min()) == claim["min_hamming"] >= 6
     assert not torch.equal(pretext.maximal_hamming_permutations(100, seed=1), perms)
-
-
-def test_nt_xent_matches_a_direct_computation():
-    torch.manual_seed(0)
-    z, t = torch.randn(6, 5), 0.3
-    u = z / z.norm(dim=1, keepdim=True)
-    expected = 0.0
-    for i in range(6):
-        positive = (i + 3) % 6
-        denominator = sum(torch.exp(u[i] @ u[k] / t) for k in range(6) if k != i)
-        expected += -torch.log(torch.exp(u[i] @ u[positive] / t) / denominator)
-    assert torch.allclose(pretext.nt_xent(z, t), expected / 6, atol=1e-5)
 
 
 def test_grid_tiles_and_simclr_views_are_per_sample_and_exact():
@@ -111,7 +99,7 @@ def test_resize_is_batched_and_changes_the_fingerprint():
 
 def test_pretrained_backbone_loads_into_teach_init_with_no_missing_or_unexpected_keys(tmp_path, rotation_ckpt):
     ckpt = artifacts.load_checkpoint(rotation_ckpt)
-    model, _, parents = make_model(ModelOptions("cnn-s", init=rotation_ckpt), data.load("digits"))
+    model, _, parents = make_model(ModelOptions(arch="cnn-s", init=rotation_ckpt), data.load("digits"))
     own = model.state_dict()
     assert set(own) == set(ckpt.model_state())
     assert all(torch.equal(own[k], v) for k, v in ckpt.model_state().items())
@@ -129,7 +117,7 @@ def test_backbone_pretrained_on_other_classes_keeps_a_fresh_classifier(tmp_path)
     ckpt = artifacts.load_checkpoint(out)
     assert ckpt.num_classes == 3
     torch.manual_seed(0)
-    model, _, _ = make_model(ModelOptions("cnn-s", init=out), data.load("digits"))
+    model, _, _ = make_model(ModelOptions(arch="cnn-s", init=out), data.load("digits"))
     own = model.state_dict()
     backbone = {k: v for k, v in ckpt.model_state().items() if not k.startswith("head.fc.")}
     assert all(torch.equal(own[k], v) for k, v in backbone.items())
@@ -164,7 +152,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(tmp_path, rota
     assert_refused(dpl("eval", labels, "--linear-probe"), "no backbone")
     headless = tmp_path / "headless.safetensors"
     ckpt = artifacts.load_checkpoint(rotation_ckpt)
-    artifacts.save(headless, ckpt.extra_state("pretext."), "checkpoint", ckpt.meta)
+    artifacts.save(headless, ckpt.objective_state(), "checkpoint", ckpt.meta)
     assert_refused(dpl("teach", "--init", headless, *SMALL, "-o", out), "do not fit")
     assert_refused(dpl("eval", rotation_ckpt, "--layer", "stages.9", "--device", "cpu"), "no layer 'stages.9'")
     assert not out.exists()

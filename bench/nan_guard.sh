@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One prepared GPU run (device tool): installs dpl as gpu_check.sh does, checks that the GPU NaN guard stops a
+# run at the log interval after a non-finite loss, then times the guard (bench/nan_guard.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The device machine has torch but no package index: dpl is put on the path as a package, not pip-installed.
+mkdir -p /tmp/pkg/dpl && touch /tmp/pkg/dpl/__init__.py
+ln -sfn "$PWD/cli" /tmp/pkg/dpl/cli && ln -sfn "$PWD/core" /tmp/pkg/dpl/core
+export PYTHONPATH=/tmp/pkg PYTHONUNBUFFERED=1
+PY=python3
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+"$PY" - <<'PY'
+import torch
+from dpl.core import RunError, train
+rt = train.runtime("cuda")
+model = rt.prepare(torch.nn.Linear(4, 2))
+calls = []
+def objective(batch):
+    calls.append(1)
+    loss = model(torch.ones(8, 4, device=rt.device)).float().pow(2).mean()
+    return {"mse": loss * (float("nan") if len(calls) == 25 else 1.0)}, {}
+try:
+    train.fit(model, objective, lambda e: iter(range(100)), 100, train.TrainConfig(epochs=1, batch_size=8), rt)
+    print("NaN guard: NOT caught")
+except RunError as e:
+    print(f"NaN guard: caught after {len(calls)} steps: {e}")
+PY
+"$PY" bench/nan_guard.py --rounds 3 --steps 300
