@@ -25,7 +25,7 @@ def distill_command(
     download: common.Download = False,
     resize: common.Resize = None,
     stream: common.Stream = None,
-    loss: Annotated[str, typer.Option(help=f"Loss between the student's and the teacher's class distributions: {', '.join(losses.LOGIT_LOSSES)} (dkd: Zhao et al.'s decoupled KD, alpha 1, beta 8).")] = "kd",
+    loss: Annotated[str, typer.Option(help=f"Loss between the student's and the teacher's class distributions: {', '.join(losses.LOGIT_LOSSES)} (dkd: Zhao et al.'s decoupled KD with alpha 1, beta 8, and without the paper's warm-up of its weight).")] = "kd",
     tau: Annotated[float | None, typer.Option(help="KD temperature. \\[default: the labels' own; 1 with --teacher]")] = None,
     alpha: Annotated[float | None, typer.Option(min=0.0, help="Weight of a live teacher's KD term on labeled samples. \\[default: 1]", show_default=False)] = None,
     unlabeled_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the pseudo-label term. \\[default: 1]", show_default=False)] = None,

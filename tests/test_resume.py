@@ -5,7 +5,6 @@ import sys
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl
