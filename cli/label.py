@@ -43,12 +43,7 @@ def label_command(
     options = dict(locals())
     teachers = list(teacher) + list(ensemble or [])
     rank, world = distributed.shard_of(shard)
-    if output.exists() and not output.is_dir():
-        raise DplError(f"{output} is a file, not a label folder")
-    mine = shard_files(output, None if world == 1 else rank) if output.is_dir() else []
-    if mine and not (force or resume):
-        raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
-    artifacts.check_writable(output)
+    mine = _own_shards(output, rank, world, force, resume)
     opts = LabelOptions(mode="hard" if not soft else ("topk" if topk else "soft"), topk=topk, tau=tau,
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
@@ -60,13 +55,28 @@ def label_command(
     with common.TrainingProgress("label") as progress:
         done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],
                      on_progress=progress)
-    quality = done["quality"]
     if as_json:
         common.print_json({"path": str(output), **done})
     elif rank == 0 or shard is not None:       # under torchrun only rank 0 speaks; --shard jobs each do
-        print(output)
-    if done["skipped"] and not as_json and (rank == 0 or shard is not None):
+        _report(output, done, ds)
+
+
+def _own_shards(output: Path, rank: int, world: int, force: bool, resume: bool) -> list[Path]:
+    """The shards of this rank (of every rank, alone) already in the output folder, which must be writable."""
+    if output.exists() and not output.is_dir():
+        raise DplError(f"{output} is a file, not a label folder")
+    mine = shard_files(output, None if world == 1 else rank) if output.is_dir() else []
+    if mine and not (force or resume):
+        raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
+    artifacts.check_writable(output)
+    return mine
+
+
+def _report(output: Path, done: dict, ds: data.Dataset) -> None:
+    print(output)
+    if done["skipped"]:
         common.stderr.print(f"skipped {done['skipped']} unreadable image files (listed in the shards' metadata)")
-    if quality is not None and not as_json and (rank == 0 or shard is not None):
-        part = f", part {rank}/{world}" if world > 1 else ""
-        common.stderr.print(common.quality_table(quality, f"pseudo-labels of {ds.spec} ({ds.part}, {done['samples']} samples{part})"))
+    if done["quality"] is not None:
+        part = f", part {done['rank']}/{done['world']}" if done["world"] > 1 else ""
+        common.stderr.print(common.quality_table(done["quality"], f"pseudo-labels of {ds.spec} ({ds.part}, "
+                                                 f"{done['samples']} samples{part})"))
