@@ -3,10 +3,5 @@
 # there, then prints bench/gpu_check.py's figures and its SUMMARY line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The device machine has torch but no package index: dpl is put on the path as a package, not pip-installed.
-mkdir -p /tmp/pkg/dpl && touch /tmp/pkg/dpl/__init__.py
-ln -sfn "$PWD/cli" /tmp/pkg/dpl/cli && ln -sfn "$PWD/core" /tmp/pkg/dpl/core
-export PYTHONPATH=/tmp/pkg PYTHONUNBUFFERED=1
-PY=python3
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source bench/device_env.sh
 "$PY" bench/gpu_check.py

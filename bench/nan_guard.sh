@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU run (device tool): installs dpl as gpu_check.sh does, checks that the GPU NaN guard stops a
-# run at the log interval after a non-finite loss, then times the guard (bench/nan_guard.py).
+# One prepared GPU run (device tool): checks that the GPU NaN guard stops a run at the log interval after a
+# non-finite loss, then times the guard (bench/nan_guard.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The device machine has torch but no package index: dpl is put on the path as a package, not pip-installed.
-mkdir -p /tmp/pkg/dpl && touch /tmp/pkg/dpl/__init__.py
-ln -sfn "$PWD/cli" /tmp/pkg/dpl/cli && ln -sfn "$PWD/core" /tmp/pkg/dpl/core
-export PYTHONPATH=/tmp/pkg PYTHONUNBUFFERED=1
-PY=python3
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source bench/device_env.sh
 "$PY" - <<'PY'
 import torch
 from dpl.core import RunError, train

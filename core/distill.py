@@ -15,7 +15,7 @@ and another `--loss` (a `losses.LOGIT_LOSSES` entry) takes the place of the KL i
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,10 +57,10 @@ class DistillOptions:
         """The options with their defaults filled in for these parts; an option that cannot apply is refused."""
         self._refuse_inapplicable(labels, teachers, labeled, pseudo)
         tau = self.tau if self.tau is not None else (labels.meta["tau"] if labels is not None else 1.0)
-        return DistillOptions(loss=self.loss, tau=tau, alpha=1.0 if self.alpha is None else self.alpha,
-                              unlabeled_weight=1.0 if self.unlabeled_weight is None else self.unlabeled_weight,
-                              unlabeled_ratio=3.0 if self.unlabeled_ratio is None else self.unlabeled_ratio,
-                              hard=self.hard, min_confidence=self.min_confidence, balance=self.balance)
+        return replace(self, tau=tau, alpha=1.0 if self.alpha is None else self.alpha,
+                       unlabeled_weight=1.0 if self.unlabeled_weight is None else self.unlabeled_weight,
+                       unlabeled_ratio=3.0 if self.unlabeled_ratio is None else self.unlabeled_ratio,
+                       hard=self.hard or (labels is not None and labels.mode == "hard"))   # hard labels: hard targets
 
     def _refuse_inapplicable(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool) -> None:
         if (self.min_confidence is not None or self.balance is not None) and labels is None:
@@ -82,11 +82,15 @@ class DistillOptions:
 def source_meta(labels: artifacts.Labels | None, teacher_paths: list[Path]) -> dict:
     """The metadata of what the student learns from (the labels, else the first teacher), whose data and
     partition distill defaults to."""
+    _require_targets(labels, teacher_paths)
     if labels is not None:
         return labels.meta
-    if teacher_paths:
-        return artifacts.read_header(teacher_paths[0], kind="checkpoint").meta
-    raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
+    return artifacts.read_header(teacher_paths[0], kind="checkpoint").meta
+
+
+def _require_targets(labels: artifacts.Labels | None, teacher_paths: list[Path]) -> None:
+    if labels is None and not teacher_paths:
+        raise DplError("distill needs --labels DIR or --teacher CKPT (dpl teach trains on labels alone)")
 
 
 class Teachers:
@@ -193,13 +197,11 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
             on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
-    source_meta(labels, teacher_paths)
+    _require_targets(labels, teacher_paths)
     opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None)
     base = _check_parts(labeled, pseudo)
     teachers_ckpt = load_teachers(teacher_paths, base)
     positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
-    if labels is not None and labels.mode == "hard":
-        opts = DistillOptions(**{**asdict(opts), "hard": True})    # hard labels train as hard targets
 
     seed_everything(cfg.seed)
     model, spec, parents = make_model(model_opts, base)

@@ -93,8 +93,9 @@ def contrastive_logits(z: torch.Tensor, temperature: float) -> tuple[torch.Tenso
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NT-Xent (SimCLR): mean over the 2N samples of -log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t))."""
-    return F.cross_entropy(*contrastive_logits(z, temperature))
+    """NT-Xent (SimCLR): mean over the 2N samples of -log(exp(s_ip / t) / sum_{k != i} exp(s_ik / t)): the
+    cross-entropy of contrastive_logits (the SimCLR step composes the two itself, to reuse the similarities)."""
+    return cross_entropy(*contrastive_logits(z, temperature))
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

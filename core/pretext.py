@@ -422,10 +422,9 @@ class SimCLR(Task):
 
     def step(self, net, x):
         both = torch.cat([simclr_view(x, self.views, self.flip), simclr_view(x, self.views, self.flip)])
-        z = net.head(net.embed(self.inputs(both)))
-        with torch.no_grad():
-            acc = losses.accuracy(*losses.contrastive_logits(z, self.opts.temperature))
-        return {"nt_xent": losses.nt_xent(z, self.opts.temperature)}, {"acc": acc}
+        # losses.nt_xent, with the similarities kept for the accuracy of the positives
+        sim, positives = losses.contrastive_logits(net.head(net.embed(self.inputs(both))), self.opts.temperature)
+        return {"nt_xent": losses.cross_entropy(sim, positives)}, {"acc": losses.accuracy(sim, positives)}
 
     def record(self):
         return {**super().record(), "temperature": self.opts.temperature,
