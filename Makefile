@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= demo
+# Absolute: the recipes run in their own folders.
+DPL     = $(abspath $(BIN))/dpl
+RUN     = $(abspath $(OUT))
 
-.PHONY: demo test test-fast install data clean
+.PHONY: demo test test-fast install data browser docs clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
 	touch $@
 
 # Fashion-MNIST from Debian (the slow tests use it; they skip where it cannot be had).
@@ -19,12 +22,29 @@ data:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "not root: install dataset-fashion-mnist yourself for the Fashion-MNIST tests"; fi; fi
 
-# The main job on the embedded digits data: the Noisy Student loop (teacher, then 3 noised students),
-# ending with a table of every model's test accuracy.
-demo: install
-	$(MAKE) -C recipes/noisy-student DPL=$(CURDIR)/$(BIN)/dpl OUT=$(CURDIR)/$(OUT)
+# Debian's chromium, for the test that opens `dpl report`'s page in a real browser (it skips without).
+browser:
+	@if ! command -v chromium > /dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq chromium > /dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq chromium; } \
+	    || echo "could not install chromium: the report's browser test will skip"; \
+	  else echo "not root: the report's browser test will skip (apt-get install chromium to run it)"; fi; fi
 
-test: install data
+# The main job on the embedded digits data: the Noisy Student loop (teacher, then 3 noised students),
+# ending with a table of every model's test accuracy and the path of its HTML report.
+demo: install
+	$(MAKE) -C recipes/noisy-student DPL=$(DPL) OUT=$(RUN) all report
+
+# The documentation figures, from a real run of the demo (reused when up to date): the Noisy Student
+# iterations, the training curves, the report and a screenshot of it.
+docs: install browser
+	$(MAKE) -C recipes/noisy-student DPL=$(DPL) OUT=$(RUN) all
+	$(DPL) plot lineage $$(ls $(RUN)/model*.safetensors | sort -V | tail -n 1) -o docs/lineage --force
+	$(DPL) plot curves $$(ls $(RUN)/model*.safetensors | sort -V) -o docs/curves --force
+	$(DPL) report $(RUN) -o docs/report.html --force --title "dpl report: make demo (Noisy Student on digits)"
+	$(BIN)/python docs/screenshot.py docs/report.html docs/report.png
+
+test: install data browser
 	$(BIN)/pytest -q
 
 test-fast: install

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, runs, train
+from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, records, runs, train
 from ..core.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
@@ -131,11 +131,48 @@ Pretrained = Annotated[bool, typer.Option(
                          "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).")]
 
 
+# ---- records: the metrics log, TensorBoard, validation -----------------------------------------------
+
+LogEvery = Annotated[int, typer.Option(
+    min=1, help="Steps between the running-mean records of the metrics log (OUT.metrics.jsonl, written beside the "
+                "output with a record per epoch) and of the progress bar; on a GPU also how often the loss is "
+                "checked for NaN.")]
+TensorBoard = Annotated[Path | None, typer.Option(
+    "--tensorboard", help="Also write the metrics log's figures to this folder for TensorBoard "
+                          "(needs the tensorboard package: pip install 'dpl[tensorboard]').")]
+Val = Annotated[int | None, typer.Option(
+    "--val", min=1, help="Hold out this many labeled samples (stratified, from --split-seed; never trained on) and "
+                         "measure the model on them in eval mode every --val-every epochs.")]
+ValPerClass = Annotated[int | None, typer.Option(min=1, help="Like --val, with this many samples of each class.")]
+ValEvery = Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch is always validated).")]
+Keep = Annotated[str, typer.Option(
+    help="The weights written: last (the default: where the cosine schedule ends, the same with or without a "
+         "validation set) or best (the epoch of the best validation top-1; needs --val or --val-per-class). "
+         "The checkpoint records both epochs' validation figures.")]
+
+
+def holdout(o: dict) -> data.Holdout:
+    return data.Holdout(per_class=o["val_per_class"], total=o["val"], seed=o["split_seed"])
+
+
+def val_options(o: dict) -> runs.ValOptions:
+    return runs.ValOptions(every=o["val_every"], keep=o["keep"])
+
+
+def run_records(output: Path, tensorboard: Path | None) -> list:
+    """The sinks of a training run's records: the metrics log beside the output, and TensorBoard if asked
+    (refused here, before any work, when the package is missing)."""
+    sinks = [records.MetricsLog(records.log_path(output))]
+    if tensorboard is not None:
+        sinks.append(records.TensorBoardLog(tensorboard))
+    return sinks
+
+
 def train_config(o: dict) -> train.TrainConfig:
     """The schedule from a command's options (its locals())."""
     return train.TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"],
                              momentum=o["momentum"], weight_decay=o["weight_decay"],
-                             warmup_epochs=o["warmup_epochs"], seed=o["seed"])
+                             warmup_epochs=o["warmup_epochs"], seed=o["seed"], log_every=o["log_every"])
 
 
 def model_options(o: dict) -> runs.ModelOptions:
@@ -197,7 +234,8 @@ ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the re
 SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
 KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
 # Options that do not change what a run computes: a resume state may continue under other values.
-NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config", "ctx"}
+NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config", "ctx",
+                "tensorboard"}
 
 
 def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:
@@ -271,10 +309,12 @@ def print_json(obj) -> None:
 # ---- progress -------------------------------------------------------------------------------------
 
 class TrainingProgress:
-    """A rich progress bar on stderr fed by the core's progress events; silent when stderr is no terminal."""
+    """A rich progress bar on stderr fed by the core's progress events, silent when stderr is no terminal;
+    the events also go to `sinks` (the run's records, see `run_records`)."""
 
-    def __init__(self, description: str):
+    def __init__(self, description: str, sinks: list = ()):
         self.description = description
+        self.sinks = list(sinks)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=stderr, disable=not sys.stderr.isatty() or not distributed.is_main(),
@@ -286,17 +326,23 @@ class TrainingProgress:
         return self
 
     def __exit__(self, *exc):
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()
         return self.bar.__exit__(*exc)
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
+        for sink in self.sinks:
+            sink(event)
         if kind in ("start", "total"):
             flush_notes()
         if kind == "start":
-            self.task = self.bar.add_task(self.description, total=event["steps"], stats="")
-        elif kind == "step":
-            stats = " ".join(f"{k} {v:.3f}" for k, v in event.items() if k not in ("event", "epoch", "step", "lr"))
-            self.bar.update(self.task, completed=event["step"], stats=f"epoch {event['epoch'] + 1} {stats}")
+            self.task = self.bar.add_task(self.description, total=event["steps"], completed=event.get("step", 0),
+                                          stats="")
+        elif kind in ("step", "epoch"):
+            hidden = ("epoch", "step", "lr", "val_nll", "val_ece", *records.TIMING_FIELDS)
+            stats = " ".join(f"{k} {v:.3f}" for k, v in event.items() if isinstance(v, float) and k not in hidden)
+            self.bar.update(self.task, completed=event["step"], stats=f"epoch {event['epoch']} {stats}")
         elif kind == "total":
             self.task = self.bar.add_task(self.description, total=event["total"], stats="")
         elif kind == "advance":

@@ -41,6 +41,12 @@ def distill_command(
     momentum: common.Momentum = 0.9,
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
+    log_every: common.LogEvery = 10,
+    tensorboard: common.TensorBoard = None,
+    val: common.Val = None,
+    val_per_class: common.ValPerClass = None,
+    val_every: common.ValEvery = 1,
+    keep: common.Keep = "last",
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
     flip: common.Flip = True,
@@ -65,7 +71,9 @@ def distill_command(
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
     opts = DistillOptions(loss=loss, tau=tau, alpha=alpha, unlabeled_weight=unlabeled_weight,
                           unlabeled_ratio=unlabeled_ratio, hard=hard, min_confidence=min_confidence, balance=balance)
+    val_opts, held = common.val_options(options), common.holdout(options)
     common.check_output(output, force)
+    sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, compile, workers=workers)
     teachers = list(teacher or [])
     labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
@@ -92,9 +100,14 @@ def distill_command(
         labeled_ds, pseudo_ds = data.load(spec, check_all=True, **load), None
     common.say_source(labeled_ds, "labeled ")
     common.say_source(pseudo_ds, "pseudo-labeled ")
-    with common.TrainingProgress("distill") as progress:
+    if held.active and labeled_ds is None:
+        raise DplError("--val and --val-per-class hold out labeled samples, and this run has none "
+                       "(give a partition, or --labeled-data)")
+    labeled_ds, val_ds = data.hold_out(labeled_ds, held) if labeled_ds is not None else (None, None)
+    with common.TrainingProgress("distill", sinks) as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, model_opts, noise, opts, cfg, rt,
-                         common.test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state)
+                         common.test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state,
+                         val=val_ds, val_opts=val_opts)
     common.write_result(output, result, state, keep_state)
 
 

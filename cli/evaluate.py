@@ -9,8 +9,14 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, artifacts, data, evaluate, label, models, train
-from ..core.runs import check_input
+from .measure import MeasureOptions, label_truth, measure
+from ..core import DplError, artifacts, evaluate, train
+
+# What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
+# the options that do not change what a run computes (common.NOT_IDENTITY).
+SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True, "--workers": True,
+                 "--save-every": True, "--tensorboard": True, "--force": False, "--compile": False,
+                 "--keep-state": False, "--resume": False}
 
 # What measuring a label folder takes from the command line: the rest is for checkpoints.
 LABEL_FOLDER_OPTIONS = ("checkpoints", "download", "as_json", "allow_partial", "config")
@@ -34,6 +40,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
     workers: common.Workers = None,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Group checkpoints whose recorded commands differ only in --seed, -o/--output and options that do not change what a run computes (--device, --force, ...): one row per group, mean ± std (n-1) of top1, NLL and ECE.")] = False,
     as_json: common.Json = False,
     allow_partial: common.AllowPartial = False,
     config: common.Config = None,
@@ -43,7 +50,8 @@ def eval_command(
     overall and above confidence thresholds.
 
     --linear-probe, --layer and --knn also measure frozen features: probes fit on the training split of
-    the same source and are measured on the evaluated data."""
+    the same source and are measured on the evaluated data. --seeds summarizes runs repeated with other
+    seeds: {"results": [...], "groups": [...]} with --json."""
     options = dict(locals())
     if len(checkpoints) == 1 and checkpoints[0].is_dir():
         if linear_probe or layer or knn:
@@ -55,10 +63,16 @@ def eval_command(
         return label_quality(checkpoints[0], download, as_json, allow_partial)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     rt = train.runtime(device, workers=workers)
-    measured = [measure(path, ckpt, options, rt) for path, ckpt in zip(checkpoints, loaded)]
+    measured = [measure(path, ckpt, MeasureOptions.of(options), rt) for path, ckpt in zip(checkpoints, loaded)]
     results = [r for r, _, _ in measured]
     common.flush_notes()
-    if as_json:
+    if seeds:
+        groups = evaluate.seed_groups(results, [c.meta.get("command") for c in loaded], SEED_VARIANTS)
+        if as_json:
+            common.print_json({"results": results, "groups": groups})
+        else:
+            common.stderr.print(seed_table(groups, results[0]["data"]))
+    elif as_json:
         common.print_json(results[0] if len(results) == 1 else results)
     elif len(results) == 1:
         common.stderr.print(detail_table(results[0], loaded[0].meta.get("classes", [])))
@@ -70,37 +84,6 @@ def eval_command(
                             else probe_comparison_table(results, fit_on))
 
 
-def measure(path: Path, ckpt: artifacts.Checkpoint, o: dict, rt: train.Runtime) -> tuple[dict, dict | None, str]:
-    """One checkpoint's metrics on its data (and its probes: their feature sizes and what they were fit on)."""
-    split = common.partition(o)
-    spec = o["data_spec"] or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
-    size = o["resize"] or ckpt.meta.get("data", {}).get("resize")
-    if size is None and data.is_image_files(spec):
-        size = ckpt.input["size"]
-    ds = data.load(spec, default_split="test", partition=split, part=o["part"] or "all", download=o["download"],
-                   resize=size, channels=ckpt.input["channels"], stream=o["stream"], workers=o["workers"])
-    common.say_source(ds)
-    check_input(ckpt, ds, path)
-    model = ckpt.build_model()
-    logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, o["batch_size"], rt.workers)
-    metrics = evaluate.classification_metrics(logits, ds.labels, ds.num_classes)
-    unread = int((~evaluate.readable(logits)).sum()) + len(ds.skipped)
-    if unread:
-        metrics["skipped"] = unread
-    result = {**metrics, "checkpoint": str(path), "arch": ckpt.arch["name"], "params": models.count_params(model),
-              "data": ds.spec, "part": ds.part}
-    layers, ks = list(o["layer"] or []), list(o["knn"] or [])
-    if not (o["linear_probe"] or layers or ks):
-        return result, None, ""
-    probe_train = data.load(ds.source, default_split="train", partition=split, part="labeled" if split.active else "all",
-                            download=o["download"], resize=size, channels=ckpt.input["channels"], check_all=True,
-                            workers=o["workers"])
-    found = evaluate.probe(model, ckpt.input, probe_train, ds, rt, layers, o["linear_probe"] or bool(layers), ks,
-                           o["batch_size"])
-    result.update({"linear_probe": found.linear, "knn": {str(k): v for k, v in found.knn.items()}})
-    return result, found.dims, f"{probe_train.spec} ({probe_train.part}, {len(probe_train)} samples)"
-
-
 def detail_table(r: dict, classes: list[str]) -> Table:
     table = Table(title=f"{r['checkpoint']} on {r['data']}" + (f" ({r['part']})" if r["part"] != "all" else ""))
     table.add_column("metric")
@@ -108,6 +91,7 @@ def detail_table(r: dict, classes: list[str]) -> Table:
     for key in ("top1", "top5", "nll", "ece"):
         table.add_row(key, f"{r[key]:.4f}")
     table.add_row("n", str(r["n"]))
+    table.add_row("weights", weights_note(r["weights"]))
     for name, acc in zip(classes, r["per_class"]):
         table.add_row(f"class {name}", "-" if acc is None else f"{acc:.4f}")
     return table
@@ -115,22 +99,37 @@ def detail_table(r: dict, classes: list[str]) -> Table:
 
 def comparison_table(results: list[dict]) -> Table:
     table = Table(title=f"on {results[0]['data']}")
-    for col in ("model", "arch", "params", "top1", "top5", "nll", "ece"):
-        table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+    for col in ("model", "arch", "params", "weights", "top1", "top5", "nll", "ece"):
+        table.add_column(col, justify="left" if col in ("model", "arch", "weights") else "right")
     for r in results:
-        table.add_row(r["checkpoint"], r["arch"], f"{r['params']:,}",
+        table.add_row(r["checkpoint"], r["arch"], f"{r['params']:,}", weights_note(r["weights"]),
                       *(f"{r[k]:.4f}" for k in ("top1", "top5", "nll", "ece")))
     return table
 
 
+def weights_note(weights: dict) -> str:
+    """Which weights a checkpoint holds: "best (epoch 7 of 10)", "last (epoch 10)", or "last" (older ones)."""
+    kept, epoch = weights["kept"], weights.get("epoch")
+    if epoch is None:
+        return kept
+    return f"{kept} (epoch {epoch} of {weights['epochs']})" if kept == "best" else f"{kept} (epoch {epoch})"
+
+
+def seed_table(groups: list[dict], data_spec: str) -> Table:
+    """A row per group of runs that differ only in their seed: mean ± sample std."""
+    table = Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
+    for col in ("command", "n", "seeds", "top1", "nll", "ece"):
+        table.add_column(col, justify="left" if col in ("command", "seeds") else "right")
+    for g in groups:
+        table.add_row(" ".join(g["command"]) if g["command"] else g["checkpoints"][0], str(g["n"]),
+                      ", ".join("-" if s is None else str(s) for s in g["seeds"]),
+                      *(f"{g[f'{m}_mean']:.4f} ± {g[f'{m}_std']:.4f}" for m in ("top1", "nll", "ece")))
+    return table
+
+
 def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bool = False) -> None:
-    labels = artifacts.read_labels(folder, allow_partial)
-    made = labels.meta["data"]
-    spec, split, resize = common.data_of(labels.meta, None, data.Partition(), None)
-    ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download, resize=resize,
-                   channels=made.get("channels"))
-    positions = label.check_labels_fit(labels, ds)
-    quality = evaluate.label_quality(labels.label, labels.confidence, ds.labels[positions])
+    labels, truth, ds = label_truth(folder, download, allow_partial)
+    quality = evaluate.label_quality(labels.label, labels.confidence, truth)
     if as_json:
         common.print_json({"labels": str(folder), "data": ds.spec, "part": ds.part, **quality})
     else:

@@ -33,6 +33,8 @@ def hint_command(
     momentum: common.Momentum = 0.9,
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
+    log_every: common.LogEvery = 10,
+    tensorboard: common.TensorBoard = None,
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
     flip: common.Flip = True,
@@ -53,10 +55,11 @@ def hint_command(
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
     opts = HintOptions(hint_layer=hint_layer, guided_layer=guided_layer)
     common.check_output(output, force)
+    sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, workers=workers)
     spec, split, resize = common.data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
                                          common.partition(options), resize)
     ds = data.load(spec, partition=split, part=part or "all", download=download, resize=resize, check_all=True)
-    with common.TrainingProgress("hint") as progress:
+    with common.TrainingProgress("hint", sinks) as progress:
         result = hint(ds, teacher, model_opts, noise, opts, cfg, rt, on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)

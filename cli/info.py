@@ -135,6 +135,16 @@ def _render(meta: dict) -> str:
     if "metrics" in meta:
         lines.append("metrics   " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in meta["metrics"].items()))
+    if "weights" in meta:
+        w = meta["weights"]
+        best = w.get("best") or {}
+        lines.append(f"weights   {w['kept']} (epoch {w['epoch']} of {w['epochs']})" + (
+            f"; best validation top-1 {best['val_top1']:.4f} at epoch {w['best_epoch']}" if "val_top1" in best else ""))
+    if meta.get("val"):
+        v = meta["val"]
+        lines.append(f"val       {v.get('n')} samples held out of {v.get('spec')} ({v.get('part')}), every {v.get('every')} epochs")
+    if meta.get("history"):
+        lines.append(f"history   {len(meta['history'])} epoch records (dpl plot curves draws them)")
     for key in ("seed", "command"):
         if key in meta:
             value = " ".join(meta[key]) if isinstance(meta[key], list) else meta[key]

@@ -10,7 +10,9 @@ from .hint import hint_command
 from .info import info_command
 from .label import label_command
 from .pack import pack_command
+from .plot import plot_app
 from .pretrain import pretrain_command
+from .report import report_command
 from .teach import teach_command
 
 app = typer.Typer(
@@ -29,6 +31,8 @@ app.command("pretrain")(pretrain_command)
 app.command("eval")(eval_command)
 app.command("info")(info_command)
 app.command("pack")(pack_command)
+app.command("report")(report_command)
+app.add_typer(plot_app, name="plot")
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ def pretrain_command(
     momentum: common.Momentum = 0.9,
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
+    log_every: common.LogEvery = 10,
+    tensorboard: common.TensorBoard = None,
     head_width: Annotated[int, typer.Option(min=1, help="Hidden width of the task's MLP head (SimCLR: of the projection head).")] = 512,
     crop: common.Crop = True,
     flip: common.Flip = True,
@@ -62,9 +64,10 @@ def pretrain_command(
                           patch_size=patch_size, color_drop=color_drop, temperature=temperature,
                           projection_dim=projection_dim, views=views)
     common.check_output(output, force)
+    sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, workers=workers)
     ds = data.load(data_spec, partition=common.partition(options), part=part or "all", download=download,
                    resize=resize, check_all=True)
-    with common.TrainingProgress(f"pretrain {task}") as progress:
+    with common.TrainingProgress(f"pretrain {task}", sinks) as progress:
         result = pretrain(ds, arch, opts, cfg, rt, on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)

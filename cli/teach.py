@@ -30,6 +30,12 @@ def teach_command(
     momentum: common.Momentum = 0.9,
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
+    log_every: common.LogEvery = 10,
+    tensorboard: common.TensorBoard = None,
+    val: common.Val = None,
+    val_per_class: common.ValPerClass = None,
+    val_every: common.ValEvery = 1,
+    keep: common.Keep = "last",
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, help="Label smoothing of the cross-entropy.")] = 0.0,
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
@@ -52,8 +58,9 @@ def teach_command(
     options = dict(locals())
     state = common.resume_spec("teach", options, resume, save_every)
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
-    opts = TeachOptions(label_smoothing=label_smoothing)
+    opts, val_opts, held = TeachOptions(label_smoothing=label_smoothing), common.val_options(options), common.holdout(options)
     common.check_output(output, force)
+    sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, compile, workers=workers)
     split = common.partition(options)
     if resize is None and init is not None and data.is_image_files(data_spec):
@@ -61,6 +68,8 @@ def teach_command(
     ds = data.load(data_spec, partition=split, part=part or ("labeled" if split.active else "all"), download=download,
                    resize=resize, stream=stream, check_all=True, workers=workers)
     common.say_source(ds)
-    with common.TrainingProgress("teach") as progress:
-        result = teach(ds, common.test_split(ds), model_opts, noise, cfg, rt, opts, on_progress=progress, resume=state)
+    ds, val_ds = data.hold_out(ds, held)
+    with common.TrainingProgress("teach", sinks) as progress:
+        result = teach(ds, common.test_split(ds), model_opts, noise, cfg, rt, opts, on_progress=progress, resume=state,
+                       val=val_ds, val_opts=val_opts)
     common.write_result(output, result, state, keep_state)

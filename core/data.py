@@ -71,6 +71,31 @@ class Partition:
         return {key: getattr(self, key), "split_seed": self.seed}
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """A validation set held out of a labeled training set: stratified, deterministic, never trained on."""
+
+    per_class: int | None = None
+    total: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.per_class is not None and self.total is not None:
+            raise DplError("give --val-per-class or --val, not both")
+        if (self.per_class or 1) < 1 or (self.total or 1) < 1:
+            raise DplError("--val-per-class and --val must be at least 1")
+
+    @property
+    def active(self) -> bool:
+        return self.per_class is not None or self.total is not None
+
+    def describe(self) -> dict:
+        if not self.active:
+            return {}
+        key, n = ("val_per_class", self.per_class) if self.per_class is not None else ("val", self.total)
+        return {key: n, "val_seed": self.seed}
+
+
 @dataclass
 class Dataset:
     source: str                       # "digits", "fashion-mnist", "imagefolder:/abs/path", ...
@@ -80,6 +105,7 @@ class Dataset:
     classes: list[str]
     part: str = "all"
     partition: Partition = field(default_factory=Partition)
+    holdout: Holdout = field(default_factory=Holdout)   # what was held out of it for validation
     indices: torch.Tensor | None = None  # positions in the full split, when a part was taken
     resized: int | None = None           # the side the images were resized to (--resize), if they were
     keys: np.ndarray | None = None       # image files: each sample's path or shard key (bytes)
@@ -127,7 +153,7 @@ class Dataset:
         files = {} if self.keys is None else {"channels": self.shape[0]}
         if self.skipped:
             files.update({"skipped": len(self.skipped), "skipped_files": list(self.skipped[:MAX_LISTED])})
-        return {"spec": self.spec, "part": self.part, **self.partition.describe(), **resized,
+        return {"spec": self.spec, "part": self.part, **self.partition.describe(), **self.holdout.describe(), **resized,
                 "n": len(self), "fingerprint": self.fingerprint(), **files}
 
     def fingerprint(self) -> str:
@@ -138,7 +164,7 @@ class Dataset:
     def _hash_content(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"source": self.source, "split": self.split, "part": self.part,
-                             **self.partition.describe()}, sort_keys=True).encode())
+                             **self.partition.describe(), **self.holdout.describe()}, sort_keys=True).encode())
         h.update(json.dumps(list(self.shape)).encode())
         if self.listing is not None:       # image files: the listing (names, sizes), not the pixels
             h.update(self.listing.encode())
@@ -260,9 +286,37 @@ def take_part(ds: Dataset, partition: Partition, part: str) -> Dataset:
         idx = mask.nonzero().squeeze(1)
     else:
         idx = torch.arange(len(ds))
-    images = image_files.rows_of(ds.images, idx)
-    return replace(ds, images=images, labels=ds.labels[idx], part=part, partition=partition, indices=idx,
-                   keys=None if ds.keys is None else ds.keys[idx.numpy()])
+    return _rows(ds, idx, part=part, partition=partition)
+
+
+def _rows(ds: Dataset, idx: torch.Tensor, **changes) -> Dataset:
+    """The samples of `ds` at `idx` (positions in `ds`), with their positions in the full split."""
+    return replace(ds, images=image_files.rows_of(ds.images, idx), labels=ds.labels[idx],
+                   indices=idx if ds.indices is None else ds.indices[idx],
+                   keys=None if ds.keys is None else ds.keys[idx.numpy()], **changes)
+
+
+def hold_out(ds: Dataset, holdout: Holdout) -> tuple[Dataset, Dataset | None]:
+    """(training rest, validation part) of a labeled set; (ds, None) when nothing is held out. The validation
+    part is chosen as a labeled partition is (stratified, seeded) and must leave every class a training sample."""
+    if not holdout.active:
+        return ds, None
+    if (ds.labels < 0).any():
+        raise DplError(f"{ds.spec}: a validation set is held out of labeled data, and this has unlabeled samples")
+    counts = torch.bincount(ds.labels, minlength=ds.num_classes)
+    if holdout.total is not None and holdout.total < ds.num_classes:
+        raise DplError(f"--val {holdout.total} is fewer than the {ds.num_classes} classes")
+    quota = holdout.per_class if holdout.per_class is not None else -(-holdout.total // ds.num_classes)
+    short = (counts <= quota).nonzero().squeeze(1).tolist()
+    if short:
+        c, flag = short[0], f"--val-per-class {holdout.per_class}" if holdout.per_class else f"--val {holdout.total}"
+        raise DplError(f"{flag} leaves class {ds.classes[c]} no training sample: it has {int(counts[c])} in "
+                       f"{ds.spec} ({ds.part})")
+    val = labeled_indices(ds.labels, ds.num_classes,
+                          Partition(labeled_per_class=holdout.per_class, labeled=holdout.total, seed=holdout.seed))
+    rest = torch.ones(len(ds), dtype=torch.bool)
+    rest[val] = False
+    return _rows(ds, rest.nonzero().squeeze(1), holdout=holdout), _rows(ds, val, part="val")
 
 
 def labeled_indices(labels: torch.Tensor, num_classes: int, partition: Partition) -> torch.Tensor:

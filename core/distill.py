@@ -22,8 +22,8 @@ import torch
 
 from . import DplError, artifacts, augment, distributed, label, losses
 from .data import Dataset
-from .runs import (ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, load_teachers, make_model, parent,
-                   test_metrics, train_record)
+from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
+                   make_model, parent, test_metrics, train_record)
 from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
@@ -189,14 +189,25 @@ def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers
             else:
                 pseudo = logit_loss(s_u, target, target.argmax(1), tau)
             terms["pseudo"] = opts.unlabeled_weight * pseudo
+            stats.update(pseudo_figures(target))
         return terms, stats
     return step
+
+
+def pseudo_figures(target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the pseudo-labeled rows of a batch were taught: the targets' mean confidence (their top
+    probability at tau) and the fraction of them in each class."""
+    confidence, predicted = target.float().max(dim=1)
+    counts = torch.bincount(predicted, minlength=target.shape[1]).float()
+    return {"pseudo_conf": confidence.mean(), "pseudo_class_frac": counts / len(predicted)}
 
 
 def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.Labels | None,
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
-            on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
+            on_progress: Progress | None = None, resume: ResumeSpec | None = None, val: Dataset | None = None,
+            val_opts: ValOptions = ValOptions()) -> Trained:
+    """`val` is held out of the labeled part (data.hold_out) and measured as `val_opts` says."""
     _require_targets(labels, teacher_paths)
     opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None)
     base = _check_parts(labeled, pseudo)
@@ -226,16 +237,17 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
                                   targets, teachers, input_meta, noise, opts, rt)
     history = fit(model, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device), mix.steps,
-                  cfg, rt, on_progress, resume)
+                  cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo,
+                  validation=val_opts.validation(model, val, input_meta, rt))
 
     parents += [parent("teacher", p, c.sha256()) for p, c in zip(teacher_paths, teachers_ckpt)]
     if labels is not None:
         parents.append(parent("labels", labels.path, labels.sha256()))
-    metrics = {"train_loss": history[-1]["loss"], **test_metrics(model, test, input_meta, rt)}
+    metrics = {"train_loss": kept_epoch(history, val_opts)["loss"], **test_metrics(model, test, input_meta, rt)}
     pseudo_record = None if pseudo is None else {
         **pseudo.describe(), "selected": n_pseudo, **({} if labels is None else {"labeled_by_teacher": len(labels)})}
     meta = checkpoint_meta(spec, base, parents, cfg, train_record(cfg, cfg.batch_size, noise, steps_per_epoch=mix.steps),
-                           metrics, pseudo=pseudo_record, distill=asdict(opts))
+                           metrics, history, val, val_opts, pseudo=pseudo_record, distill=asdict(opts))
     return Trained(model.cpu(), meta, history)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -50,21 +51,43 @@ def readable(logits: torch.Tensor) -> torch.Tensor:
     return ~logits.isnan().any(dim=1)
 
 
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> list[dict]:
+    """Equal-width bins of max-softmax confidence: [{"lo", "hi", "count", "confidence", "accuracy"}, ...],
+    bin b holding (lo, hi] (the first also 0); confidence and accuracy are the means of its samples, None
+    when it has none. Accumulated in float64."""
+    confidence, predicted = probs.double().max(dim=1)
+    correct = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=confidence.device)
+    which = torch.bucketize(confidence, edges[1:-1])    # right=False: edges[b] < x <= edges[b + 1]; 0 in bin 0
+    count = torch.bincount(which, minlength=bins).tolist()
+    confidence_sum = torch.zeros(bins, dtype=torch.float64, device=confidence.device).index_add_(0, which, confidence)
+    correct_sum = torch.zeros(bins, dtype=torch.float64, device=confidence.device).index_add_(0, which, correct)
+    return [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": count[b],
+             "confidence": float(confidence_sum[b]) / count[b] if count[b] else None,
+             "accuracy": float(correct_sum[b]) / count[b] if count[b] else None} for b in range(bins)]
+
+
+def calibration_error(bins: list[dict]) -> float:
+    """ECE of reliability bins: sum over bins of count / n * |confidence - accuracy|."""
+    n = sum(b["count"] for b in bins)
+    return sum(b["count"] / n * abs(b["confidence"] - b["accuracy"]) for b in bins if b["count"]) if n else 0.0
+
+
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    which = torch.bucketize(confidence, edges[1:-1], right=True)   # bin b holds (edges[b], edges[b+1]]
-    ece = torch.zeros(())
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            ece += members.float().mean() * (confidence[members].mean() - correct[members].mean()).abs()
-    return float(ece)
+    return calibration_error(reliability_bins(probs, labels, bins))
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """Row i, column j: the samples of class i predicted as class j."""
+    if len(labels) and max(int(predicted.max()), int(labels.max())) >= num_classes:
+        raise DplError(f"a class index beyond the {num_classes} classes to count")
+    counts = torch.bincount(labels.long() * num_classes + predicted.long(), minlength=num_classes * num_classes)
+    return counts.view(num_classes, num_classes).tolist()
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """top1, top5, nll, ece (15 bins), per-class accuracy; all fractions in [0, 1]."""
+    """top1, top5, nll, ece (15 bins), per-class accuracy; all fractions in [0, 1]. Also the confusion
+    matrix and the reliability bins the ECE is computed from."""
     known = (labels >= 0) & readable(logits)
     logits, labels = logits[known], labels[known]
     if len(labels) == 0:
@@ -77,14 +100,54 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     for c in range(num_classes):
         members = labels == c
         per_class.append(float(hit1[members].float().mean()) if members.any() else None)
+    bins = reliability_bins(probs, labels)
     return {
         "top1": float(hit1.float().mean()),
         "top5": float((topk == labels[:, None]).any(dim=1).float().mean()),
         "nll": float(F.cross_entropy(logits, labels)),
-        "ece": expected_calibration_error(probs, labels),
+        "ece": calibration_error(bins),
         "per_class": per_class,
         "n": int(len(labels)),
+        "confusion": confusion_matrix(topk[:, 0], labels, num_classes),
+        "reliability": {"bins": bins, "n": int(len(labels))},
     }
+
+
+def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: dict[str, bool]) -> list[dict]:
+    """Results of runs whose recorded commands differ only in the `ignored` options (flag -> whether it takes
+    a value: --seed, the output, and options that do not change what a run computes), one group each in order
+    of first appearance: mean and sample standard deviation (0 for one run) of top1, nll and ece. A result
+    without a recorded command is a group of its own."""
+    groups: dict = {}
+    for i, (result, command) in enumerate(zip(results, commands)):
+        key = tuple(without_options(command, ignored)) if command else i     # no command: a group of its own
+        groups.setdefault(key, []).append(result)
+    out = []
+    for key, members in groups.items():
+        group = {"command": list(key) if isinstance(key, tuple) else None,
+                 "checkpoints": [r["checkpoint"] for r in members], "seeds": [r.get("seed") for r in members],
+                 "n": len(members)}
+        for metric in ("top1", "nll", "ece"):
+            values = [r[metric] for r in members]
+            group[f"{metric}_mean"] = statistics.fmean(values)
+            group[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(group)
+    return out
+
+
+def without_options(argv: list[str], ignored: dict[str, bool]) -> list[str]:
+    """A recorded command line less the `ignored` options (flag -> takes a value), also written --seed=3 or,
+    for a short flag, -ox."""
+    kept, skip_value = [], False
+    for arg in argv:
+        flag = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
+        if skip_value:
+            skip_value = False
+        elif arg in ignored:
+            skip_value = ignored[arg]
+        elif not (flag in ignored and ignored[flag] and flag != arg):
+            kept.append(arg)
+    return kept
 
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)

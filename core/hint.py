@@ -89,11 +89,11 @@ def hint(train: Dataset, teacher_path: Path, model_opts: ModelOptions, noise_opt
         batch_size = min(cfg.batch_size, len(train))
         history = fit(nn.ModuleDict({"student": student, "regressor": regressor}), objective,
                       rt.place(train.images).shuffled(batch_size, cfg.seed),
-                      steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
+                      steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume, batch_images=batch_size)
     parents.append(parent("teacher", teacher_path, teacher_ckpt.sha256()))
     meta = checkpoint_meta(
         spec, train, parents, cfg, train_record(cfg, batch_size, noise),
-        {"hint_loss_first_epoch": history[0]["loss"], "hint_loss": history[-1]["loss"]},
+        {"hint_loss_first_epoch": history[0]["loss"], "hint_loss": history[-1]["loss"]}, history,
         hint={"hint_layer": hint_layer, "guided_layer": guided_layer, "hint_shape": list(t_shape),
               "guided_shape": list(s_shape), "regressor": type(regressor).__name__})
     return Trained(student.cpu(), meta, history,

@@ -451,13 +451,12 @@ def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt:
     history = []
     if cfg.epochs:
         history = fit(net, lambda batch: task.step(net, batch[1]), rt.place(ds.images).shuffled(batch_size, cfg.seed),
-                      steps_per_epoch(len(ds), batch_size), cfg, rt, on_progress, resume)
+                      steps_per_epoch(len(ds), batch_size), cfg, rt, on_progress, resume, batch_images=batch_size)
     net.taps.remove()
     last = history[-1] if history else {}
     meta = checkpoint_meta(
         spec, ds, [], cfg, train_record(cfg, batch_size, None, warmup_epochs=cfg.warmup_epochs),
-        {f"pretext_{k}": v for k, v in last.items() if k != "epoch"},
-        pretext={"task": opts.task, "head_width": opts.head_width, "feature_width": width, **task.record()},
-        history=history)
+        {f"pretext_{k}": v for k, v in last.items() if k in ("loss", "acc", "ce", "nt_xent")}, history,
+        pretext={"task": opts.task, "head_width": opts.head_width, "feature_width": width, **task.record()})
     state = {**{f"head.{k}": v for k, v in net.head.state_dict().items()}, **task.state()}
     return Trained(net.model.cpu(), meta, history, objective=state)

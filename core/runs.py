@@ -12,7 +12,7 @@ from torch import nn
 
 from . import DplError, artifacts, augment, evaluate, models
 from .data import Dataset
-from .train import Runtime, TrainConfig
+from .train import Runtime, TrainConfig, Validation, best_epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +37,33 @@ class NoiseOptions:
     def for_data(self, ds: Dataset) -> augment.Noise:
         pad = max(1, ds.shape[1] // 8) if self.crop else 0
         return augment.Noise(crop_pad=pad, hflip=self.flip and ds.hflip, randaugment=self.randaugment)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValOptions:
+    """How a run uses its validation set: every `every` epochs (and after the last), and which weights it
+    keeps. "last" is the default: the weights the schedule ends on (the cosine decay is built for them), the
+    same with or without a validation set; "best" picks the epoch of the best validation top-1."""
+
+    every: int = 1
+    keep: str = "last"
+
+    def __post_init__(self):
+        if self.keep not in ("best", "last"):
+            raise DplError(f"--keep must be best or last, got {self.keep!r}")
+        if self.every < 1:
+            raise DplError(f"--val-every must be at least 1, got {self.every}")
+
+    def validation(self, model: nn.Module, val: Dataset | None, input_meta: dict, rt: Runtime) -> Validation | None:
+        if val is None:
+            if self.keep == "best":
+                raise DplError("--keep best picks an epoch by its validation accuracy: give --val or --val-per-class")
+            return None
+
+        def measure() -> dict:
+            logits = evaluate.predict(model, val.images, input_meta, rt)
+            return evaluate.classification_metrics(logits, val.labels, val.num_classes)
+        return Validation(measure, self.every, self.keep == "best")
 
 
 @dataclass
@@ -128,9 +155,29 @@ def test_metrics(model: nn.Module, test: Dataset | None, input_meta: dict, rt: R
 
 
 def checkpoint_meta(spec: dict, ds: Dataset, parents: list[dict], cfg: TrainConfig, train: dict,
-                    metrics: dict, **sections) -> dict:
-    """A trained model's checkpoint metadata: what it is and takes, what it learnt from, how, and how well;
-    `sections` add the objective's own entries (distill, hint, pretext, ...)."""
-    return {"arch": spec, "num_classes": spec["num_classes"], "classes": ds.classes, "input": input_of(ds),
-            "data": ds.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed, "train": train,
-            **sections}
+                    metrics: dict, history: list[dict], val: Dataset | None = None,
+                    val_opts: ValOptions = ValOptions(), **sections) -> dict:
+    """A trained model's checkpoint metadata: what it is and takes, what it learnt from, how, how well, its
+    per-epoch history and which epoch's weights it holds; `sections` add the objective's own entries
+    (distill, hint, pretext, ...)."""
+    record = {"arch": spec, "num_classes": spec["num_classes"], "classes": ds.classes, "input": input_of(ds),
+              "data": ds.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed, "train": train,
+              "history": history, "weights": weights_record(history, cfg, val_opts)}
+    if val is not None:
+        record["val"] = {**val.describe(), "every": val_opts.every}
+    return {**record, **sections}
+
+
+def kept_epoch(history: list[dict], val_opts: ValOptions) -> dict:
+    """The record of the epoch whose weights the run ends with (`train.fit` restores the best with --keep best)."""
+    best = best_epoch(history)
+    return best if val_opts.keep == "best" and best is not None else (history[-1] if history else {})
+
+
+def weights_record(history: list[dict], cfg: TrainConfig, val_opts: ValOptions) -> dict:
+    """Which epoch's weights a checkpoint holds, and the validation figures of the best and the last epoch."""
+    best, last, kept = best_epoch(history), history[-1] if history else {}, kept_epoch(history, val_opts)
+    figures = lambda h: {k: h[k] for k in ("val_top1", "val_nll", "val_ece") if k in h}    # noqa: E731
+    return {"kept": val_opts.keep, "epoch": kept.get("epoch", 0), "epochs": cfg.epochs,
+            "best_epoch": best["epoch"] if best else None, "best": figures(best) if best else {},
+            "last": figures(last)}

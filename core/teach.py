@@ -9,7 +9,8 @@ from torch import nn
 
 from . import DplError, augment, losses
 from .data import Dataset
-from .runs import ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, make_model, test_metrics, train_record
+from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
+                   test_metrics, train_record)
 from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 
@@ -35,7 +36,9 @@ def supervised_objective(model: nn.Module, labels: torch.Tensor, input_meta: dic
 
 def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_opts: NoiseOptions,
           cfg: TrainConfig, rt: Runtime, opts: TeachOptions = TeachOptions(),
-          on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
+          on_progress: Progress | None = None, resume: ResumeSpec | None = None, val: Dataset | None = None,
+          val_opts: ValOptions = ValOptions()) -> Trained:
+    """Train on `train`; `val` (held out of it by data.hold_out) is measured as `val_opts` says."""
     if len(train) == 0:
         raise DplError(f"{train.spec}: no samples to train on")
     if (train.labels < 0).any():
@@ -49,9 +52,10 @@ def teach(train: Dataset, test: Dataset | None, model_opts: ModelOptions, noise_
                                      opts.label_smoothing)
     batch_size = min(cfg.batch_size, len(train))
     history = fit(model, objective, rt.place(train.images).shuffled(batch_size, cfg.seed),
-                  steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume)
-    metrics = {"train_loss": history[-1]["loss"], "train_acc": history[-1]["acc"],
-               **test_metrics(model, test, input_meta, rt)}
+                  steps_per_epoch(len(train), batch_size), cfg, rt, on_progress, resume, batch_images=batch_size,
+                  validation=val_opts.validation(model, val, input_meta, rt))
+    kept = kept_epoch(history, val_opts)
+    metrics = {"train_loss": kept["loss"], "train_acc": kept["acc"], **test_metrics(model, test, input_meta, rt)}
     meta = checkpoint_meta(spec, train, parents, cfg, train_record(cfg, batch_size, noise, label_smoothing=opts.label_smoothing),
-                           metrics)
+                           metrics, history, val, val_opts)
     return Trained(model.cpu(), meta, history)

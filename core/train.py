@@ -10,8 +10,9 @@ import math
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,23 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @dataclass(frozen=True)
+class Validation:
+    """Evaluation on held-out data during training: `measure()` returns {"top1", "nll", "ece"} of the model in
+    eval mode, every `every` epochs and after the last; with `keep_best`, `fit` ends with the weights of the
+    epoch of the best top-1 (the earliest among equals) instead of the last."""
+
+    measure: Callable[[], dict]
+    every: int = 1
+    keep_best: bool = False
+
+
+def best_epoch(history: list[dict]) -> dict | None:
+    """The epoch record of the best validation top-1 (the earliest among equals); None without validation."""
+    validated = [h for h in history if "val_top1" in h]
+    return max(validated, key=lambda h: (h["val_top1"], -h["epoch"])) if validated else None
+
+
+@dataclass(frozen=True)
 class ResumeSpec:
     """Where a run keeps its resume state, how often, and what must match for --resume to use it."""
 
@@ -279,8 +297,9 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict,
-                      rng: tuple[dict[str, torch.Tensor], dict]) -> None:
+                      rng: tuple[dict[str, torch.Tensor], dict], best: dict[str, torch.Tensor] | None = None) -> None:
     tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for name, value in values.items():
@@ -292,7 +311,9 @@ def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, 
     artifacts.save(spec.path, tensors, "resume", meta)
 
 
-def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) -> dict:
+def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Loads the state into the module, optimizer, schedule and RNGs; returns the position and the weights of
+    the best epoch so far (empty unless --keep best)."""
     header = artifacts.read_header(spec.path, kind="resume")
     artifacts.require(header, "run", "position", "param_groups", "schedule", "rng")
     saved = header.meta["run"]
@@ -312,19 +333,26 @@ def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) 
     optimizer.load_state_dict({"state": state, "param_groups": header.meta["param_groups"]})
     schedule.load_state_dict(header.meta["schedule"])
     _set_rng_state(tensors, header.meta["rng"])
-    return header.meta["position"]
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return header.meta["position"], best
 
 
 def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterable], n_steps: int,
         cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None,
-        resume: ResumeSpec | None = None) -> list[dict]:
+        resume: ResumeSpec | None = None, *, batch_images: int = 0,
+        validation: Validation | None = None) -> list[dict]:
     """Train every parameter of `module` (the model plus any objective heads) for cfg.epochs.
 
-    `batches(epoch)` yields `n_steps` batches, in an order that depends only on the epoch; `objective(batch)`
-    returns the loss terms and the stats (see the module docstring). Returns one dict per epoch of the averaged
-    loss, terms and stats. With `resume`, a resume state is written every `resume.every` epochs and when
-    SIGINT/SIGTERM arrives, and `resume.resume` continues from it: weights, optimizer, schedule, RNG states and
-    batch position.
+    `batches(epoch)` yields `n_steps` batches of `batch_images` images each (per rank), in an order that depends
+    only on the epoch; `objective(batch)` returns the loss terms and the stats (see the module docstring).
+    Returns one record per epoch (`records` describes them): the averaged loss, terms and stats, the learning
+    rate, timing, and the validation figures where `validation` measured them. With `validation.keep_best`
+    the module ends with the weights of the best epoch. With `resume`, a resume state is written every
+    `resume.every` epochs and when SIGINT/SIGTERM arrives, and `resume.resume` continues from it: weights,
+    optimizer, schedule, RNG states, batch position, history and best weights.
+
+    `on_progress` receives the events "start" (with the step it starts from and, resumed, the history so far),
+    "step" every cfg.log_every steps (the epoch's running means) and "epoch" (the epoch's record).
 
     A non-finite loss stops the run. On the CPU it is caught before its step is taken, and the resume state is
     written at that step. On a GPU, reading the loss every step would make the host wait for the device each
@@ -339,14 +367,17 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
         distributed.setup(rt.device)
         distributed.broadcast_module(module)
         torch.manual_seed(cfg.seed * 1_000 + rank)    # each rank draws its own noise
-    run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume)
+    run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume, validation)
     history, skip, schedule = run.history, run.count, run.schedule
-    emit = on_progress if on_progress is not None and rank == 0 else (lambda event: None)
-    emit({"event": "start", "epochs": cfg.epochs, "steps": cfg.epochs * n_steps})
+    emit = on_progress if on_progress is not None and rank == 0 else None
     step = start_epoch * n_steps + skip
+    if emit:
+        emit({"event": "start", "epochs": cfg.epochs, "steps": cfg.epochs * n_steps, "step": step,
+              "resumed": bool(resume and resume.resume), "history": list(history)})
     with _StopRequests() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             module.train()
+            started, count_at_start = time.perf_counter(), run.count
             for index, batch in enumerate(batches(epoch)):
                 if index < skip:
                     continue
@@ -355,17 +386,25 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                 check = not rt.cuda or (run.count + 1) % cfg.log_every == 0 or run.count + 1 == n_steps
                 run.step(objective, batch, epoch, index, check)
                 step += 1
-                if run.count % cfg.log_every == 0 or run.count == n_steps:
-                    emit({"event": "step", "epoch": epoch, "step": step, "lr": schedule.get_last_lr()[0],
+                if emit and run.count % cfg.log_every == 0 and run.count < n_steps:
+                    emit({"event": "step", "epoch": epoch + 1, "step": step, "lr": schedule.get_last_lr()[0],
                           **_means(run.sums, run.count)})
                 if (check or world == 1) and not distributed.all_ranks_agree(stop.signum is None, rt.device):
                     raise run.interrupted(stop.signum, epoch, index)
-            summary = {"epoch": epoch + 1, **_means(run.sums, max(run.count, 1))}
-            history.append(summary)
-            emit({"event": "epoch", **summary})
+            record = {"epoch": epoch + 1, "step": step, "lr": schedule.get_last_lr()[0],
+                      **_means(run.sums, max(run.count, 1))}
+            seconds = time.perf_counter() - started
+            record.update(seconds=seconds, images_per_s=(run.count - count_at_start) * batch_images * world / seconds)
+            if validation is not None and ((epoch + 1) % validation.every == 0 or epoch + 1 == cfg.epochs):
+                record.update(run.validate(validation))
+            history.append(record)
+            if emit:
+                emit({"event": "epoch", **record})
             skip, run.sums, run.count = 0, {}, 0
             if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
                 run.checkpoint(epoch + 1, 0)
+    if validation is not None and validation.keep_best and run.best:
+        module.load_state_dict(run.best)
     return history
 
 
@@ -383,9 +422,11 @@ class _Run:
     sums: dict[str, torch.Tensor]
     count: int = 0
     finite: torch.Tensor | None = None      # GPU: whether every loss since the start was finite
+    best: dict[str, torch.Tensor] = field(default_factory=dict)   # --keep best: the best epoch's weights (CPU)
 
     @staticmethod
-    def start(module: nn.Module, cfg: TrainConfig, rt: Runtime, n_steps: int, resume: ResumeSpec | None) -> tuple[_Run, int]:
+    def start(module: nn.Module, cfg: TrainConfig, rt: Runtime, n_steps: int, resume: ResumeSpec | None,
+              validation: Validation | None) -> tuple[_Run, int]:
         """A fresh run, or the one a resume state continues; and the epoch it starts in."""
         optimizer = make_optimizer(module, cfg)
         total = cfg.epochs * n_steps
@@ -393,7 +434,7 @@ class _Run:
         run = _Run(module, optimizer, schedule, cfg, rt, resume, history=[], sums={})
         if resume is None or not resume.resume:
             return run, 0
-        position = load_resume_state(resume, module, optimizer, schedule)
+        position, run.best = load_resume_state(resume, module, optimizer, schedule)
         run.history, run.count = position["history"], position["batch"]
         run.sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
         return run, position["epoch"]
@@ -413,6 +454,16 @@ class _Run:
         for k, v in {"loss": loss, **terms, **stats}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
 
+    def validate(self, validation: Validation) -> dict:
+        """The validation figures of this epoch; keeps the weights when they are the best so far."""
+        started = time.perf_counter()
+        found = validation.measure()
+        record = {f"val_{k}": found[k] for k in ("top1", "nll", "ece")}
+        best = best_epoch(self.history)
+        if validation.keep_best and (best is None or record["val_top1"] > best["val_top1"]):
+            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        return {**record, "val_seconds": time.perf_counter() - started}
+
     def check_finite(self, loss: torch.Tensor, named: dict, epoch: int, index: int, check: bool) -> None:
         """Exact on the CPU: stop before the step, with a resume state at it. On a GPU: accumulate on the
         device, read at `check` steps, and stop there, keeping the last resume state written before."""
@@ -427,7 +478,7 @@ class _Run:
                                   f"is read every {self.cfg.log_every} steps)", "; the last resume state is kept in ")
 
     def non_finite(self, loss: torch.Tensor, named: dict, where: str, saved: str) -> RunError:
-        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in named.items())
+        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in named.items() if v.numel() == 1)
         saved = saved + str(self.resume.path) if self.resume is not None else ""
         return RunError(f"loss is {float(loss.detach())} at {where}{' (' + terms + ')' if terms else ''}: try a lower "
                         f"--lr{' or --device cpu (no bf16 autocast)' if self.rt.cuda else ''}{saved}")
@@ -447,12 +498,16 @@ class _Run:
         if distributed.rank_world()[0] == 0:
             save_resume_state(self.resume, self.module, self.optimizer, self.schedule, {
                 "epoch": epoch, "batch": batch, "history": self.history,
-                "sums": {k: float(v) for k, v in self.sums.items()}}, rng)
+                "sums": {k: v.tolist() for k, v in self.sums.items()}}, rng, self.best)
 
 
-def _means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-    """Running means of the stats, averaged over ranks."""
+def _means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float | list[float]]:
+    """Running means of the stats (scalars, or vectors such as per-class fractions), averaged over ranks."""
     if not sums:
         return {}
-    values = distributed.mean_over_ranks(torch.stack([v for v in sums.values()]) / count)
-    return dict(zip(sums, values.tolist()))
+    flat = distributed.mean_over_ranks(torch.cat([v.reshape(-1) for v in sums.values()]) / count).tolist()
+    means, at = {}, 0
+    for k, v in sums.items():
+        means[k] = flat[at] if v.ndim == 0 else flat[at: at + v.numel()]
+        at += v.numel()
+    return means

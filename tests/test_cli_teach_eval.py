@@ -135,7 +135,7 @@ def test_console_script_refuses_without_traceback(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
 
 
-def test_ctrl_c_during_teach_leaves_no_output_but_a_resume_state(tmp_path):
+def test_ctrl_c_during_teach_leaves_no_output_but_a_resume_state_and_the_log_so_far(tmp_path):
     out, state = tmp_path / "t.safetensors", tmp_path / "t.safetensors.resume"
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "dpl"), "teach", "--epochs", "500",
                              "--arch", "cnn-s", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,7 +146,9 @@ def test_ctrl_c_during_teach_leaves_no_output_but_a_resume_state(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "--resume" in err
-    assert list(tmp_path.iterdir()) == [state]
+    log = tmp_path / "t.metrics.jsonl"
+    assert sorted(tmp_path.iterdir()) == [log, state]
+    assert '"event": "epoch"' in log.read_text()        # the state is written after the first epoch's record
 
 
 @pytest.mark.slow

@@ -41,7 +41,12 @@ def test_teach_with_two_gloo_ranks_matches_one_rank(tmp_path):
     assert dpl(*args, "--batch-size", "128", "-o", tmp_path / "one.safetensors").code == 0
     acc = {n: json.loads(dpl("eval", tmp_path / f"{n}.safetensors", "--json").stdout)["top1"] for n in ("one", "two")}
     assert acc["two"] > 0.9 and abs(acc["two"] - acc["one"]) < 0.04, acc
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.safetensors", "two.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.metrics.jsonl", "one.safetensors",
+                                                          "two.metrics.jsonl", "two.safetensors"]
+    # rank 0 alone writes the metrics log: one line per epoch, not one per rank
+    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "two.metrics.jsonl").read_text().splitlines()
+              if '"event": "epoch"' in l]
+    assert epochs == list(range(1, 16))
 
 
 def test_label_with_two_ranks_equals_one_rank(teacher, one_rank_labels, tmp_path):

@@ -90,7 +90,7 @@ def test_objectives_are_peers_and_commands_do_not_borrow_from_each_other():
     for name in objectives | {"label", "runs", "train", "losses", "evaluate"}:
         borrowed = _imports(ROOT / "core" / f"{name}.py") & (objectives - {name})
         assert not borrowed, (name, borrowed)
-    commands = {p.stem for p in (ROOT / "cli").glob("*.py")} - {"common", "main", "__init__"}
+    commands = {p.stem for p in (ROOT / "cli").glob("*.py")} - {"common", "measure", "main", "__init__"}
     for name in commands:
         assert not _imports(ROOT / "cli" / f"{name}.py") & (commands - {name}), name
 
@@ -126,7 +126,7 @@ def test_the_readme_tour_runs_as_written_and_shows_real_output(tmp_path, monkeyp
         outputs[" ".join(argv[:3])] = r.stdout
     shown = json.loads(re.sub(r", \.\.\.\]", "]", _readme_block_after("$ dpl eval t0.safetensors --json")[0]))
     real = json.loads(outputs["eval t0.safetensors --json"])
-    assert list(shown) == list(real)
+    assert list(real)[:len(shown)] == list(shown)       # the README may leave off the long trailing fields
     info = _readme_block_after("$ dpl info t0.safetensors")
     real_info = dpl("info", "t0.safetensors").stderr + dpl("info", "t0.safetensors").stdout
     real_lines = [l for l in real_info.splitlines() if l.strip()]

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl
 
+# Validation with --keep best: the resume state carries the best epoch's weights too.
 RUN = ["teach", "--arch", "cnn-s", "--epochs", "12", "--seed", "3", "--randaugment", "2,9", "--dropout", "0.2",
-       "--device", "cpu"]
+       "--val-per-class", "3", "--keep", "best", "--log-every", "4", "--device", "cpu"]
 
 
 def start(out, *extra):
@@ -26,6 +28,12 @@ def wait_for(path, proc, timeout=120):
         if time.time() > deadline:
             pytest.fail(f"no {path.name} within {timeout} s")
         time.sleep(0.05)
+
+
+def log_without_timing(out) -> list[dict]:
+    path = out.with_name(out.name.removesuffix(".safetensors") + ".metrics.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "val_seconds")} for r in records]
 
 
 def max_weight_difference(a, b) -> float:
@@ -57,6 +65,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(uninterrupted
     assert resumed.returncode == 0, err
     assert not state.exists()       # removed once the run completed
     assert max_weight_difference(out, uninterrupted) <= 1e-6
+    # The killed run logged steps past its last resume state; the resumed log drops them and goes on.
+    assert log_without_timing(out) == log_without_timing(uninterrupted)
+    assert len([r for r in log_without_timing(out) if r["event"] == "epoch"]) == 12
 
 
 def test_sigterm_writes_a_state_at_the_step_and_resume_continues(uninterrupted, tmp_path):
@@ -73,6 +84,7 @@ def test_sigterm_writes_a_state_at_the_step_and_resume_continues(uninterrupted, 
     assert resumed.returncode == 0, err
     assert (tmp_path / "t.safetensors.resume").exists()    # --keep-state
     assert max_weight_difference(out, uninterrupted) <= 1e-6
+    assert log_without_timing(out) == log_without_timing(uninterrupted)
 
 
 def test_resume_state_of_another_run_is_refused(tmp_path):

@@ -1,0 +1,90 @@
+"""Measuring checkpoints and label folders: what `dpl eval` prints, shared with `dpl plot` and `dpl report`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import common
+from ..core import artifacts, data, evaluate, label, models, train
+from ..core.runs import check_input
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasureOptions:
+    """What `dpl eval` measures a checkpoint on, and how (its options of the same names)."""
+
+    data_spec: str | None = None        # None: the test split of the checkpoint's own source
+    labeled_per_class: int | None = None
+    labeled: int | None = None
+    split_seed: int = 0
+    part: str | None = None
+    download: bool = False
+    resize: int | None = None
+    stream: bool | None = None
+    linear_probe: bool = False
+    layer: tuple[str, ...] = ()
+    knn: tuple[int, ...] = ()
+    batch_size: int = 512
+    workers: int | None = None
+
+    @staticmethod
+    def of(o: dict) -> MeasureOptions:
+        """From a command's options (its locals())."""
+        return MeasureOptions(**{k: tuple(o[k] or ()) if k in ("layer", "knn") else o[k]
+                                 for k in MeasureOptions.__dataclass_fields__ if k in o})
+
+
+def measure_checkpoint(path: Path, rt: train.Runtime, data_spec: str | None = None) -> dict:
+    """What `dpl eval PATH --json` prints: the checkpoint's metrics on `data_spec`, by default the test split
+    of its own data source."""
+    return measure(Path(path), artifacts.load_checkpoint(path), MeasureOptions(data_spec=data_spec), rt)[0]
+
+
+def measure(path: Path, ckpt: artifacts.Checkpoint, o: MeasureOptions, rt: train.Runtime) -> tuple[dict, dict | None, str]:
+    """One checkpoint's metrics on its data (and its probes: their feature sizes and what they were fit on)."""
+    split = data.Partition(labeled_per_class=o.labeled_per_class, labeled=o.labeled, seed=o.split_seed)
+    spec = o.data_spec or data.parse_spec(ckpt.meta.get("data", {}).get("spec", "digits"))[0]
+    size = o.resize or ckpt.meta.get("data", {}).get("resize")
+    if size is None and data.is_image_files(spec):
+        size = ckpt.input["size"]
+    ds = data.load(spec, default_split="test", partition=split, part=o.part or "all", download=o.download,
+                   resize=size, channels=ckpt.input["channels"], stream=o.stream, workers=o.workers)
+    common.say_source(ds)
+    check_input(ckpt, ds, path)
+    model = ckpt.build_model()
+    logits = evaluate.predict(rt.prepare(model), ds.images, ckpt.input, rt, o.batch_size, rt.workers)
+    metrics = evaluate.classification_metrics(logits, ds.labels, ds.num_classes)
+    unread = int((~evaluate.readable(logits)).sum()) + len(ds.skipped)
+    if unread:
+        metrics["skipped"] = unread
+    # the confusion matrix and the reliability bins last: the figures a reader looks for first stay in front
+    result = {**{k: v for k, v in metrics.items() if k not in ("confusion", "reliability")},
+              "checkpoint": str(path), "arch": ckpt.arch["name"], "params": models.count_params(model),
+              "data": ds.spec, "part": ds.part, "weights": ckpt.meta.get("weights") or {"kept": "last"},
+              "seed": ckpt.meta.get("seed"), "confusion": metrics["confusion"], "reliability": metrics["reliability"]}
+    layers, ks = list(o.layer or []), list(o.knn or [])
+    if not (o.linear_probe or layers or ks):
+        return result, None, ""
+    probe_train = data.load(ds.source, default_split="train", partition=split, part="labeled" if split.active else "all",
+                            download=o.download, resize=size, channels=ckpt.input["channels"], check_all=True,
+                            workers=o.workers)
+    found = evaluate.probe(model, ckpt.input, probe_train, ds, rt, layers, o.linear_probe or bool(layers), ks,
+                           o.batch_size)
+    result.update({"linear_probe": found.linear, "knn": {str(k): v for k, v in found.knn.items()}})
+    return result, found.dims, f"{probe_train.spec} ({probe_train.part}, {len(probe_train)} samples)"
+
+
+def label_truth(folder: Path, download: bool = False,
+                allow_partial: bool = False) -> tuple[artifacts.Labels, torch.Tensor, data.Dataset]:
+    """A label folder, the true class of each of its rows (-1 where unknown, e.g. in a pool of photos) and
+    the data it was made for."""
+    labels = artifacts.read_labels(folder, allow_partial)
+    made = labels.meta["data"]
+    spec, split, resize = common.data_of(labels.meta, None, data.Partition(), None)
+    ds = data.load(spec, partition=split, part=made.get("part", "all"), download=download, resize=resize,
+                   channels=made.get("channels"))
+    positions = label.check_labels_fit(labels, ds)
+    return labels, ds.labels[positions], ds

@@ -1,0 +1,187 @@
+"""dpl plot: figures of runs, checkpoints and label folders, written as STEM.png and STEM.svg."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import common
+from .measure import MeasureOptions, label_truth, measure, measure_checkpoint
+from ..core import DplError, artifacts, figures, records, train
+
+plot_app = typer.Typer(
+    name="plot",
+    help="Figures of runs, checkpoints and label folders. Each KIND writes STEM.png and STEM.svg (-o STEM) "
+         "and prints their paths; --json prints {\"files\": [...], \"data\": {...}}, the numbers plotted.",
+    short_help="Figures (PNG and SVG): training curves, reliability, confusion, labels, lineage, probe.",
+    no_args_is_help=True,
+    subcommand_metavar="KIND [ARGS]...",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Stem = Annotated[Path, typer.Option("--output", "-o", help="Output stem: writes STEM.png and STEM.svg (a .png or .svg suffix is dropped).")]
+Checkpoint = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint.")]
+MeasureData = Annotated[str | None, typer.Option("--data", help="Data to measure on, as dpl eval --data. \\[default: the test split of the checkpoint's own data source]")]
+
+
+def output_stem(stem: Path, force: bool) -> Path:
+    """The stem without a .png/.svg suffix, once both of its files may be written (checked before any work)."""
+    stem = stem.with_suffix("") if stem.suffix in (".png", ".svg") else stem
+    for fmt in ("png", "svg"):
+        common.check_output(stem.with_name(f"{stem.name}.{fmt}"), force)
+    return stem
+
+
+def finish(fig, data: dict, stem: Path, as_json: bool) -> None:
+    """Write the figure; stdout gets the two paths, or with --json the paths and the plotted numbers."""
+    common.flush_notes()
+    paths = [str(p) for p in figures.save(fig, stem)]
+    if as_json:
+        common.print_json({"files": paths, "data": data})
+    else:
+        print("\n".join(paths))
+
+
+def checkpoint_file(path: Path, or_log: bool = False) -> Path:
+    """A checkpoint (or a metrics log) that exists; a folder is refused with what to give instead."""
+    if path.is_dir():
+        raise DplError(f"{path}: a folder, not a checkpoint" + (" or a .metrics.jsonl log" if or_log else
+                       " (plot a label folder with dpl plot labels)"))
+    if not path.exists():
+        raise DplError(f"{path}: no such file")
+    return path
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Legend names: the file stems (t0.safetensors, t0.metrics.jsonl -> t0), the paths where stems repeat."""
+    stems = [p.name.removesuffix(".safetensors").removesuffix(records.LOG_SUFFIX) for p in paths]
+    return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+@plot_app.command("curves")
+@common.guarded
+def curves_command(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Checkpoints or .metrics.jsonl logs of training runs, overlaid.")],
+    output: Stem,
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Training curves of runs overlaid, by epoch.
+
+    Panels: the loss, each loss term, the learning rate, and accuracy (train solid, validation dashed)."""
+    stem = output_stem(output, force)
+    histories = {name: records.history_of(checkpoint_file(path, or_log=True))
+                 for name, path in zip(run_names(runs), runs)}
+    finish(*figures.curves(histories), stem, as_json)
+
+
+@plot_app.command("reliability")
+@common.guarded
+def reliability_command(
+    checkpoint: Checkpoint,
+    output: Stem,
+    data_spec: MeasureData = None,
+    device: common.Device = "auto",
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Reliability diagram of a checkpoint, ECE in the title.
+
+    Accuracy per confidence bin against the diagonal, the gap shaded, the confidence histogram below: the 15
+    bins of dpl eval --json."""
+    stem = output_stem(output, force)
+    result = measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
+    finish(*figures.reliability(result["reliability"]["bins"], result["ece"], f"{checkpoint.name} on {result['data']}"),
+           stem, as_json)
+
+
+@plot_app.command("confusion")
+@common.guarded
+def confusion_command(
+    checkpoint: Checkpoint,
+    output: Stem,
+    data_spec: MeasureData = None,
+    device: common.Device = "auto",
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Confusion matrix of a checkpoint, rows normalized.
+
+    Row = true class, normalized to sum 1; numbers in the cells up to 20 classes."""
+    stem = output_stem(output, force)
+    result = measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
+    classes = artifacts.read_header(checkpoint, kind="checkpoint").meta.get("classes") or []
+    title = f"{checkpoint.name} on {result['data']}: top-1 {result['top1']:.4f}"
+    finish(*figures.confusion(result["confusion"], classes, title), stem, as_json)
+
+
+@plot_app.command("labels")
+@common.guarded
+def labels_command(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A label folder (dpl label's output).")],
+    output: Stem,
+    download: common.Download = False,
+    allow_partial: common.AllowPartial = False,
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Pseudo-label confidence per class, and accuracy/coverage by threshold.
+
+    The confidence histogram per predicted class and, where the data has ground truth, the accuracy and
+    coverage of the labels kept at confidence >= t for t in 0..1 (101 steps)."""
+    stem = output_stem(output, force)
+    labels, truth, ds = label_truth(folder, download, allow_partial)
+    fig, data = figures.label_confidence(labels.confidence, labels.label, labels.meta.get("classes") or [], truth)
+    if data.get("skipped"):
+        sys.stderr.write(f"dpl: skipped the accuracy/coverage curve: {folder} labels {ds.spec}, "
+                         "which has no ground truth\n")
+    finish(fig, data, stem, as_json)
+
+
+@plot_app.command("lineage")
+@common.guarded
+def lineage_command(
+    checkpoint: Checkpoint,
+    output: Stem,
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Noisy Student iterations: test top-1 by generation.
+
+    Each model from the first teacher to CHECKPOINT, with the test top-1 recorded in its metadata (nothing is
+    recomputed)."""
+    stem = output_stem(output, force)
+    finish(*figures.lineage(records.lineage_of(checkpoint_file(checkpoint))), stem, as_json)
+
+
+@plot_app.command("probe")
+@common.guarded
+def probe_command(
+    checkpoint: Checkpoint,
+    output: Stem,
+    layer: Annotated[list[str] | None, typer.Option(help="Probe this layer (module path; repeatable; dpl info --layers lists them), average-pooled to at most 2048 values. The final feature vector is always probed.")] = None,
+    data_spec: MeasureData = None,
+    labeled_per_class: common.LabeledPerClass = None,
+    labeled: common.Labeled = None,
+    split_seed: common.SplitSeed = 0,
+    download: common.Download = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
+    device: common.Device = "auto",
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """Linear-probe top-1 per layer of frozen features.
+
+    Measured as dpl eval --linear-probe --layer does: fit on the training split, top-1 on the evaluated
+    data."""
+    stem = output_stem(output, force)
+    ckpt = artifacts.load_checkpoint(checkpoint_file(checkpoint))
+    options = MeasureOptions(data_spec=data_spec, labeled_per_class=labeled_per_class, labeled=labeled,
+                             split_seed=split_seed, download=download, batch_size=batch_size, linear_probe=True,
+                             layer=tuple(layer or ()))
+    result, dims, fit_on = measure(checkpoint, ckpt, options, train.runtime(device))
+    title = f"{checkpoint.name}: fit on {fit_on}, top-1 on {result['data']}"
+    finish(*figures.probe(result["linear_probe"], dims, title), stem, as_json)

@@ -1,0 +1,116 @@
+"""dpl report: one self-contained HTML page of a pipeline's outputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import common
+from .measure import label_truth, measure_checkpoint
+from ..core import DplError, artifacts, evaluate, records, report, train
+
+
+@common.guarded
+def report_command(
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="FOLDER_OR_ARTIFACT...",
+        help="A pipeline's output folder (its checkpoints and label folders are found in it), or checkpoints "
+             "and label folders named one by one.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML page.")],
+    title: Annotated[str | None, typer.Option(help="Title of the page. \\[default: dpl report of the first path]")] = None,
+    device: common.Device = "auto",
+    force: common.Force = False,
+):
+    """An HTML page of a pipeline's outputs: the comparison table of every checkpoint on its test data (the
+    figures of dpl eval --json), the lineage of the last model, the training curves, the pseudo-label quality
+    of each label folder and calibration. Self-contained: figures are embedded, nothing is fetched."""
+    common.check_output(output, force)
+    checkpoints, folders = find_artifacts(paths)
+    if not checkpoints and not folders:
+        raise DplError(f"{', '.join(map(str, paths))}: no dpl checkpoints or label folders found")
+    rt = train.runtime(device)
+    models = [model_of(path, rt) for path in checkpoints]
+    last = last_model(models)
+    page = report.Report(
+        title=title or f"dpl report: {paths[0].resolve().name}",
+        models=models, last=last, lineage=records.lineage_of(last.path) if last else [],
+        labels=[label_folder_of(folder) for folder in folders])
+    html = report.render(page)
+    artifacts.atomic_write(output, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    common.flush_notes()
+    print(output)
+
+
+def find_artifacts(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Checkpoints and label folders among the paths: a folder of label shards is a label folder, another
+    folder is searched (its *.safetensors and its sub-folders of label shards)."""
+    checkpoints, folders = [], []
+    for path in paths:
+        if not path.exists():
+            raise DplError(f"{path}: no such file or folder")
+        if path.is_file():
+            artifacts.read_header(path, kind="checkpoint")     # named one by one: it must be a checkpoint
+            checkpoints.append(path)
+        elif _is_label_folder(path):
+            folders.append(path)
+        else:
+            for file in sorted(path.glob("*.safetensors"), key=_natural):
+                if _is_checkpoint(file):
+                    checkpoints.append(file)
+            folders += sorted((d for d in path.iterdir() if d.is_dir() and _is_label_folder(d)), key=_natural)
+    return list(dict.fromkeys(checkpoints)), list(dict.fromkeys(folders))
+
+
+def _is_checkpoint(file: Path) -> bool:
+    try:
+        kind = artifacts.read_header(file).meta["dpl.kind"]
+    except DplError as e:
+        common.say(f"dpl: skipped {e}")
+        return False
+    if kind != "checkpoint":
+        common.say(f"dpl: skipped {file}: a dpl {kind!r} artifact, not a checkpoint")
+    return kind == "checkpoint"
+
+
+def _is_label_folder(path: Path) -> bool:
+    return any(path.glob("shard-*.safetensors"))
+
+
+def _natural(path: Path):
+    """model2 before model10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def model_of(path: Path, rt: train.Runtime) -> report.Model:
+    meta = artifacts.read_header(path, kind="checkpoint").meta
+    try:
+        history = records.history_of(path)
+    except DplError:
+        history = None
+    return report.Model(path=path, result=measure_checkpoint(path, rt), classes=meta.get("classes") or [],
+                        command=meta.get("command"), history=history)
+
+
+def last_model(models: list[report.Model]) -> report.Model | None:
+    """The model at the end of the pipeline: the one no other descends from (of several, the one with the
+    longest lineage, then the last named)."""
+    if not models:
+        return None
+    chains = {id(m): records.lineage_of(m.path) for m in models}
+    ancestors = {Path(c["path"]).resolve() for chain in chains.values() for c in chain[:-1]}
+    leaves = [m for m in models if m.path.resolve() not in ancestors] or models
+    return max(reversed(leaves), key=lambda m: len(chains[id(m)]))
+
+
+def label_folder_of(folder: Path) -> report.LabelFolder:
+    labels, truth, ds = label_truth(folder)
+    known = bool((truth >= 0).any())
+    teachers = labels.meta.get("teachers") or []
+    return report.LabelFolder(
+        path=folder, teacher=Path(teachers[0]["path"]).name if teachers else None,
+        data=f"{ds.spec} ({ds.part})", predicted=labels.label, confidence=labels.confidence,
+        truth=truth if known else None, classes=labels.meta.get("classes") or [],
+        quality=evaluate.label_quality(labels.label, labels.confidence, truth) if known else None)

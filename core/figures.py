@@ -1,0 +1,312 @@
+"""Figures of runs, checkpoints and label folders: plain numbers in, a matplotlib Figure and the numbers it
+plots out.
+
+Every drawing function returns `(figure, data)`: `data` is a JSON-safe dict of exactly the plotted numbers
+(NaN and infinities as None). Figures use matplotlib's object API (`matplotlib.figure.Figure`), never
+pyplot: no global state, no display. `save` writes a PNG and an SVG atomically; `data_uri` embeds a figure in
+a self-contained HTML page. SVGs are deterministic (fixed hash salt, no date) so regenerated files do not
+churn.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import artifacts
+
+WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn
+DPI = 120
+LOSS_TERMS = ("ce", "kd", "pseudo", "hint", "nt_xent")
+FIXED = {"svg.hashsalt": "dpl", "svg.fonttype": "path"}
+SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+MIME = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write STEM.png and STEM.svg (each atomically); return their paths. A .png/.svg suffix on the stem is
+    dropped."""
+    stem = Path(stem)
+    if stem.suffix in (".png", ".svg"):
+        stem = stem.with_suffix("")
+    paths = []
+    for fmt in ("png", "svg"):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        artifacts.atomic_write(path, lambda tmp, fmt=fmt: _render(fig, tmp, fmt))
+        paths.append(path)
+    return paths
+
+
+def data_uri(fig: Figure, fmt: str = "png") -> str:
+    """The figure as a base64 data URI (data:image/png;base64,... or data:image/svg+xml;base64,...)."""
+    if fmt not in MIME:
+        raise ValueError(f"fmt must be png or svg, not {fmt!r}")
+    buffer = io.BytesIO()
+    _render(fig, buffer, fmt)
+    return f"data:{MIME[fmt]};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _render(fig: Figure, target, fmt: str) -> None:
+    with matplotlib.rc_context(FIXED):
+        fig.savefig(target, format=fmt, dpi=DPI, metadata=SAVE_METADATA[fmt])
+
+
+def _figure(width: float = WIDTH, height: float = HEIGHT) -> Figure:
+    return Figure(figsize=(min(width, WIDTH), min(height, HEIGHT)), layout="constrained")
+
+
+def _number(v):
+    """A JSON-safe number: None for missing, NaN or infinite values."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _grid(ax) -> None:
+    ax.grid(True, alpha=0.3)
+
+
+# ---- training curves -----------------------------------------------------------------------------
+
+def curve_keys(runs: dict[str, list[dict]]) -> list[str]:
+    """The history fields `curves` plots, in panel order: loss, its terms, lr, acc, val_top1."""
+    present = {k for history in runs.values() for record in history for k in record}
+    keys = ["loss", *LOSS_TERMS, "lr", "acc", "val_top1"]
+    return [k for k in keys if k in present]
+
+
+def curves(runs: dict[str, list[dict]]) -> tuple[Figure, dict]:
+    """Training curves of several runs overlaid, one panel per field: the loss, each loss term, the learning
+    rate, and accuracy (train `acc` solid, validation `val_top1` dashed, on one panel). `runs` maps a run's
+    name to its per-epoch history. Data: {run: {"epoch": [...], FIELD: [...]}}, each series aligned with
+    "epoch" (None where an epoch has no value, e.g. val_top1 on epochs not validated)."""
+    keys = curve_keys(runs)
+    data = {name: {"epoch": [int(r["epoch"]) for r in history],
+                   **{k: [_number(r.get(k)) for r in history] for k in keys if any(k in r for r in history)}}
+            for name, history in runs.items()}
+    panels = [k for k in keys if k not in ("acc", "val_top1")]
+    if "acc" in keys or "val_top1" in keys:
+        panels.append("accuracy")
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(WIDTH, 2.5 * rows + 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes, panels):
+        fields = [("acc", "-"), ("val_top1", "--")] if panel == "accuracy" else [(panel, "-")]
+        for i, (name, series) in enumerate(data.items()):
+            for field, style in fields:
+                points = [(e, v) for e, v in zip(series["epoch"], series.get(field, [])) if v is not None]
+                if points:
+                    label = name if len(fields) == 1 else f"{name} ({'train' if field == 'acc' else 'val'})"
+                    ax.plot(*zip(*points), style, marker="o", markersize=3, color=colors[i % len(colors)],
+                            label=label)
+        ax.set_title({"loss": "loss (sum of terms)", "lr": "learning rate", "accuracy": "accuracy"}.get(panel, f"loss term {panel}"),
+                     fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if panel == "accuracy":
+            ax.set_ylabel("top-1 (train solid, val dashed)" if {"acc", "val_top1"} <= set(keys)
+                          else "train top-1" if "acc" in keys else "validation top-1")
+        _grid(ax)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small")
+    fig.suptitle("training curves")
+    return fig, data
+
+
+# ---- calibration ---------------------------------------------------------------------------------
+
+def reliability(bins: list[dict], ece: float, title: str) -> tuple[Figure, dict]:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, the gap to the bin's mean
+    confidence shaded, the count per bin below. `bins`: dpl eval's [{"lo", "hi", "count", "confidence",
+    "accuracy"}, ...]. Data: {"bins": bins, "ece": ece}."""
+    bins = [{"lo": float(b["lo"]), "hi": float(b["hi"]), "count": int(b["count"]),
+             "confidence": _number(b.get("confidence")), "accuracy": _number(b.get("accuracy"))} for b in bins]
+    fig = _figure(6.0, HEIGHT)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in bins if b["count"] and b["accuracy"] is not None]
+    lo = [b["lo"] for b in full]
+    width = [b["hi"] - b["lo"] for b in full]
+    accuracy = [b["accuracy"] for b in full]
+    gap = [b["confidence"] - b["accuracy"] for b in full]
+    top.bar(lo, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.5,
+            label="accuracy")
+    top.bar(lo, gap, width=width, bottom=accuracy, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red",
+            hatch="//", linewidth=0.5, label="gap to confidence")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize="small")
+    top.set_title(f"{title}\nECE {ece:.4f}", fontsize="medium")
+    _grid(top)
+    bottom.bar([b["lo"] for b in bins], [b["count"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
+               align="edge", color="gray", edgecolor="black", linewidth=0.5)
+    bottom.set_xlabel("confidence (max softmax probability)")
+    bottom.set_ylabel("samples")
+    _grid(bottom)
+    return fig, {"bins": bins, "ece": _number(ece)}
+
+
+def confusion(matrix: list[list[int]], classes: list[str], title: str) -> tuple[Figure, dict]:
+    """Confusion matrix normalized per row (true class), numbers in the cells up to 20 classes. `matrix`:
+    counts, row = true class, column = predicted. Data: {"classes", "counts", "normalized"} (a row without
+    samples normalizes to None)."""
+    counts = [[int(c) for c in row] for row in matrix]
+    normalized = [[c / sum(row) for c in row] if sum(row) else [None] * len(row) for row in counts]
+    n = len(counts)
+    classes = list(classes) if classes and len(classes) == n else [str(i) for i in range(n)]
+    size = min(WIDTH, HEIGHT + 1.0)
+    fig = _figure(size, HEIGHT)
+    ax = fig.subplots()
+    shown = [[math.nan if v is None else v for v in row] for row in normalized]
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.85)
+    if n <= 40:
+        font = "small" if n <= 20 else "xx-small"
+        ax.set_xticks(range(n), classes, rotation=90 if max(map(len, classes)) > 3 else 0, fontsize=font)
+        ax.set_yticks(range(n), classes, fontsize=font)
+    if n <= 20:
+        for i, row in enumerate(normalized):
+            for j, v in enumerate(row):
+                if v is not None and counts[i][j]:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7 if n > 10 else 8,
+                            color="white" if v > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize="medium")
+    return fig, {"classes": classes, "counts": counts, "normalized": normalized}
+
+
+# ---- pseudo-labels -------------------------------------------------------------------------------
+
+HISTOGRAM_BINS = 20
+THRESHOLDS = 101
+MAX_CLASS_LINES = 20      # more classes than this: one histogram of all labels
+
+
+def label_confidence(confidence, predicted, classes: list[str], truth=None) -> tuple[Figure, dict]:
+    """A label folder's confidence histogram per predicted class (overlaid steps; all classes together
+    beyond 20), and where ground truth is given (`truth`: the true class per row, -1 where unknown) the
+    accuracy and coverage of the labels kept at each confidence threshold (0..1, 101 steps; coverage =
+    fraction of the rows with a known class whose confidence is >= t, accuracy = top-1 of those). Without
+    truth (None, or -1 everywhere) the curve is skipped and data["skipped"] names it. The arrays may be lists,
+    numpy arrays or CPU tensors."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    predicted = np.asarray(predicted, dtype=np.int64).ravel()
+    num_classes = max(len(classes), int(predicted.max(initial=-1)) + 1)
+    classes = list(classes) if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
+
+    def histogram(values: np.ndarray) -> list[int]:
+        bins = np.clip((values * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)   # [lo, hi); 1.0 in the last
+        return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
+
+    if num_classes <= MAX_CLASS_LINES:
+        groups = {name: histogram(confidence[predicted == k]) for k, name in enumerate(classes)}
+    else:
+        groups = {"all classes": histogram(confidence)}
+    data = {"n": len(confidence), "histogram": {"edges": edges, "counts": groups}}
+    truth = None if truth is None else np.asarray(truth, dtype=np.int64).ravel()
+    curve = truth is not None and bool((truth >= 0).any())
+    fig = _figure(WIDTH, 4.0)
+    axes = fig.subplots(1, 2 if curve else 1, squeeze=False).ravel()
+    hist = axes[0]
+    colors = matplotlib.colormaps["tab20" if len(groups) > 10 else "tab10"].colors
+    for i, (name, counts) in enumerate(groups.items()):
+        hist.stairs(counts, edges, color=colors[i % len(colors)], label=name, linewidth=1.2)
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("labels")
+    hist.set_title("confidence by predicted class" if len(groups) > 1 else "confidence", fontsize="medium")
+    hist.legend(fontsize="x-small", ncol=2 if len(groups) > 10 else 1, loc="best", title="predicted",
+                title_fontsize="x-small")
+    _grid(hist)
+    if not curve:
+        data["skipped"] = ["accuracy/coverage curve"]
+        return fig, data
+    known = truth >= 0
+    order = np.argsort(-confidence[known], kind="stable")
+    descending = confidence[known][order]
+    right = np.cumsum(predicted[known][order] == truth[known][order])
+    thresholds = [i / (THRESHOLDS - 1) for i in range(THRESHOLDS)]
+    kept = np.searchsorted(-descending, -np.asarray(thresholds), side="right")   # rows with confidence >= t
+    coverage = [int(k) / len(descending) for k in kept]
+    accuracy = [int(right[k - 1]) / int(k) if k else None for k in kept]
+    data["curve"] = {"thresholds": thresholds, "coverage": coverage, "accuracy": accuracy, "n": len(descending)}
+    ax = axes[1]
+    for series, label, color in ((accuracy, "accuracy of the kept labels", "tab:green"),
+                                 (coverage, "coverage (fraction kept)", "black")):
+        points = [(t, v) for t, v in zip(thresholds, series) if v is not None]
+        if points:
+            ax.plot(*zip(*points), color=color, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence threshold")
+    ax.set_ylabel("fraction")
+    ax.set_title(f"labels kept at confidence >= threshold\n({len(descending):,} with ground truth)", fontsize="medium")
+    ax.legend(fontsize="small", loc="best")
+    _grid(ax)
+    return fig, data
+
+
+# ---- lineage and probes --------------------------------------------------------------------------
+
+def lineage(chain: list[dict]) -> tuple[Figure, dict]:
+    """The Noisy Student iteration curve: test top-1 of each model of a chain (oldest first, as
+    records.lineage_of gives it) by generation, each point annotated with its arch and file name. Data:
+    {"chain": [{..., "generation": g}, ...]}."""
+    chain = [{**model, "generation": g, "test_top1": _number(model.get("test_top1"))} for g, model in enumerate(chain)]
+    fig = _figure(WIDTH, 4.5)
+    ax = fig.subplots()
+    points = [(m["generation"], m["test_top1"]) for m in chain if m["test_top1"] is not None]
+    if points:
+        ax.plot(*zip(*points), "-o", color="tab:blue")
+    for m in chain:
+        if m["test_top1"] is not None:
+            ax.annotate(f"{m['arch']}\n{Path(m['path']).name}", (m["generation"], m["test_top1"]),
+                        textcoords="offset points", xytext=(0, 8), ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(range(len(chain)))
+    ax.set_xlim(-0.5, len(chain) - 0.5)
+    values = [v for _, v in points]
+    if values:
+        spread = max(values) - min(values)
+        ax.set_ylim(min(values) - max(0.02, 0.2 * spread), min(1.0, max(values) + max(0.02, 0.35 * spread)) + 0.01)
+    ax.set_xlabel("generation (0 = first teacher)")
+    ax.set_ylabel("test top-1")
+    ax.set_title("Noisy Student iterations", fontsize="medium")
+    _grid(ax)
+    return fig, {"chain": chain}
+
+
+def probe(linear: dict[str, float], dims: dict[str, int], title: str) -> tuple[Figure, dict]:
+    """Linear-probe top-1 per probed layer, in the order given (dpl eval puts the final feature vector,
+    "features", first; it is drawn last, as the deepest). Data: {"layers": {path: {"top1", "features"}}}."""
+    order = [p for p in linear if p != "features"] + [p for p in linear if p == "features"]
+    data = {"layers": {p: {"top1": _number(linear[p]), "features": int(dims[p]) if p in dims else None} for p in order}}
+    fig = _figure(WIDTH, 4.5)
+    ax = fig.subplots()
+    top1 = [data["layers"][p]["top1"] or 0.0 for p in order]
+    names = [f"{p}\n{data['layers'][p]['features']:,} features" if data["layers"][p]["features"] else p for p in order]
+    bars = ax.bar(range(len(order)), top1, color="tab:blue", edgecolor="black", linewidth=0.5)
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in top1], fontsize="small", padding=2)
+    ax.set_xticks(range(len(order)), names, fontsize="small")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("linear-probe top-1")
+    ax.set_xlabel("layer (frozen features)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig, data

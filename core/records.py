@@ -1,0 +1,187 @@
+"""The record of a run: the metrics log written as training goes, the history kept in the checkpoint, and the
+lineage of an artifact.
+
+Log format (JSON Lines, `OUT.metrics.jsonl` beside a training command's output, one object per line):
+
+    {"event": "step",  "epoch": 1, "step": 10, "lr": ..., "loss": ..., TERM: ..., STAT: ...}
+    {"event": "epoch", "epoch": 1, "step": 42, "lr": ..., "loss": ..., TERM: ..., STAT: ...,
+     "seconds": ..., "images_per_s": ..., ["val_top1", "val_nll", "val_ece", "val_seconds"]}
+
+`epoch` counts from 1; `step` is the number of optimizer steps taken so far. A step line holds the running
+means of the epoch so far, an epoch line the means over the epoch. TIMING_FIELDS vary from run to run; every
+other field is reproduced exactly by `--resume`. A checkpoint keeps its epoch lines (without "event") as
+`meta["history"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from . import DplError, artifacts
+
+TIMING_FIELDS = ("seconds", "images_per_s", "val_seconds")
+LOG_SUFFIX = ".metrics.jsonl"
+
+
+def log_path(output: Path) -> Path:
+    """Where a training command writes its metrics log: t0.safetensors -> t0.metrics.jsonl."""
+    output = Path(output)
+    return output.with_name(output.name.removesuffix(".safetensors") + LOG_SUFFIX)
+
+
+def read_log(path: Path) -> list[dict]:
+    """Every record of a metrics log, in order."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise DplError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DplError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise DplError(f"{path}: line {number} is not JSON: not a dpl metrics log") from None
+        if not isinstance(record, dict) or record.get("event") not in ("step", "epoch"):
+            raise DplError(f"{path}: line {number} is not a step or epoch record: not a dpl metrics log")
+        records.append(record)
+    return records
+
+
+def history_of(path: Path) -> list[dict]:
+    """The per-epoch records of a run, from its checkpoint or its metrics log."""
+    path = Path(path)
+    if path.name.endswith(".jsonl"):
+        history = [{k: v for k, v in r.items() if k != "event"} for r in read_log(path) if r["event"] == "epoch"]
+    else:
+        history = artifacts.read_header(path, kind="checkpoint").meta.get("history")
+    if not history:
+        raise DplError(f"{path}: no training history (made by an older dpl, or by pretrain --epochs 0)")
+    return history
+
+
+def lineage_of(path: Path) -> list[dict]:
+    """The chain of models that led to a checkpoint, oldest first, following its teacher (through the labels
+    it learnt from) or its --init: [{"path", "arch", "test_top1", "command", "role"}, ...]. A parent that
+    is no longer on disk ends the chain."""
+    chain, seen = [], set()
+    path, role = Path(path), "model"
+    while path is not None and path.resolve() not in seen:
+        seen.add(path.resolve())
+        meta = artifacts.read_header(path, kind="checkpoint").meta
+        chain.append({"path": str(path), "arch": meta["arch"]["name"], "role": role,
+                      "test_top1": meta.get("metrics", {}).get("test_top1"), "command": meta.get("command")})
+        path, role = _teacher_of(meta)
+    return chain[::-1]
+
+
+def _teacher_of(meta: dict) -> tuple[Path | None, str]:
+    parents = {p["role"]: p for p in meta.get("parents", [])}
+    if "teacher" in parents:
+        return _existing(parents["teacher"]["path"]), "teacher"
+    if "labels" in parents:
+        folder = _existing(parents["labels"]["path"])
+        if folder is None:
+            return None, ""
+        try:
+            teachers = artifacts.read_labels(folder, allow_partial=True).meta.get("teachers", [])
+        except DplError:
+            return None, ""
+        return (_existing(teachers[0]["path"]) if teachers else None), "teacher"
+    if "init" in parents:
+        return _existing(parents["init"]["path"]), "init"
+    return None, ""
+
+
+def _existing(path: str) -> Path | None:
+    return Path(path) if Path(path).exists() else None
+
+
+class MetricsLog:
+    """The JSON Lines sink of `train.fit`'s events: appended and flushed record by record. A fresh run starts
+    the file anew; a resumed run keeps the records up to the step it resumes from (rebuilt from the resume
+    state's history when the file is gone), so the log reads as if the run had never stopped."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self._start(event)
+        elif kind in ("step", "epoch"):
+            self._append([event])
+
+    def _start(self, event: dict) -> None:
+        kept = []
+        if event["resumed"]:
+            try:
+                kept = [r for r in read_log(self.path) if r["step"] <= event["step"]]
+            except DplError:
+                kept = [{"event": "epoch", **r} for r in event["history"]]
+        artifacts.atomic_write(self.path, lambda tmp: tmp.write_text("".join(_line(r) for r in kept)))
+
+    def _append(self, records: list[dict]) -> None:
+        with open(self.path, "a") as f:
+            f.write("".join(_line(r) for r in records))
+
+
+def _line(record: dict) -> str:
+    return json.dumps({k: clean(v) for k, v in record.items()}) + "\n"
+
+
+class TensorBoardLog:
+    """The same records as scalars through torch.utils.tensorboard: `step/NAME` (running means) and
+    `epoch/NAME` (epoch means), both against the optimizer step; a list (per-class fractions) as NAME/CLASS.
+    A resumed run purges what the interrupted one wrote after the step it resumes from."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.writer = None
+        self.writer_class = tensorboard_writer()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.writer = self.writer_class(str(self.folder), purge_step=event["step"] if event["resumed"] else None)
+            return
+        if kind not in ("step", "epoch") or self.writer is None:
+            return
+        x = event["step"]
+        for name, value in event.items():
+            if name in ("event", "epoch", "step"):
+                continue
+            values = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for i, v in values:
+                if v is not None:
+                    self.writer.add_scalar(f"{kind}/{name}" + ("" if i is None else f"/{i}"), v, x)
+        if kind == "epoch":
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def tensorboard_writer():
+    """torch.utils.tensorboard's SummaryWriter, or a DplError saying how to install it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DplError("--tensorboard needs the tensorboard package: pip install 'dpl[tensorboard]' "
+                       "(or pip install tensorboard)") from None
+    return SummaryWriter
+
+
+def clean(value):
+    """A JSON-safe value: NaN and infinities as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
