@@ -78,9 +78,10 @@ def _grid(ax) -> None:
 # ---- training curves -----------------------------------------------------------------------------
 
 def curve_keys(runs: dict[str, list[dict]]) -> list[str]:
-    """The history fields `curves` plots, in panel order: loss, its terms, lr, acc, val_top1."""
+    """The history fields `curves` plots, in panel order: loss, its terms, lr, the pseudo-labels' mean
+    confidence, acc, val_top1."""
     present = {k for history in runs.values() for record in history for k in record}
-    keys = ["loss", *LOSS_TERMS, "lr", "acc", "val_top1"]
+    keys = ["loss", *LOSS_TERMS, "lr", "pseudo_conf", "acc", "val_top1"]
     return [k for k in keys if k in present]
 
 
@@ -110,7 +111,8 @@ def curves(runs: dict[str, list[dict]]) -> tuple[Figure, dict]:
                     label = name if len(fields) == 1 else f"{name} ({'train' if field == 'acc' else 'val'})"
                     ax.plot(*zip(*points), style, marker="o", markersize=3, color=colors[i % len(colors)],
                             label=label)
-        ax.set_title({"loss": "loss (sum of terms)", "lr": "learning rate", "accuracy": "accuracy"}.get(panel, f"loss term {panel}"),
+        ax.set_title({"loss": "loss (sum of terms)", "lr": "learning rate", "accuracy": "accuracy",
+                      "pseudo_conf": "pseudo-label mean confidence"}.get(panel, f"loss term {panel}"),
                      fontsize="medium")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)

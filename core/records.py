@@ -9,8 +9,8 @@ Log format (JSON Lines, `OUT.metrics.jsonl` beside a training command's output, 
 
 `epoch` counts from 1; `step` is the number of optimizer steps taken so far. A step line holds the running
 means of the epoch so far, an epoch line the means over the epoch. TIMING_FIELDS vary from run to run; every
-other field is reproduced exactly by `--resume`. A checkpoint keeps its epoch lines (without "event") as
-`meta["history"]`.
+other field is reproduced exactly by `--resume`. A checkpoint keeps its epoch lines (without "event", and
+without per-class vectors, which grow with the classes) as `meta["history"]`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from . import DplError, artifacts
 
 TIMING_FIELDS = ("seconds", "images_per_s", "val_seconds")
 LOG_SUFFIX = ".metrics.jsonl"
+MAX_TENSORBOARD_VECTOR = 100     # a per-class vector longer than this (many classes) stays in the log alone
 
 
 def log_path(output: Path) -> Path:
@@ -137,7 +138,8 @@ def _line(record: dict) -> str:
 
 class TensorBoardLog:
     """The same records as scalars through torch.utils.tensorboard: `step/NAME` (running means) and
-    `epoch/NAME` (epoch means), both against the optimizer step; a list (per-class fractions) as NAME/CLASS.
+    `epoch/NAME` (epoch means), both against the optimizer step; a list (per-class fractions) as NAME/CLASS,
+    up to MAX_TENSORBOARD_VECTOR classes.
     A resumed run purges what the interrupted one wrote after the step it resumes from."""
 
     def __init__(self, folder: Path):
@@ -155,6 +157,8 @@ class TensorBoardLog:
         x = event["step"]
         for name, value in event.items():
             if name in ("event", "epoch", "step"):
+                continue
+            if isinstance(value, list) and len(value) > MAX_TENSORBOARD_VECTOR:
                 continue
             values = enumerate(value) if isinstance(value, list) else [(None, value)]
             for i, v in values:

@@ -158,11 +158,12 @@ def checkpoint_meta(spec: dict, ds: Dataset, parents: list[dict], cfg: TrainConf
                     metrics: dict, history: list[dict], val: Dataset | None = None,
                     val_opts: ValOptions = ValOptions(), **sections) -> dict:
     """A trained model's checkpoint metadata: what it is and takes, what it learnt from, how, how well, its
-    per-epoch history and which epoch's weights it holds; `sections` add the objective's own entries
-    (distill, hint, pretext, ...)."""
+    per-epoch history (the scalars: per-class vectors, which grow with the classes, stay in the metrics log)
+    and which epoch's weights it holds; `sections` add the objective's own entries (distill, hint, pretext, ...)."""
     record = {"arch": spec, "num_classes": spec["num_classes"], "classes": ds.classes, "input": input_of(ds),
               "data": ds.describe(), "parents": parents, "metrics": metrics, "seed": cfg.seed, "train": train,
-              "history": history, "weights": weights_record(history, cfg, val_opts)}
+              "history": [{k: v for k, v in h.items() if not isinstance(v, list)} for h in history],
+              "weights": weights_record(history, cfg, val_opts)}
     if val is not None:
         record["val"] = {**val.describe(), "every": val_opts.every}
     return {**record, **sections}
