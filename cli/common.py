@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, records, runs, train
+from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, models, records, runs, train
 from ..core.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
@@ -81,8 +81,18 @@ Config = Annotated[Path | None, typer.Option(
 
 # ---- data options ---------------------------------------------------------------------------------
 
-DataSpec = Annotated[str, typer.Option("--data", help="Training data: NAME[:SPLIT] (digits, fashion-mnist, cifar10, imagefolder:PATH, tar:PATH, ...).")]
-InheritedData = Annotated[str | None, typer.Option("--data", help="Data: NAME[:SPLIT]. \\[default: the data the teacher (or the labels) was made from]")]
+def complete_data(incomplete: str) -> list[str]:
+    """--data NAME[:SPLIT]: the built-in sources, and the prefixes of image files."""
+    names = [s for s in data.SOURCES if ":" not in s] + [f"{k}:" for k in data.FILE_SOURCES]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_arch(incomplete: str) -> list[str]:
+    return [name for name in models.REGISTRY if name.startswith(incomplete)]
+
+
+DataSpec = Annotated[str, typer.Option("--data", autocompletion=complete_data, help="Training data: NAME[:SPLIT] (digits, fashion-mnist, cifar10, imagefolder:PATH, tar:PATH, ...).")]
+InheritedData = Annotated[str | None, typer.Option("--data", autocompletion=complete_data, help="Data: NAME[:SPLIT]. \\[default: the data the teacher (or the labels) was made from]")]
 Resize = Annotated[int | None, typer.Option(
     min=1, help="Resize the images to SxS once, before anything else (e.g. digits' 8x8 for a pretext grid, or for a "
                 "backbone pretrained at S); image files are decoded with their shorter side at S, centre-cropped. "
@@ -111,15 +121,18 @@ Stream = Annotated[bool | None, typer.Option(
     "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False)]
 # ---- training options (teach, distill, hint, pretrain) ----------------------------------------------
 
-Arch = Annotated[str, typer.Option(help="Architecture from the registry (dpl info --archs lists them).")]
+Arch = Annotated[str, typer.Option(autocompletion=complete_arch, help="Architecture from the registry (dpl info --archs lists them).")]
 Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Batch size.")]
 Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (after warmup; cosine decay to 0).")]
 Optimizer = Annotated[str, typer.Option(help="sgd (Nesterov momentum) or adamw.")]
 Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="SGD momentum.")]
 WeightDecay = Annotated[float, typer.Option(min=0.0, help="Weight decay (not applied to biases and norms).")]
-Warmup = Annotated[float, typer.Option(min=0.0, help="Linear learning-rate warmup, in epochs.")]
+Warmup = Annotated[float, typer.Option(min=0.0, help="Linear learning-rate warmup, in epochs; at most a fifth of the run (said when shortened).")]
 Seed = Annotated[int, typer.Option(help="Random seed of the run.")]
+Ema = Annotated[float | None, typer.Option(
+    help="Keep an exponential moving average of the weights with this decay (e.g. 0.999): it is what validation "
+         "measures and what the checkpoint holds.")]
 RandAugment = Annotated[str | None, typer.Option(help="RandAugment noise as N,M: N ops per image at magnitude M (0-30).")]
 Crop = Annotated[bool, typer.Option(help="Random crop after padding by 1/8 of the image side.")]
 Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data whose classes survive it).")]
@@ -170,9 +183,13 @@ def run_records(output: Path, tensorboard: Path | None) -> list:
 
 def train_config(o: dict) -> train.TrainConfig:
     """The schedule from a command's options (its locals())."""
-    return train.TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"],
-                             momentum=o["momentum"], weight_decay=o["weight_decay"],
-                             warmup_epochs=o["warmup_epochs"], seed=o["seed"], log_every=o["log_every"])
+    cfg = train.TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"],
+                            momentum=o["momentum"], weight_decay=o["weight_decay"],
+                            warmup_epochs=o["warmup_epochs"], seed=o["seed"], log_every=o["log_every"], ema=o["ema"])
+    if cfg.epochs and cfg.warmup < cfg.warmup_epochs:
+        say(f"dpl: --warmup-epochs {cfg.warmup_epochs:g} shortened to {cfg.warmup:g}, a fifth of the "
+            f"{cfg.epochs}-epoch run, so that the learning rate decays before the run ends")
+    return cfg
 
 
 def model_options(o: dict) -> runs.ModelOptions:
@@ -203,6 +220,38 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
     if resize is None and data.is_image_files(data_spec) and "input" in meta:
         resize = meta["input"]["size"]       # image files are decoded at the size the model takes
     return data_spec, split, resize
+
+
+def say_inherited(verb: str, source: str, meta: dict, data_spec: str | None, split_given: data.Partition,
+                  resize_given: int | None, ds: data.Dataset) -> None:
+    """One stderr line saying what a command took from the artifact it reads (`data_of`): the data, its
+    partition, its --resize; or that the artifact's partition was left out, belonging to another source.
+    `source` names the artifact ("the teacher t0.safetensors"), `verb` what the command does with the data."""
+    made = meta.get("data", {})
+    if "spec" not in made:
+        return
+    made_source = data.parse_spec(made["spec"])[0]
+    made_split = data.Partition(labeled_per_class=made.get("labeled_per_class"), labeled=made.get("labeled"),
+                                seed=made.get("split_seed", 0))
+    if data_spec is not None and data.parse_spec(data_spec)[0] != made_source:
+        if made_split.active and not split_given.active:
+            say(f"dpl: the partition of {source} ({partition_flags(made_split)}) belongs to {made['spec']} and is "
+                f"not applied to {ds.spec}")
+        return
+    inherited = [what for what, taken in (("data", data_spec is None),
+                                          ("partition", ds.partition.active and not split_given.active),
+                                          ("--resize", ds.resized is not None and resize_given is None
+                                           and made.get("resize") is not None)) if taken]
+    if not inherited:
+        return
+    part = f", {ds.part} part of {partition_flags(ds.partition)}" if ds.partition.active else ""
+    size = f", resized to {ds.resized}" if ds.resized is not None else ""
+    taken = " and ".join([", ".join(inherited[:-1]), inherited[-1]] if len(inherited) > 1 else inherited)
+    say(f"dpl: {verb} {ds.spec}{part}{size}: {taken} as for {source}")
+
+
+def partition_flags(split: data.Partition) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in split.describe().items())
 
 
 def test_split(ds: data.Dataset) -> data.Dataset | None:
@@ -259,6 +308,20 @@ def write_result(output: Path, result, state: ResumeSpec, keep_state: bool) -> N
     if not keep_state:
         state.path.unlink(missing_ok=True)
     print(output)
+    warning = disagreement(result.meta)
+    if warning:
+        sys.stderr.write(warning + "\n")
+
+
+def disagreement(meta: dict) -> str | None:
+    """A warning when the model scores far worse in eval mode (test split) than on its own training batches:
+    typically batch-norm statistics that never settled (a run too short for its schedule)."""
+    m, classes = meta.get("metrics", {}), meta.get("num_classes") or 1
+    train_acc, test_top1 = m.get("train_acc"), m.get("test_top1")
+    if train_acc is None or test_top1 is None or train_acc <= 2 / classes or test_top1 >= train_acc / 2:
+        return None
+    return (f"dpl: warning: test top-1 {test_top1:.3f} in eval mode is less than half the training accuracy "
+            f"{train_acc:.3f}: batch-norm statistics may not have settled (train longer, or check with --val)")
 
 
 _notes: list[str] = []     # said once the work starts, so that a refused command prints its one line alone

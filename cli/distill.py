@@ -25,7 +25,10 @@ def distill_command(
     download: common.Download = False,
     resize: common.Resize = None,
     stream: common.Stream = None,
-    loss: Annotated[str, typer.Option(help=f"Loss between the student's and the teacher's class distributions: {', '.join(losses.LOGIT_LOSSES)} (dkd: Zhao et al.'s decoupled KD with alpha 1, beta 8, and without the paper's warm-up of its weight).")] = "kd",
+    loss: Annotated[str, typer.Option(autocompletion=lambda incomplete: [n for n in losses.LOGIT_LOSSES if n.startswith(incomplete)], help=f"Loss between the student's and the teacher's class distributions: {', '.join(losses.LOGIT_LOSSES)} (kd: Hinton's tempered KL; dkd: Zhao et al.'s decoupled KD, mdistiller's form; lskd: KD on z-scored logits, Sun et al. 2024; mse: squared difference of centred logits). All work offline from soft label shards; top-k shards serve kd and dkd only.")] = "kd",
+    dkd_alpha: Annotated[float | None, typer.Option(help="--loss dkd: weight of its target-class term (TCKD). \\[default: 1]", show_default=False)] = None,
+    dkd_beta: Annotated[float | None, typer.Option(help="--loss dkd: weight of its non-target-class term (NCKD). \\[default: 8]", show_default=False)] = None,
+    loss_warmup_epochs: Annotated[float | None, typer.Option(help="Ramp the distillation terms' weight linearly from 0 to 1 over this many epochs, per step (mdistiller's DKD warm-up). \\[default: dkd: 20, at most a quarter of --epochs; other losses: 0]", show_default=False)] = None,
     tau: Annotated[float | None, typer.Option(help="KD temperature. \\[default: the labels' own; 1 with --teacher]")] = None,
     alpha: Annotated[float | None, typer.Option(min=0.0, help="Weight of a live teacher's KD term on labeled samples. \\[default: 1]", show_default=False)] = None,
     unlabeled_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the pseudo-label term. \\[default: 1]", show_default=False)] = None,
@@ -42,6 +45,7 @@ def distill_command(
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
     log_every: common.LogEvery = 10,
+    ema: common.Ema = None,
     tensorboard: common.TensorBoard = None,
     val: common.Val = None,
     val_per_class: common.ValPerClass = None,
@@ -70,16 +74,18 @@ def distill_command(
     state = common.resume_spec("distill", options, resume, save_every)
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
     opts = DistillOptions(loss=loss, tau=tau, alpha=alpha, unlabeled_weight=unlabeled_weight,
-                          unlabeled_ratio=unlabeled_ratio, hard=hard, min_confidence=min_confidence, balance=balance)
+                          unlabeled_ratio=unlabeled_ratio, hard=hard, min_confidence=min_confidence, balance=balance,
+                          dkd_alpha=dkd_alpha, dkd_beta=dkd_beta, loss_warmup_epochs=loss_warmup_epochs)
     val_opts, held = common.val_options(options), common.holdout(options)
     common.check_output(output, force)
     sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, compile, workers=workers)
     teachers = list(teacher or [])
     labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
-    spec, split, resize = common.data_of(source_meta(labels, teachers), data_spec, common.partition(options), resize)
+    source = source_meta(labels, teachers)
+    spec, split, size = common.data_of(source, data_spec, common.partition(options), resize)
     channels = labels.meta["data"].get("channels") if labels is not None else None
-    load = dict(download=download, resize=resize, channels=channels, stream=stream, workers=workers)
+    load = dict(download=download, resize=size, channels=channels, stream=stream, workers=workers)
     separate = labels is not None and not split.active
     teacher_meta = _teacher_data(labels, spec) if separate and labeled_data is None else None
     if separate and (labeled_data or teacher_meta):
@@ -98,6 +104,9 @@ def distill_command(
         labeled_ds, pseudo_ds = None, data.load(spec, **load)
     else:
         labeled_ds, pseudo_ds = data.load(spec, check_all=True, **load), None
+    if not separate:
+        common.say_inherited("distills on", f"the labels {labels_dir}" if labels is not None else f"the teacher {teachers[0]}",
+                             source, data_spec, common.partition(options), resize, pseudo_ds or labeled_ds)
     common.say_source(labeled_ds, "labeled ")
     common.say_source(pseudo_ds, "pseudo-labeled ")
     if held.active and labeled_ds is None:

@@ -26,7 +26,7 @@ LABEL_FOLDER_OPTIONS = ("checkpoints", "download", "as_json", "allow_partial", "
 def eval_command(
     ctx: typer.Context,
     checkpoints: Annotated[list[Path], typer.Argument(metavar="CHECKPOINT...", help="Checkpoint(s) to measure, or a label folder.")],
-    data_spec: Annotated[str | None, typer.Option("--data", help="Data to measure on. \\[default: the test split of the checkpoint's own data source]")] = None,
+    data_spec: Annotated[str | None, typer.Option("--data", autocompletion=common.complete_data, help="Data to measure on. \\[default: the test split of the checkpoint's own data source]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,

@@ -34,6 +34,7 @@ def hint_command(
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
     log_every: common.LogEvery = 10,
+    ema: common.Ema = None,
     tensorboard: common.TensorBoard = None,
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
@@ -57,9 +58,11 @@ def hint_command(
     common.check_output(output, force)
     sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, workers=workers)
-    spec, split, resize = common.data_of(artifacts.read_header(teacher, kind="checkpoint").meta, data_spec,
-                                         common.partition(options), resize)
-    ds = data.load(spec, partition=split, part=part or "all", download=download, resize=resize, check_all=True)
+    teacher_meta = artifacts.read_header(teacher, kind="checkpoint").meta
+    spec, split, size = common.data_of(teacher_meta, data_spec, common.partition(options), resize)
+    ds = data.load(spec, partition=split, part=part or "all", download=download, resize=size, check_all=True)
+    common.say_inherited("hints on", f"the teacher {teacher}", teacher_meta, data_spec, common.partition(options),
+                         resize, ds)
     with common.TrainingProgress("hint", sinks) as progress:
         result = hint(ds, teacher, model_opts, noise, opts, cfg, rt, on_progress=progress, resume=state)
     common.write_result(output, result, state, keep_state)

@@ -138,7 +138,8 @@ def _render(meta: dict) -> str:
     if "weights" in meta:
         w = meta["weights"]
         best = w.get("best") or {}
-        lines.append(f"weights   {w['kept']} (epoch {w['epoch']} of {w['epochs']})" + (
+        lines.append(f"weights   {w['kept']} (epoch {w['epoch']} of {w['epochs']})"
+                     + (f", exponential moving average (decay {w['ema']})" if w.get("ema") else "") + (
             f"; best validation top-1 {best['val_top1']:.4f} at epoch {w['best_epoch']}" if "val_top1" in best else ""))
     if meta.get("val"):
         v = meta["val"]

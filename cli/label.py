@@ -15,7 +15,7 @@ from ..core.label import LabelOptions, label, shard_files
 def label_command(
     teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The label folder to write.")],
-    data_spec: Annotated[str | None, typer.Option("--data", help="Data to label. \\[default: the teacher's training data]")] = None,
+    data_spec: Annotated[str | None, typer.Option("--data", autocompletion=common.complete_data, help="Data to label. \\[default: the teacher's training data]")] = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
@@ -47,9 +47,11 @@ def label_command(
     opts = LabelOptions(mode="hard" if not soft else ("topk" if topk else "soft"), topk=topk, tau=tau,
                         shard_size=shard_size, batch_size=batch_size)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
-    spec, split, resize = common.data_of(first.meta, data_spec, common.partition(options), resize)
+    spec, split, size = common.data_of(first.meta, data_spec, common.partition(options), resize)
     ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download,
-                   resize=resize, channels=first.meta.get("input", {}).get("channels"), stream=stream, workers=workers)
+                   resize=size, channels=first.meta.get("input", {}).get("channels"), stream=stream, workers=workers)
+    common.say_inherited("labels", f"the teacher {teachers[0]}", first.meta, data_spec, common.partition(options),
+                         resize, ds)
     common.say_source(ds)
     rt = train.runtime(device, workers=workers)
     with common.TrainingProgress("label") as progress:

@@ -14,7 +14,8 @@ from ..core.pretext import TASKS, PretextOptions, Views, pretrain
 @common.guarded
 def pretrain_command(
     output: common.Output,
-    task: Annotated[str, typer.Option(help=f"Pretext task: {', '.join(TASKS)}.")] = "rotation",
+    task: Annotated[str, typer.Option(help=f"Pretext task: {', '.join(TASKS)}.",
+                                      autocompletion=lambda incomplete: [t for t in TASKS if t.startswith(incomplete)])] = "rotation",
     data_spec: Annotated[str, typer.Option("--data", help="Images to pretrain on (labels are not used): NAME[:SPLIT].")] = "digits",
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
@@ -31,6 +32,7 @@ def pretrain_command(
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
     log_every: common.LogEvery = 10,
+    ema: common.Ema = None,
     tensorboard: common.TensorBoard = None,
     head_width: Annotated[int, typer.Option(min=1, help="Hidden width of the task's MLP head (SimCLR: of the projection head).")] = 512,
     crop: common.Crop = True,

@@ -31,6 +31,7 @@ def teach_command(
     weight_decay: common.WeightDecay = 5e-4,
     warmup_epochs: common.Warmup = 1.0,
     log_every: common.LogEvery = 10,
+    ema: common.Ema = None,
     tensorboard: common.TensorBoard = None,
     val: common.Val = None,
     val_per_class: common.ValPerClass = None,

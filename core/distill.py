@@ -9,7 +9,13 @@ which come either from stored label shards (offline: the teacher never runs) or 
     pseudo  unlabeled_weight * tau^2 * KL(P_T^tau || P_S^tau)     pseudo-labeled samples
             (unlabeled_weight * H(argmax P_T, P_S) with hard targets)
 
-and another `--loss` (a `losses.LOGIT_LOSSES` entry) takes the place of the KL in `kd` and `pseudo`.
+and another `--loss` (a `losses.LOGIT_LOSSES` entry) takes the place of the KL in `kd` and `pseudo`. Both terms
+are multiplied by the loss warm-up factor min(epochs done / loss_warmup_epochs, 1) (per step; DKD's by default).
+
+What each kind of label shard supports: soft shards (every class's probability) every loss; top-k shards `kd`
+and `dkd` (within the top k, renormalised: the target of a pseudo-labeled row is the teacher's argmax, always in
+the top k; DKD needs k >= 2 for a non-target distribution), not `lskd` or `mse`, which recover the teacher's
+logits from all C probabilities; hard shards only `kd`, which then trains on the labels.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from . import DplError, artifacts, augment, distributed, label, losses
 from .data import Dataset
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
                    make_model, parent, test_metrics, train_record)
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
+from .train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, index_stream, seed_everything
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,9 +43,18 @@ class DistillOptions:
     hard: bool = False
     min_confidence: float | None = None
     balance: int | None = None
+    dkd_alpha: float | None = None      # DKD's weight of its target-class term [1]
+    dkd_beta: float | None = None       # DKD's weight of its non-target-class term [8]
+    loss_warmup_epochs: float | None = None   # ramp of the distillation terms' weight [DKD: dkd_warmup; else 0]
 
     def __post_init__(self):
         losses.logit_loss(self.loss)
+        for flag, value in (("--dkd-alpha", self.dkd_alpha), ("--dkd-beta", self.dkd_beta),
+                            ("--loss-warmup-epochs", self.loss_warmup_epochs)):
+            if value is not None and not 0 <= value < math.inf:
+                raise DplError(f"{flag} must be a finite number >= 0, got {value}")
+        if (self.dkd_alpha is not None or self.dkd_beta is not None) and self.loss != "dkd":
+            raise DplError(f"--dkd-alpha and --dkd-beta weight the two terms of --loss dkd, not of --loss {self.loss}")
         if self.tau is not None and not 0 < self.tau < math.inf:
             raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
         if (self.alpha or 0) < 0 or (self.unlabeled_weight or 0) < 0:
@@ -53,11 +68,21 @@ class DistillOptions:
         if self.hard and self.loss != "kd":
             raise DplError(f"--loss {self.loss} compares class distributions; it cannot go with --hard")
 
-    def resolved(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool) -> DistillOptions:
-        """The options with their defaults filled in for these parts; an option that cannot apply is refused."""
+    def resolved(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool,
+                 epochs: int) -> DistillOptions:
+        """The options with their defaults filled in for these parts and a run of `epochs`; an option that
+        cannot apply is refused."""
         self._refuse_inapplicable(labels, teachers, labeled, pseudo)
+        if self.loss_warmup_epochs is not None and self.loss_warmup_epochs > epochs:
+            raise DplError(f"--loss-warmup-epochs {self.loss_warmup_epochs:g} is longer than the run "
+                           f"(--epochs {epochs}): the loss would never reach its full weight")
         tau = self.tau if self.tau is not None else (labels.meta["tau"] if labels is not None else 1.0)
+        warmup = self.loss_warmup_epochs if self.loss_warmup_epochs is not None else (
+            dkd_warmup(epochs) if self.loss == "dkd" else 0.0)
         return replace(self, tau=tau, alpha=1.0 if self.alpha is None else self.alpha,
+                       dkd_alpha=1.0 if self.dkd_alpha is None and self.loss == "dkd" else self.dkd_alpha,
+                       dkd_beta=8.0 if self.dkd_beta is None and self.loss == "dkd" else self.dkd_beta,
+                       loss_warmup_epochs=warmup,
                        unlabeled_weight=1.0 if self.unlabeled_weight is None else self.unlabeled_weight,
                        unlabeled_ratio=3.0 if self.unlabeled_ratio is None else self.unlabeled_ratio,
                        hard=self.hard or (labels is not None and labels.mode == "hard"))   # hard labels: hard targets
@@ -77,6 +102,28 @@ class DistillOptions:
         if self.loss != "kd" and labels is not None and labels.mode == "hard":
             raise DplError(f"{labels.path}: --loss {self.loss} needs the teacher's class distribution, and these "
                            "labels are hard (label + confidence): label again with --soft or --topk")
+        if labels is not None and labels.mode == "topk":
+            k = labels.meta["topk"]
+            if self.loss in losses.FULL_DISTRIBUTION:
+                raise DplError(f"{labels.path}: --loss {self.loss} recovers the teacher's logits from all its class "
+                               f"probabilities, and these labels keep the top {k} only: label again with --soft")
+            if self.loss == "dkd" and k < 2:
+                raise DplError(f"{labels.path}: --loss dkd needs the teacher's non-target distribution, and these "
+                               "labels keep the top 1 only: label again with --soft or --topk 2 or more")
+
+
+def dkd_warmup(epochs: int) -> float:
+    """DKD's default warm-up: mdistiller's 20 epochs, at most a quarter of the run (20 of 240 epochs there)."""
+    return min(20.0, epochs / 4)
+
+
+def logit_loss_of(opts: DistillOptions) -> losses.LogitLoss:
+    """The resolved options' loss as (logits, targets, target class, tau) -> loss."""
+    fn = losses.logit_loss(opts.loss)
+    if opts.loss == "dkd":
+        return lambda logits, targets, target_class, tau: fn(logits, targets, target_class, tau,
+                                                             alpha=opts.dkd_alpha, beta=opts.dkd_beta)
+    return fn
 
 
 def source_meta(labels: artifacts.Labels | None, teacher_paths: list[Path]) -> dict:
@@ -134,15 +181,6 @@ class Mix:
         return Mix(b_l, b_u, max(1, steps // distributed.rank_world()[1]))
 
 
-def _stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
-    """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly.
-    Under torchrun, each rank takes its own slice of the shared stream."""
-    rank, world = distributed.rank_world()
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 7919 + 1)
-    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(count * world / n))]
-    return torch.cat(perms)[: count * world][rank::world].to(device)
-
-
 def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.Tensor:
     il, iu = batch
     parts = [] if il is None else [labeled_images[il]]
@@ -154,8 +192,8 @@ def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.
 def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, device):
     """`batches(epoch)` for fit: ((labeled indices, pseudo-label rows), images of both) for each step."""
     def batches(epoch: int):
-        il = _stream(n_labeled, mix.steps * mix.labeled, seed, epoch, device) if mix.labeled else None
-        iu = _stream(n_pseudo, mix.steps * mix.pseudo, seed + 1, epoch, device) if mix.pseudo else None
+        il = index_stream(n_labeled, mix.steps * mix.labeled, seed, epoch, device) if mix.labeled else None
+        iu = index_stream(n_pseudo, mix.steps * mix.pseudo, seed + 1, epoch, device) if mix.pseudo else None
         b_l, b_u = mix.labeled, mix.pseudo
         return feed(((il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
                      for s in range(mix.steps)), _gather_parts)
@@ -163,10 +201,12 @@ def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, devi
 
 
 def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,
-                      input_meta: dict, noise: augment.Noise, opts: DistillOptions, rt: Runtime):
+                      input_meta: dict, noise: augment.Noise, opts: DistillOptions, rt: Runtime,
+                      clock: Clock | None = None):
     """The step: noised batch through the student (and live teachers); the loss terms of the module docstring.
-    `targets(rows, teacher_probs)` gives the pseudo-labeled rows' targets at tau."""
-    logit_loss = losses.logit_loss(opts.loss)
+    `targets(rows, teacher_probs)` gives the pseudo-labeled rows' targets at tau; `clock` (set by fit) drives
+    the loss warm-up."""
+    logit_loss = logit_loss_of(opts)
     tau = opts.tau
 
     def step(batch):
@@ -175,20 +215,21 @@ def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers
         logits = forward(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
         t_probs = teachers.probs(x, tau) if teachers is not None else None
         terms, stats = {}, {}
+        warm = losses.warmup_factor(clock.epochs_done, opts.loss_warmup_epochs) if clock is not None else 1.0
         n_l = 0 if il is None else len(il)
         if il is not None:
             y = y_labeled[il]
             terms["ce"] = losses.cross_entropy(logits[:n_l], y)
             stats["acc"] = losses.accuracy(logits[:n_l], y)
             if t_probs is not None and opts.alpha > 0:
-                terms["kd"] = opts.alpha * logit_loss(logits[:n_l], t_probs[:n_l], y, tau)
+                terms["kd"] = opts.alpha * warm * logit_loss(logits[:n_l], t_probs[:n_l], y, tau)
         if iu is not None:
             target, s_u = targets(iu, None if t_probs is None else t_probs[n_l:]), logits[n_l:]
             if opts.hard:
                 pseudo = losses.hard_pseudo_label(s_u, target)
             else:
                 pseudo = logit_loss(s_u, target, target.argmax(1), tau)
-            terms["pseudo"] = opts.unlabeled_weight * pseudo
+            terms["pseudo"] = opts.unlabeled_weight * warm * pseudo
             stats.update(pseudo_figures(target))
         return terms, stats
     return step
@@ -209,7 +250,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
             val_opts: ValOptions = ValOptions()) -> Trained:
     """`val` is held out of the labeled part (data.hold_out) and measured as `val_opts` says."""
     _require_targets(labels, teacher_paths)
-    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None)
+    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs)
     base = _check_parts(labeled, pseudo)
     teachers_ckpt = load_teachers(teacher_paths, base)
     positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
@@ -229,16 +270,21 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
                     positions[rows] if rows is not None else torch.arange(n_pseudo))
     if rows is not None:
+        if labels.mode == "soft" and opts.loss in losses.FULL_DISTRIBUTION:
+            # Their logs: a probability that underflowed float16 counts as the smallest one it holds, floored
+            # before re-tempering so that the floor moves with the tau like every other probability.
+            labels = replace(labels, probs=labels.probs.clamp_min(losses.FP16_SMALLEST))
         rows, on_device = rows.to(rt.device), labels.to(rt.device)
         targets = lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)   # noqa: E731
     else:
         targets = lambda iu, t_probs: t_probs                                                          # noqa: E731
     mix = Mix.plan(n_labeled, n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
+    clock = Clock()
     objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
-                                  targets, teachers, input_meta, noise, opts, rt)
+                                  targets, teachers, input_meta, noise, opts, rt, clock)
     history = fit(model, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device), mix.steps,
                   cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo,
-                  validation=val_opts.validation(model, val, input_meta, rt))
+                  validation=val_opts.validation(model, val, input_meta, rt), clock=clock)
 
     parents += [parent("teacher", p, c.sha256()) for p, c in zip(teacher_paths, teachers_ckpt)]
     if labels is not None:

@@ -4,7 +4,11 @@ batch and computed in float32 (under bf16 autocast too).
 `LOGIT_LOSSES` holds the losses that compare a student's logits with a teacher's class distribution, keyed
 by the value of `dpl distill --loss`: each takes (student logits, teacher probabilities at tau, the target
 class of each row, tau). Teacher probabilities are all a stored label shard has, so every entry works
-offline from `dpl label` shards as well as with a live teacher.
+offline from `dpl label` shards as well as with a live teacher. Losses that need the teacher's logits (lskd,
+mse) recover them from the probabilities: tau * log softmax(z / tau) = z - logsumexp(z), the logits up to a
+per-row constant that z-scoring or centring removes. That needs every class's probability
+(`FULL_DISTRIBUTION`: top-k shards cannot serve them) and a floor where a stored float16 probability
+underflowed to 0 (`FP16_SMALLEST`).
 """
 
 from __future__ import annotations
@@ -66,12 +70,58 @@ def dkd(logits: torch.Tensor, targets: torch.Tensor, target_class: torch.Tensor,
     return (alpha * tckd + beta * nckd).mean() * tau * tau
 
 
-LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+# The smallest positive float16 (a subnormal): a stored probability below half of it reads 0. `distill` floors
+# stored soft labels at it before the losses that take their logs (FULL_DISTRIBUTION) see them, so a
+# teacher logit more than 16.6 * (the labels' tau) below the row's largest counts as that far below.
+FP16_SMALLEST = 2.0 ** -24
+
+
+def teacher_logits(targets: torch.Tensor, tau: float) -> torch.Tensor:
+    """The teacher's logits up to a per-row constant, from its probabilities at tau: tau * log p. A probability
+    of 0 (float32 underflow, a float16 floor re-tempered below float32's range) counts as the smallest normal
+    float32, 1.2e-38."""
+    return tau * targets.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def standardize(z: torch.Tensor) -> torch.Tensor:
+    """Each row z-scored: (z - mean) / (1e-7 + std), std with Bessel's correction, as the LSKD authors' code."""
+    z = z.float()
+    return (z - z.mean(1, keepdim=True)) / (1e-7 + z.std(1, keepdim=True))
+
+
+def lskd(logits: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
+    """Logit-standardized KD (Sun et al., CVPR 2024): tau^2 * KL(softmax(Z(t) / tau) || softmax(Z(s) / tau)),
+    Z the row's z-score (the paper's (z - mean) / (tau * std)). Z is unchanged by adding a constant to a row
+    or scaling it, so the teacher's log-probabilities at any tau give exactly its standardized logits."""
+    p = F.softmax(standardize(teacher_logits(targets, tau)) / tau, dim=1)
+    return tempered_kl(standardize(logits), p, tau)
+
+
+def logit_mse(logits: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
+    """Logit matching (Ba & Caruana 2014; Kim et al., IJCAI 2021, KD's limit as tau grows): the mean over
+    classes of the squared difference of the student's and the teacher's logits, both centred on their row
+    mean (the softmax ignores a row's constant, and stored probabilities do not keep it). Independent of tau."""
+    s, t = logits.float(), teacher_logits(targets, tau)
+    return ((s - s.mean(1, keepdim=True)) - (t - t.mean(1, keepdim=True))).pow(2).mean()
+
+
+def warmup_factor(epochs_done: float, warmup_epochs: float) -> float:
+    """A distillation term's weight ramping linearly from 0 to 1 over `warmup_epochs` (mdistiller's DKD:
+    min(epoch / 20, 1)); 1 throughout without a warm-up."""
+    return 1.0 if warmup_epochs <= 0 else min(epochs_done / warmup_epochs, 1.0)
+
+
+LogitLoss = Callable[..., torch.Tensor]
 
 LOGIT_LOSSES: dict[str, LogitLoss] = {
     "kd": lambda logits, targets, target_class, tau: tempered_kl(logits, targets, tau),
-    "dkd": lambda logits, targets, target_class, tau: dkd(logits, targets, target_class, tau),
+    "dkd": dkd,            # keywords alpha, beta
+    "lskd": lambda logits, targets, target_class, tau: lskd(logits, targets, tau),
+    "mse": lambda logits, targets, target_class, tau: logit_mse(logits, targets, tau),
 }
+
+# The losses that recover the teacher's logits from all C probabilities: top-k shards cannot serve them.
+FULL_DISTRIBUTION = frozenset({"lskd", "mse"})
 
 
 def logit_loss(name: str) -> LogitLoss:

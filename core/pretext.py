@@ -455,7 +455,7 @@ def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt:
     net.taps.remove()
     last = history[-1] if history else {}
     meta = checkpoint_meta(
-        spec, ds, [], cfg, train_record(cfg, batch_size, None, warmup_epochs=cfg.warmup_epochs),
+        spec, ds, [], cfg, train_record(cfg, batch_size, None),
         {f"pretext_{k}": v for k, v in last.items() if k in ("loss", "acc", "ce", "nt_xent")}, history,
         pretext={"task": opts.task, "head_width": opts.head_width, "feature_width": width, **task.record()})
     state = {**{f"head.{k}": v for k, v in net.head.state_dict().items()}, **task.state()}

@@ -136,9 +136,11 @@ def parent(role: str, path: Path, sha256: str) -> dict:
 
 def train_record(cfg: TrainConfig, batch_size: int, noise: augment.Noise | None, **extra) -> dict:
     """The `train` entry of a checkpoint's metadata: the schedule and the noise a run used (none: a
-    pretext task, whose transforms are recorded with the task)."""
+    pretext task, whose transforms are recorded with the task), the warmup used (`TrainConfig.warmup`), and
+    the EMA decay where there was one."""
     record = {"epochs": cfg.epochs, "batch_size": batch_size, "lr": cfg.lr, "optimizer": cfg.optimizer,
-              "weight_decay": cfg.weight_decay}
+              "weight_decay": cfg.weight_decay, "warmup_epochs": cfg.warmup,
+              **({"ema": cfg.ema} if cfg.ema is not None else {})}
     if noise is not None:
         record.update({"randaugment": list(noise.randaugment) if noise.randaugment else None,
                        "crop_pad": noise.crop_pad, "hflip": noise.hflip})
@@ -176,9 +178,12 @@ def kept_epoch(history: list[dict], val_opts: ValOptions) -> dict:
 
 
 def weights_record(history: list[dict], cfg: TrainConfig, val_opts: ValOptions) -> dict:
-    """Which epoch's weights a checkpoint holds, and the validation figures of the best and the last epoch."""
+    """Which epoch's weights a checkpoint holds, and the validation figures of the best and the last epoch;
+    with --ema, `ema` (the decay) says the weights are that epoch's EMA, which the figures measured (the raw
+    weights are not kept)."""
     best, last, kept = best_epoch(history), history[-1] if history else {}, kept_epoch(history, val_opts)
     figures = lambda h: {k: h[k] for k in ("val_top1", "val_nll", "val_ece") if k in h}    # noqa: E731
     return {"kept": val_opts.keep, "epoch": kept.get("epoch", 0), "epochs": cfg.epochs,
+            **({"ema": cfg.ema} if cfg.ema is not None else {}),
             "best_epoch": best["epoch"] if best else None, "best": figures(best) if best else {},
             "last": figures(last)}

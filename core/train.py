@@ -12,8 +12,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +26,9 @@ from . import DplError, Interrupted, RunError, artifacts, distributed, images
 
 Objective = Callable[[object], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
+
+
+WARMUP_SHARE = 0.2     # the largest share of a run its learning-rate warmup may take
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +42,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     seed: int = 0
     log_every: int = 10
+    ema: float | None = None        # decay of the exponential moving average of the weights; None: no EMA
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -47,6 +53,15 @@ class TrainConfig:
             raise DplError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise DplError("--weight-decay and --warmup-epochs must be >= 0")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise DplError(f"--ema must be in (0, 1), got {self.ema}")
+
+    @property
+    def warmup(self) -> float:
+        """The warmup used, in epochs: --warmup-epochs, at most a fifth of the run, so that the schedule always
+        ends with its decay (a 1-epoch run warmed up for its whole epoch would end at the peak learning rate,
+        its batch-norm statistics never settled)."""
+        return min(self.warmup_epochs, self.epochs * WARMUP_SHARE)
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,16 @@ def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, device: tor
         yield order[start: start + batch_size]
 
 
+def index_stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
+    """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly (a part
+    smaller than the epoch's draw from it). Under torchrun, each rank takes its own slice of the one stream
+    all ranks share, so what a global step sees does not depend on the world size."""
+    rank, world = distributed.rank_world()
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 7919 + 1)
+    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(count * world / n))]
+    return torch.cat(perms)[: count * world][rank::world].to(device)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     n //= distributed.rank_world()[1]
     return n // batch_size if n >= batch_size else math.ceil(n / batch_size)
@@ -210,6 +235,30 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+@dataclass
+class Clock:
+    """Where a run is, for objectives whose loss changes over training (a loss weight's warm-up, a curriculum):
+    `fit` sets it before every step, resumed runs included."""
+
+    epoch: int = 0              # the current epoch, from 0
+    step: int = 0               # optimizer steps taken before the current one
+    steps_per_epoch: int = 1
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional epochs completed before the current step."""
+        return self.step / self.steps_per_epoch
+
+
+class ObjectiveState(Protocol):
+    """What an objective keeps between steps (FlexMatch's record of the latest predictions): `fit` saves its
+    tensors in the resume state under `objective.` and loads them back. Equal on every rank under torchrun."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Validation:
     """Evaluation on held-out data during training: `measure()` returns {"top1", "nll", "ece"} of the model in
@@ -225,6 +274,51 @@ def best_epoch(history: list[dict]) -> dict | None:
     """The epoch record of the best validation top-1 (the earliest among equals); None without validation."""
     validated = [h for h in history if "val_top1" in h]
     return max(validated, key=lambda h: (h["val_top1"], -h["epoch"])) if validated else None
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The decay of the EMA update that follows optimizer step `step` (counted from 0): `decay`, ramped up
+    from 0.1 as TensorFlow's ExponentialMovingAverage(num_updates=step) does. Without the ramp the random
+    initial weights keep a share decay**steps of the average (39% after 930 steps at 0.999); with it the
+    average forgets them and weighs roughly the last tenth of a short run."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class Ema:
+    """The exponential moving average of a module's floating-point parameters and buffers (batch-norm running
+    statistics are averaged like the weights they describe, as timm's ModelEmaV2/V3 do by default; integer
+    buffers such as num_batches_tracked stay the module's). Updated in place after every optimizer step."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        named = [*module.named_parameters(), *module.named_buffers()]     # each shared tensor once
+        named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
+        self.names = [k for k, _ in named]
+        self.live = [t for _, t in named]                     # the module's own storage
+        self.average = [t.clone() for t in self.live]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """average = d * average + (1 - d) * weights, d = ema_decay(decay, step)."""
+        torch._foreach_lerp_(self.average, self.live, 1.0 - ema_decay(self.decay, step))
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The module holds the averaged weights inside the block, its own again after it."""
+        raw = [t.clone() for t in self.live]
+        torch._foreach_copy_(self.live, self.average)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(self.live, raw)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.average))
+
+    def load(self, state: dict[str, torch.Tensor], path: Path) -> None:
+        if sorted(state) != sorted(self.names):
+            raise DplError(f"{path}: the resume state's EMA does not match the model")
+        torch._foreach_copy_(self.average, [state[k].to(t.device) for k, t in zip(self.names, self.average)])
 
 
 @dataclass(frozen=True)
@@ -297,9 +391,12 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict,
-                      rng: tuple[dict[str, torch.Tensor], dict], best: dict[str, torch.Tensor] | None = None) -> None:
+                      rng: tuple[dict[str, torch.Tensor], dict], best: dict[str, torch.Tensor] | None = None,
+                      ema: Ema | None = None, objective: dict[str, torch.Tensor] | None = None) -> None:
     tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+    tensors.update({f"objective.{k}": v for k, v in (objective or {}).items()})
     tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
+    tensors.update({f"ema.{k}": v for k, v in (ema.state() if ema is not None else {}).items()})
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for name, value in values.items():
@@ -311,9 +408,10 @@ def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, 
     artifacts.save(spec.path, tensors, "resume", meta)
 
 
-def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Loads the state into the module, optimizer, schedule and RNGs; returns the position and the weights of
-    the best epoch so far (empty unless --keep best)."""
+def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule,
+                      ema: Ema | None = None, objective: ObjectiveState | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Loads the state into the module, optimizer, schedule, EMA and RNGs; returns the position and the weights
+    of the best epoch so far (empty unless --keep best)."""
     header = artifacts.read_header(spec.path, kind="resume")
     artifacts.require(header, "run", "position", "param_groups", "schedule", "rng")
     saved = header.meta["run"]
@@ -332,6 +430,10 @@ def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) 
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": header.meta["param_groups"]})
     schedule.load_state_dict(header.meta["schedule"])
+    if ema is not None:
+        ema.load({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}, spec.path)
+    if objective is not None:
+        objective.load_state_dict({k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")})
     _set_rng_state(tensors, header.meta["rng"])
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     return header.meta["position"], best
@@ -340,16 +442,23 @@ def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule) 
 def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterable], n_steps: int,
         cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None,
         resume: ResumeSpec | None = None, *, batch_images: int = 0,
-        validation: Validation | None = None) -> list[dict]:
+        validation: Validation | None = None, clock: Clock | None = None,
+        state: ObjectiveState | None = None) -> list[dict]:
     """Train every parameter of `module` (the model plus any objective heads) for cfg.epochs.
 
     `batches(epoch)` yields `n_steps` batches of `batch_images` images each (per rank), in an order that depends
     only on the epoch; `objective(batch)` returns the loss terms and the stats (see the module docstring).
     Returns one record per epoch (`records` describes them): the averaged loss, terms and stats, the learning
     rate, timing, and the validation figures where `validation` measured them. With `validation.keep_best`
-    the module ends with the weights of the best epoch. With `resume`, a resume state is written every
+    the module ends with the weights of the best epoch. With cfg.ema, an `Ema` of the module is updated after
+    every step: validation measures it, and the module ends with it (with keep_best, the best epoch's EMA) in
+    place of its own weights. With `resume`, a resume state is written every
     `resume.every` epochs and when SIGINT/SIGTERM arrives, and `resume.resume` continues from it: weights,
-    optimizer, schedule, RNG states, batch position, history and best weights.
+    optimizer, schedule, RNG states, batch position, history, EMA and best weights.
+
+    `clock`, when given, is set to the current epoch and step before each step (see `Clock`). `state`, when
+    given, is what the objective keeps between steps (see `ObjectiveState`): saved in the resume state and loaded
+    from it.
 
     `on_progress` receives the events "start" (with the step it starts from and, resumed, the history so far),
     "step" every cfg.log_every steps (the epoch's running means) and "epoch" (the epoch's record).
@@ -367,7 +476,7 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
         distributed.setup(rt.device)
         distributed.broadcast_module(module)
         torch.manual_seed(cfg.seed * 1_000 + rank)    # each rank draws its own noise
-    run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume, validation)
+    run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume, validation, state)
     history, skip, schedule = run.history, run.count, run.schedule
     emit = on_progress if on_progress is not None and rank == 0 else None
     step = start_epoch * n_steps + skip
@@ -384,7 +493,9 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
                 # The host reads device values only where it must: every step on the CPU (where it costs
                 # nothing), at the log interval on a GPU.
                 check = not rt.cuda or (run.count + 1) % cfg.log_every == 0 or run.count + 1 == n_steps
-                run.step(objective, batch, epoch, index, check)
+                if clock is not None:
+                    clock.epoch, clock.step, clock.steps_per_epoch = epoch, step, n_steps
+                run.step(objective, batch, epoch, index, check, step)
                 step += 1
                 if emit and run.count % cfg.log_every == 0 and run.count < n_steps:
                     emit({"event": "step", "epoch": epoch + 1, "step": step, "lr": schedule.get_last_lr()[0],
@@ -403,8 +514,7 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
             skip, run.sums, run.count = 0, {}, 0
             if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
                 run.checkpoint(epoch + 1, 0)
-    if validation is not None and validation.keep_best and run.best:
-        module.load_state_dict(run.best)
+    run.finish(validation)
     return history
 
 
@@ -423,23 +533,28 @@ class _Run:
     count: int = 0
     finite: torch.Tensor | None = None      # GPU: whether every loss since the start was finite
     best: dict[str, torch.Tensor] = field(default_factory=dict)   # --keep best: the best epoch's weights (CPU)
+    ema: Ema | None = None
+    state: ObjectiveState | None = None     # the objective's own state between steps
 
     @staticmethod
     def start(module: nn.Module, cfg: TrainConfig, rt: Runtime, n_steps: int, resume: ResumeSpec | None,
-              validation: Validation | None) -> tuple[_Run, int]:
+              validation: Validation | None, state: ObjectiveState | None = None) -> tuple[_Run, int]:
         """A fresh run, or the one a resume state continues; and the epoch it starts in."""
         optimizer = make_optimizer(module, cfg)
         total = cfg.epochs * n_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup_epochs * n_steps)))
-        run = _Run(module, optimizer, schedule, cfg, rt, resume, history=[], sums={})
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, round(cfg.warmup * n_steps)))
+        # Under torchrun every rank holds the same weights (broadcast, then averaged gradients): their EMAs agree.
+        ema = Ema(module, cfg.ema) if cfg.ema is not None else None
+        run = _Run(module, optimizer, schedule, cfg, rt, resume, history=[], sums={}, ema=ema, state=state)
         if resume is None or not resume.resume:
             return run, 0
-        position, run.best = load_resume_state(resume, module, optimizer, schedule)
+        position, run.best = load_resume_state(resume, module, optimizer, schedule, ema, state)
         run.history, run.count = position["history"], position["batch"]
         run.sums = {k: torch.tensor(v, device=rt.device) for k, v in position["sums"].items()}
         return run, position["epoch"]
 
-    def step(self, objective: Objective, batch, epoch: int, index: int, check: bool) -> None:
+    def step(self, objective: Objective, batch, epoch: int, index: int, check: bool, step: int) -> None:
+        """One optimizer step (`step` of the run, from 0), then the EMA's update."""
         with self.rt.autocast():
             terms, stats = objective(batch)
             loss = sum(terms.values())
@@ -450,18 +565,29 @@ class _Run:
             distributed.average_gradients(self.module)
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(step)
         self.count += 1
         for k, v in {"loss": loss, **terms, **stats}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
 
+    def finish(self, validation: Validation | None) -> None:
+        """The module ends with the best epoch's weights (--keep best), else the EMA's, else its own."""
+        if validation is not None and validation.keep_best and self.best:
+            self.module.load_state_dict(self.best)
+        elif self.ema is not None:
+            torch._foreach_copy_(self.ema.live, self.ema.average)
+
     def validate(self, validation: Validation) -> dict:
-        """The validation figures of this epoch; keeps the weights when they are the best so far."""
+        """The validation figures of this epoch (of the EMA, with one); keeps the weights measured when they
+        are the best so far."""
         started = time.perf_counter()
-        found = validation.measure()
-        record = {f"val_{k}": found[k] for k in ("top1", "nll", "ece")}
-        best = best_epoch(self.history)
-        if validation.keep_best and (best is None or record["val_top1"] > best["val_top1"]):
-            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            found = validation.measure()
+            record = {f"val_{k}": found[k] for k in ("top1", "nll", "ece")}
+            best = best_epoch(self.history)
+            if validation.keep_best and (best is None or record["val_top1"] > best["val_top1"]):
+                self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
         return {**record, "val_seconds": time.perf_counter() - started}
 
     def check_finite(self, loss: torch.Tensor, named: dict, epoch: int, index: int, check: bool) -> None:
@@ -498,7 +624,8 @@ class _Run:
         if distributed.rank_world()[0] == 0:
             save_resume_state(self.resume, self.module, self.optimizer, self.schedule, {
                 "epoch": epoch, "batch": batch, "history": self.history,
-                "sums": {k: v.tolist() for k, v in self.sums.items()}}, rng, self.best)
+                "sums": {k: v.tolist() for k, v in self.sums.items()}}, rng, self.best, self.ema,
+                None if self.state is None else self.state.state_dict())
 
 
 def _means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float | list[float]]:

@@ -153,6 +153,92 @@ def test_dkd_value_and_gradient_are_finite_where_teacher_probabilities_are_exact
     assert torch.isfinite(logits.grad).all(), logits.grad
 
 
+def binary_kl(p: float, q: float) -> float:
+    return sum(a * math.log(a / b) for a, b in ((p, q), (1 - p, 1 - q)) if a > 0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dkd_is_alpha_tckd_plus_beta_nckd_each_written_out_by_hand(tau):
+    """TCKD: KL of the (target, rest) splits; NCKD: KL of the distributions over the other classes, renormalised."""
+    s, t, target = rand(3, 4, seed=30), rand(3, 4, seed=31), torch.tensor([2, 0, 3])
+    p = (t / tau).softmax(1)
+    tckd = nckd = 0.0
+    for pt, qs, c in zip(p.double().tolist(), softmax_rows(s / tau), target.tolist()):
+        tckd += binary_kl(pt[c], qs[c])
+        rest_p = [v / (1 - pt[c]) for k, v in enumerate(pt) if k != c]
+        rest_q = [v / (1 - qs[c]) for k, v in enumerate(qs) if k != c]
+        nckd += sum(a * math.log(a / b) for a, b in zip(rest_p, rest_q))
+    tckd, nckd = tau * tau * tckd / 3, tau * tau * nckd / 3
+    assert losses.dkd(s, p, target, tau, alpha=1.0, beta=0.0).item() == pytest.approx(tckd, rel=1e-5)
+    assert losses.dkd(s, p, target, tau, alpha=0.0, beta=1.0).item() == pytest.approx(nckd, rel=1e-5)
+    assert losses.dkd(s, p, target, tau, alpha=0.5, beta=3.0).item() == pytest.approx(0.5 * tckd + 3 * nckd, rel=1e-5)
+
+
+@pytest.mark.parametrize("epochs_done,warmup,factor", [
+    (0.0, 20, 0.0), (1.0, 20, 0.05), (5.5, 20, 0.275), (20.0, 20, 1.0), (31.0, 20, 1.0), (0.0, 0, 1.0), (3.0, 0, 1.0)])
+def test_warmup_factor_ramps_linearly_to_one_over_the_warmup_epochs(epochs_done, warmup, factor):
+    assert losses.warmup_factor(epochs_done, warmup) == pytest.approx(factor)
+
+
+# ---- lskd, logit_mse: the teacher's logits recovered from its probabilities --------------------------------
+
+def zscore(row: list[float]) -> list[float]:
+    mean = sum(row) / len(row)
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
+    return [(v - mean) / (1e-7 + std) for v in row]
+
+
+def lskd_from_logits(s: torch.Tensor, t: torch.Tensor, tau: float) -> float:
+    """Sun et al.'s LSKD from both networks' logits, in plain float64: tau^2 * KL(softmax(Z(t) / tau) ||
+    softmax(Z(s) / tau)), Z the z-score with Bessel's std."""
+    total = 0.0
+    for srow, trow in zip(s.double().tolist(), t.double().tolist()):
+        p = softmax_rows(torch.tensor([zscore(trow)]) / tau)[0]
+        q = softmax_rows(torch.tensor([zscore(srow)]) / tau)[0]
+        total += sum(a * math.log(a / b) for a, b in zip(p, q))
+    return tau * tau * total / len(s)
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_lskd_from_probabilities_equals_lskd_from_the_teacher_s_logits(tau):
+    s, t = rand(5, 6, seed=32), rand(5, 6, seed=33)          # well conditioned: no probability near the floor
+    assert losses.lskd(s, (t / tau).softmax(1), tau).item() == pytest.approx(lskd_from_logits(s, t, tau), rel=1e-4)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_lskd_is_unchanged_by_a_constant_added_to_teacher_logits_or_by_the_labels_tau(tau):
+    s, t = rand(4, 5, seed=34), rand(4, 5, seed=35)
+    shifted = t + torch.tensor([[3.0], [-7.0], [0.5], [100.0]])
+    reference = losses.lskd(s, (t / tau).softmax(1), tau)
+    assert losses.lskd(s, (shifted / tau).softmax(1), tau).item() == pytest.approx(reference.item(), rel=1e-4)
+    # probabilities stored at another temperature (re-tempered to tau) stand for the same standardized logits
+    assert losses.lskd(s, (t / 2.5).softmax(1), tau).item() == pytest.approx(reference.item(), rel=1e-4)
+    assert lskd_from_logits(s, shifted, tau) == pytest.approx(lskd_from_logits(s, t, tau), rel=1e-6)   # float32 inputs
+
+
+def test_lskd_and_logit_mse_are_finite_where_teacher_probabilities_are_zero():
+    """A 0 (float32 underflow; distill floors stored float16 zeros before) counts as float32's smallest normal."""
+    p = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]])
+    floored = p.clamp_min(torch.finfo(torch.float32).tiny)
+    for fn in (losses.lskd, losses.logit_mse):
+        s = rand(2, 4, seed=36).requires_grad_()
+        loss = fn(s, p, 1.0)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+        assert loss.item() == pytest.approx(fn(s, floored, 1.0).item(), rel=1e-6)
+    assert losses.FP16_SMALLEST == float(torch.tensor(2.0 ** -24, dtype=torch.float16)) == 2.0 ** -24
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_logit_mse_is_the_mean_squared_difference_of_centred_logits_whatever_the_tau(tau):
+    s, t = rand(3, 5, seed=37), rand(3, 5, seed=38)
+    expected = 0.0
+    for srow, trow in zip(s.double().tolist(), t.double().tolist()):
+        ms, mt = sum(srow) / 5, sum(trow) / 5
+        expected += sum(((a - ms) - (b - mt)) ** 2 for a, b in zip(srow, trow))
+    assert losses.logit_mse(s, (t / tau).softmax(1), tau).item() == pytest.approx(expected / 15, rel=1e-4)
+
+
 # ---- the LOGIT_LOSSES registry -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(losses.LOGIT_LOSSES))
@@ -168,7 +254,8 @@ def test_every_logit_loss_is_zero_when_the_tempered_student_matches_and_positive
 
 
 def test_logit_loss_finds_each_entry_and_refuses_an_unknown_name():
-    assert set(losses.LOGIT_LOSSES) == {"kd", "dkd"}
+    assert set(losses.LOGIT_LOSSES) == {"kd", "dkd", "lskd", "mse"}
+    assert losses.FULL_DISTRIBUTION == {"lskd", "mse"}
     for name, fn in losses.LOGIT_LOSSES.items():
         assert losses.logit_loss(name) is fn
     with pytest.raises(DplError, match="unknown loss 'nope'.*kd"):
@@ -218,6 +305,8 @@ def test_every_loss_is_computed_in_float32_from_bfloat16_inputs():
         "hard_pseudo_label": losses.hard_pseudo_label(logits, other),
         "hint_mse": losses.hint_mse(logits, other),
         "dkd": losses.dkd(logits, other, y, 2.0),
+        "lskd": losses.lskd(logits, other, 2.0),
+        "logit_mse": losses.logit_mse(logits, other, 2.0),
         "nt_xent": losses.nt_xent(logits, 0.5),
     }
     assert {k: v.dtype for k, v in values.items()} == {k: torch.float32 for k in values}
