@@ -28,10 +28,9 @@ MeasureData = Annotated[str | None, typer.Option("--data", help="Data to measure
 
 
 def output_stem(stem: Path, force: bool) -> Path:
-    """The stem without a .png/.svg suffix, once both of its files may be written (checked before any work)."""
-    stem = stem.with_suffix("") if stem.suffix in (".png", ".svg") else stem
-    for fmt in ("png", "svg"):
-        common.check_output(stem.with_name(f"{stem.name}.{fmt}"), force)
+    """The stem, once both of its files (STEM.png, STEM.svg) may be written (checked before any work)."""
+    for path in figures.files_of(stem):
+        common.check_output(path, force)
     return stem
 
 

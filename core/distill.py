@@ -30,7 +30,7 @@ from . import DplError, artifacts, augment, distributed, label, losses
 from .data import Dataset
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
                    make_model, parent, test_metrics, train_record)
-from .train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, index_stream, seed_everything
+from .train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,13 +191,8 @@ def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.
 
 def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, device):
     """`batches(epoch)` for fit: ((labeled indices, pseudo-label rows), images of both) for each step."""
-    def batches(epoch: int):
-        il = index_stream(n_labeled, mix.steps * mix.labeled, seed, epoch, device) if mix.labeled else None
-        iu = index_stream(n_pseudo, mix.steps * mix.pseudo, seed + 1, epoch, device) if mix.pseudo else None
-        b_l, b_u = mix.labeled, mix.pseudo
-        return feed(((il[s * b_l:(s + 1) * b_l] if b_l else None, iu[s * b_u:(s + 1) * b_u] if b_u else None)
-                     for s in range(mix.steps)), _gather_parts)
-    return batches
+    return lambda epoch: feed(paired_indices(n_labeled, mix.labeled, n_pseudo, mix.pseudo, mix.steps, seed, epoch,
+                                             device), _gather_parts)
 
 
 def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,

@@ -34,15 +34,18 @@ MIME = {"png": "image/png", "svg": "image/svg+xml"}
 def save(fig: Figure, stem: Path) -> list[Path]:
     """Write STEM.png and STEM.svg (each atomically); return their paths. A .png/.svg suffix on the stem is
     dropped."""
+    paths = files_of(stem)
+    for path in paths:
+        artifacts.atomic_write(path, lambda tmp, fmt=path.suffix[1:]: _render(fig, tmp, fmt))
+    return paths
+
+
+def files_of(stem: Path) -> list[Path]:
+    """STEM.png and STEM.svg (a .png/.svg suffix on the stem is dropped)."""
     stem = Path(stem)
     if stem.suffix in (".png", ".svg"):
         stem = stem.with_suffix("")
-    paths = []
-    for fmt in ("png", "svg"):
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        artifacts.atomic_write(path, lambda tmp, fmt=fmt: _render(fig, tmp, fmt))
-        paths.append(path)
-    return paths
+    return [stem.with_name(f"{stem.name}.{fmt}") for fmt in ("png", "svg")]
 
 
 def data_uri(fig: Figure, fmt: str = "png") -> str:

@@ -28,7 +28,7 @@ from . import DplError, augment, distributed, losses
 from .data import Dataset
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
                    test_metrics, train_record)
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, index_stream, seed_everything
+from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
 
 ALGORITHMS = ("fixmatch", "flexmatch")
 
@@ -161,10 +161,7 @@ def _gather(batch, labeled_images, unlabeled_images) -> torch.Tensor:
 
 def index_batches(plan: Plan, n_labeled: int, n_unlabeled: int, seed: int, device, epoch: int):
     """(labeled indices, unlabeled indices) of each step of an epoch, this rank's part."""
-    il = index_stream(n_labeled, plan.steps * plan.labeled, seed, epoch, device)
-    iu = index_stream(n_unlabeled, plan.steps * plan.unlabeled, seed + 1, epoch, device)
-    b_l, b_u = plan.labeled, plan.unlabeled
-    return [(il[s * b_l:(s + 1) * b_l], iu[s * b_u:(s + 1) * b_u]) for s in range(plan.steps)]
+    return paired_indices(n_labeled, plan.labeled, n_unlabeled, plan.unlabeled, plan.steps, seed, epoch, device)
 
 
 def semi_batches(feed, plan: Plan, n_labeled: int, n_unlabeled: int, seed: int, device):

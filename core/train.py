@@ -211,6 +211,17 @@ def index_stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Ten
     return torch.cat(perms)[: count * world][rank::world].to(device)
 
 
+def paired_indices(n_first: int, first: int, n_second: int, second: int, steps: int, seed: int, epoch: int,
+                   device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """(first part's indices, second part's indices) of each of `steps` steps, `first` and `second` a step (this
+    rank's), from the index streams of the two parts (seeded `seed` and `seed + 1`); None for a part a step
+    takes none of. The labeled/unlabeled mix of `distill` and `semi`."""
+    a = index_stream(n_first, steps * first, seed, epoch, device) if first else None
+    b = index_stream(n_second, steps * second, seed + 1, epoch, device) if second else None
+    return [(a[s * first:(s + 1) * first] if first else None, b[s * second:(s + 1) * second] if second else None)
+            for s in range(steps)]
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     n //= distributed.rank_world()[1]
     return n // batch_size if n >= batch_size else math.ceil(n / batch_size)
