@@ -256,13 +256,14 @@ def partition_flags(split: data.Partition) -> str:
 
 def test_split(ds: data.Dataset) -> data.Dataset | None:
     """The source's test split (at the same size), to record test accuracy in the checkpoint; None where there
-    is none."""
+    is none, or none with labels."""
     if ds.split == "test":
         return None
     try:
-        return data.load(ds.source, default_split="test", resize=ds.resized, channels=ds.shape[0])
+        test = data.load(ds.source, default_split="test", resize=ds.resized, channels=ds.shape[0])
     except DplError:
         return None
+    return test if (test.labels >= 0).any() else None      # a union pool's test split has no labels
 
 
 def given(ctx: typer.Context, *names: str) -> list[str]:

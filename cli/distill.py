@@ -8,14 +8,16 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, artifacts, data, losses, train
+from ..core import DplError, artifacts, data, experts, losses, train
 from ..core.distill import DistillOptions, distill, source_meta
+from ..core.features import FeatureOptions
 
 
 @common.guarded
 def distill_command(
     output: common.Output,
-    labels_dir: Annotated[Path | None, typer.Option("--labels", help="Label folder from dpl label (offline: the teacher is not run).")] = None,
+    labels_dir: Annotated[list[Path] | None, typer.Option("--labels", help="Label folder from dpl label (offline: the teacher is not run). Repeat for several experts of different label spaces that labeled one pool: one student with a head per folder.")] = None,
+    head_names: Annotated[str | None, typer.Option(help="With several --labels: the heads' names, comma-separated. \\[default: each label folder's name]", show_default=False)] = None,
     teacher: Annotated[list[Path] | None, typer.Option(help="Live teacher checkpoint (online KD); repeat for an ensemble.")] = None,
     data_spec: common.InheritedData = None,
     labeled_data: Annotated[str | None, typer.Option(help="The labeled source, when the pseudo-labels are of a separate pool (e.g. a folder of unlabeled photos). \\[default: the teacher's own labeled training data, for labels of another source than the teacher's]")] = None,
@@ -29,8 +31,15 @@ def distill_command(
     dkd_alpha: Annotated[float | None, typer.Option(help="--loss dkd: weight of its target-class term (TCKD). \\[default: 1]", show_default=False)] = None,
     dkd_beta: Annotated[float | None, typer.Option(help="--loss dkd: weight of its non-target-class term (NCKD). \\[default: 8]", show_default=False)] = None,
     loss_warmup_epochs: Annotated[float | None, typer.Option(help="Ramp the distillation terms' weight linearly from 0 to 1 over this many epochs, per step (mdistiller's DKD warm-up). \\[default: dkd: 20, at most a quarter of --epochs; other losses: 0]", show_default=False)] = None,
+    feature_loss: Annotated[str | None, typer.Option(autocompletion=lambda incomplete: [n for n in losses.FEATURE_LOSSES if n.startswith(incomplete)], help=f"Add a term comparing layers of the student and one live --teacher: {', '.join(losses.FEATURE_LOSSES)} (at: attention transfer; rkd: relational distances and angles; pkt: probabilistic knowledge transfer; sp: similarity-preserving; crd: contrastive representation distillation; hint: FitNets' hint through a regressor). With --alpha 0, RepDistiller's rows: CE plus the feature term.", show_default=False)] = None,
+    feature_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the feature term. \\[default: RepDistiller's: at 1000, rkd 1, pkt 30000, sp 3000, crd 0.8, hint 200 (its 100 on the plain MSE)]", show_default=False)] = None,
+    student_layer: Annotated[list[str] | None, typer.Option(help="Student layer of the feature loss, by module path (dpl info --layers; 'features': the input of the final Linear); repeat for several, paired in order with --teacher-layer. \\[default: at: the stage outputs, as many in each net (the shallower's count); sp: the last stage output; rkd, pkt, crd: features; hint: the middle block]", show_default=False)] = None,
+    teacher_layer: Annotated[list[str] | None, typer.Option(help="Teacher layer paired with each --student-layer, by module path in the teacher. \\[default: the loss's own, as for --student-layer]", show_default=False)] = None,
+    crd_queue: Annotated[int | None, typer.Option(help="--feature-loss crd: past teacher embeddings kept as negatives (0: the batch's only). \\[default: 4096]", show_default=False)] = None,
+    crd_dim: Annotated[int | None, typer.Option(help="--feature-loss crd: width of the embeddings. \\[default: 128]", show_default=False)] = None,
+    crd_tau: Annotated[float | None, typer.Option(help="--feature-loss crd: temperature. \\[default: 0.07]", show_default=False)] = None,
     tau: Annotated[float | None, typer.Option(help="KD temperature. \\[default: the labels' own; 1 with --teacher]")] = None,
-    alpha: Annotated[float | None, typer.Option(min=0.0, help="Weight of a live teacher's KD term on labeled samples. \\[default: 1]", show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(min=0.0, help="Weight of a live teacher's KD term on labeled samples. With --labels of a source's own labeled images: offline KD, each row learns its true label plus alpha times the loss against its stored target. \\[default: 1]", show_default=False)] = None,
     unlabeled_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the pseudo-label term. \\[default: 1]", show_default=False)] = None,
     unlabeled_ratio: Annotated[float | None, typer.Option(help="Pseudo-labeled samples per labeled sample in each batch. \\[default: 3]", show_default=False)] = None,
     hard: Annotated[bool, typer.Option("--hard", help="Train on the argmax of soft labels.")] = False,
@@ -76,10 +85,19 @@ def distill_command(
     opts = DistillOptions(loss=loss, tau=tau, alpha=alpha, unlabeled_weight=unlabeled_weight,
                           unlabeled_ratio=unlabeled_ratio, hard=hard, min_confidence=min_confidence, balance=balance,
                           dkd_alpha=dkd_alpha, dkd_beta=dkd_beta, loss_warmup_epochs=loss_warmup_epochs)
+    features = FeatureOptions(loss=feature_loss, weight=feature_weight, student_layers=tuple(student_layer or ()),
+                              teacher_layers=tuple(teacher_layer or ()), crd_queue=crd_queue, crd_dim=crd_dim,
+                              crd_tau=crd_tau)
     val_opts, held = common.val_options(options), common.holdout(options)
     common.check_output(output, force)
     sinks = common.run_records(output, tensorboard)
     rt = train.runtime(device, compile, workers=workers)
+    features.resolved(bool(labels_dir), len(teacher or []))    # refused before any work
+    if len(labels_dir or []) > 1:
+        return _experts(options, opts, cfg, model_opts, noise, rt, sinks, state)
+    if head_names is not None:
+        raise DplError("--head-names names the heads of a student of several --labels folders")
+    labels_dir = labels_dir[0] if labels_dir else None
     teachers = list(teacher or [])
     labels = artifacts.read_labels(labels_dir, allow_partial) if labels_dir is not None else None
     source = source_meta(labels, teachers)
@@ -116,7 +134,7 @@ def distill_command(
     with common.TrainingProgress("distill", sinks) as progress:
         result = distill(labeled_ds, pseudo_ds, labels, teachers, model_opts, noise, opts, cfg, rt,
                          common.test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state,
-                         val=val_ds, val_opts=val_opts)
+                         val=val_ds, val_opts=val_opts, features=features)
     common.write_result(output, result, state, keep_state)
 
 
@@ -129,6 +147,31 @@ def _teacher_data(labels: artifacts.Labels, spec: str) -> dict | None:
     except DplError:
         return None
     made = meta.get("data", {}).get("spec")
-    if made is None or data.parse_spec(made)[0] == data.parse_spec(spec)[0]:
+    # A multi-head student learnt on an unlabeled pool: it has no labeled training data of its own to take.
+    if made is None or meta.get("heads") or data.parse_spec(made)[0] == data.parse_spec(spec)[0]:
         return None
     return meta
+
+
+def _experts(o: dict, opts: DistillOptions, cfg: train.TrainConfig, model_opts, noise, rt: train.Runtime, sinks: list,
+             state: train.ResumeSpec) -> None:
+    """Several --labels: one student with a head per folder, on the pool they all label (core/experts.py)."""
+    inapplicable = {"--teacher": o["teacher"], "--labeled-data": o["labeled_data"], "--labeled-per-class":
+                    o["labeled_per_class"], "--labeled": o["labeled"], "--val": o["val"], "--val-per-class":
+                    o["val_per_class"], "--keep best": o["keep"] == "best"}
+    refused = [flag for flag, value in inapplicable.items() if value]
+    if refused:
+        raise DplError(f"{', '.join(refused)} cannot apply with several --labels: each head learns its expert's "
+                       "labels on every image of the pool they label")
+    labels = [artifacts.read_labels(f, o["allow_partial"]) for f in o["labels_dir"]]
+    made = labels[0].meta["data"]
+    spec, split, size = common.data_of(labels[0].meta, o["data_spec"], data.Partition(), o["resize"])
+    pool = data.load(spec, partition=split, part=made.get("part", "all"), download=o["download"], resize=size,
+                     channels=made.get("channels"), stream=o["stream"], check_all=True, workers=o["workers"])
+    common.say(f"dpl: {len(labels)} heads on {pool.spec} ({pool.part}, {len(pool):,} images at "
+               f"{'x'.join(map(str, pool.shape))})")
+    names = o["head_names"].split(",") if o["head_names"] is not None else None
+    with common.TrainingProgress("distill", sinks) as progress:
+        result = experts.distill_experts(pool, labels, names, model_opts, noise, opts, cfg, rt, on_progress=progress,
+                                         resume=state, download=o["download"])
+    common.write_result(o["output"], result, state, o["keep_state"])

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from . import common
-from .measure import MeasureOptions, label_truth, measure
-from ..core import DplError, artifacts, evaluate, train
+from .measure import MeasureOptions, label_truth, measure_heads, model_name, run_identity
+from ..core import DplError, artifacts, evaluate, mil, train
 
 # What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
 # the options that do not change what a run computes (common.NOT_IDENTITY).
@@ -37,6 +37,7 @@ def eval_command(
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Train a linear classifier on frozen features of the training split (its labeled part with --labeled-per-class); report its top-1 here.")] = False,
     layer: Annotated[list[str] | None, typer.Option(help="Also probe this layer (module path; repeatable), average-pooled to at most 2048 values. Implies --linear-probe.")] = None,
     knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).")] = None,
+    head: Annotated[list[str] | None, typer.Option(help="A multi-head student: measure this head only (repeatable). \\[default: every head, each on its expert's test split]", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
     workers: common.Workers = None,
@@ -61,13 +62,18 @@ def eval_command(
             raise DplError(f"{checkpoints[0]}: a label folder is measured on the data it was made for; "
                            f"{', '.join(refused)} cannot apply (give a checkpoint to measure on other data)")
         return label_quality(checkpoints[0], download, as_json, allow_partial)
+    if any(mil.is_mil(c) for c in checkpoints):
+        return mil_eval(ctx, checkpoints, data_spec, download, batch_size, device, workers, as_json)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     rt = train.runtime(device, workers=workers)
-    measured = [measure(path, ckpt, MeasureOptions.of(options), rt) for path, ckpt in zip(checkpoints, loaded)]
+    # A multi-head student gives a result per head: `loaded` then holds its checkpoint once per result.
+    measured = [(m, ckpt) for path, ckpt in zip(checkpoints, loaded)
+                for m in measure_heads(path, ckpt, MeasureOptions.of(options), rt)]
+    measured, loaded = [m for m, _ in measured], [ckpt for _, ckpt in measured]
     results = [r for r, _, _ in measured]
     common.flush_notes()
     if seeds:
-        groups = evaluate.seed_groups(results, [c.meta.get("command") for c in loaded], SEED_VARIANTS)
+        groups = evaluate.seed_groups(results, [run_identity(c, r) for c, r in zip(loaded, results)], SEED_VARIANTS)
         if as_json:
             common.print_json({"results": results, "groups": groups})
         else:
@@ -75,7 +81,7 @@ def eval_command(
     elif as_json:
         common.print_json(results[0] if len(results) == 1 else results)
     elif len(results) == 1:
-        common.stderr.print(detail_table(results[0], loaded[0].meta.get("classes", [])))
+        common.stderr.print(detail_table(results[0], results[0].get("classes") or loaded[0].meta.get("classes", [])))
     else:
         common.stderr.print(comparison_table(results))
     if measured[0][1] is not None and not as_json:
@@ -85,7 +91,7 @@ def eval_command(
 
 
 def detail_table(r: dict, classes: list[str]) -> Table:
-    table = Table(title=f"{r['checkpoint']} on {r['data']}" + (f" ({r['part']})" if r["part"] != "all" else ""))
+    table = Table(title=f"{model_name(r)} on {r['data']}" + (f" ({r['part']})" if r["part"] != "all" else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("top1", "top5", "nll", "ece"):
@@ -98,12 +104,13 @@ def detail_table(r: dict, classes: list[str]) -> Table:
 
 
 def comparison_table(results: list[dict]) -> Table:
-    table = Table(title=f"on {results[0]['data']}")
-    for col in ("model", "arch", "params", "weights", "top1", "top5", "nll", "ece"):
-        table.add_column(col, justify="left" if col in ("model", "arch", "weights") else "right")
+    one_data = len({r["data"] for r in results}) == 1      # else (heads of a student): a column says which
+    table = Table(title=f"on {results[0]['data']}" if one_data else "each on its own data")
+    for col in ("model", *(() if one_data else ("data",)), "arch", "params", "weights", "top1", "top5", "nll", "ece"):
+        table.add_column(col, justify="left" if col in ("model", "data", "arch", "weights") else "right")
     for r in results:
-        table.add_row(r["checkpoint"], r["arch"], f"{r['params']:,}", weights_note(r["weights"]),
-                      *(f"{r[k]:.4f}" for k in ("top1", "top5", "nll", "ece")))
+        table.add_row(model_name(r), *(() if one_data else (r["data"],)), r["arch"], f"{r['params']:,}",
+                      weights_note(r["weights"]), *(f"{r[k]:.4f}" for k in ("top1", "top5", "nll", "ece")))
     return table
 
 
@@ -138,7 +145,7 @@ def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bo
 
 def probe_table(r: dict, dims: dict[str, int], fit_on: str) -> Table:
     """One checkpoint: a row per probed layer (as in the RotNet paper's per-layer table), then kNN."""
-    table = Table(title="frozen-feature probes", caption=f"{r['checkpoint']}; fit on {fit_on}, top-1 on {r['data']}")
+    table = Table(title="frozen-feature probes", caption=f"{model_name(r)}; fit on {fit_on}, top-1 on {r['data']}")
     for col in ("probe", "features", "top1"):
         table.add_column(col, justify="left" if col == "probe" else "right")
     for path, top1 in r["linear_probe"].items():
@@ -158,5 +165,31 @@ def probe_comparison_table(results: list[dict], fit_on: str) -> Table:
         table.add_column(col, justify="right")
     for r in results:
         found = {**{f"linear {p}": v for p, v in r["linear_probe"].items()}, **{f"kNN k={k}": v for k, v in r["knn"].items()}}
-        table.add_row(r["checkpoint"], *(f"{found[c]:.4f}" if c in found else "-" for c in columns))
+        table.add_row(model_name(r), *(f"{found[c]:.4f}" if c in found else "-" for c in columns))
     return table
+
+
+# What measuring MIL checkpoints (dpl mil) takes from the command line: the rest is for classifiers.
+MIL_OPTIONS = ("checkpoints", "data_spec", "download", "batch_size", "device", "workers", "as_json", "config")
+
+
+def mil_eval(ctx: typer.Context, checkpoints: list[Path], data_spec: str | None, download: bool, batch_size: int,
+             device: str, workers: int | None, as_json: bool) -> None:
+    """Bag AUC and accuracy, instance AUC of MIL checkpoints on their test bags (core.mil.evaluate_checkpoint);
+    --json adds each bag's attention weights (instance probabilities for max and mean pooling)."""
+    refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in MIL_OPTIONS))
+    if refused:
+        raise DplError(f"{checkpoints[0]}: a MIL model is measured on bags; {', '.join(refused)} cannot apply")
+    rt = train.runtime(device, workers=workers)
+    results = [mil.evaluate_checkpoint(c, data_spec, rt, batch_size, download, per_bag=as_json) for c in checkpoints]
+    common.flush_notes()
+    if as_json:
+        return common.print_json(results[0] if len(results) == 1 else results)
+    table = Table(title=f"on {results[0]['data']}: {results[0]['bags']} bags ({results[0]['positive_bags']} positive)")
+    for col in ("model", "arch", "pooling", "bag AUC", "bag acc", "instance AUC", "in positive bags"):
+        table.add_column(col, justify="left" if col in ("model", "arch", "pooling") else "right")
+    shown = lambda v: "-" if v is None else f"{v:.4f}"        # noqa: E731
+    for r in results:
+        table.add_row(r["checkpoint"], r["arch"], r["pooling"], shown(r["bag_auc"]), shown(r["bag_acc"]),
+                      shown(r.get("instance_auc")), shown(r.get("instance_auc_positive_bags")))
+    common.stderr.print(table)

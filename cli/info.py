@@ -75,7 +75,8 @@ def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
     """Follow parents by path while the file there still has the recorded sha256."""
     chain = []
     for p in parents:
-        entry = {"role": p.get("role"), "path": p.get("path"), "sha256": p.get("sha256"), "depth": depth}
+        entry = {"role": p.get("role"), "path": p.get("path"), "sha256": p.get("sha256"), "depth": depth,
+                 **({"head": p["head"]} if isinstance(p.get("head"), str) else {})}
         path = Path(p.get("path") or "")
         if _exists(path):
             try:
@@ -125,6 +126,12 @@ def _render(meta: dict) -> str:
         arch = meta["arch"]
         knobs = ", ".join(f"{k}={v}" for k, v in arch.items() if k != "name")
         lines.append(f"arch      {arch['name']} ({knobs}); {meta['parameters']:,} values in {meta['tensors']} tensors")
+    if isinstance(meta.get("mil"), dict):
+        m, built = meta["mil"], meta["mil"].get("bags")
+        bags = (f"; bags with class {built.get('target')} ({built.get('target_name')}) positive, "
+                f"{built.get('size')} ± {built.get('size_std')} instances, bag seed {built.get('seed')}"
+                if isinstance(built, dict) and built else "; bags from a bag folder")
+        lines.append(f"mil       {m.get('pooling')} pooling{bags}, {m.get('bag_batch')} bags per step")
     if "input" in meta:
         i = meta["input"]
         lines.append(f"input     {i['channels']}x{i['size']}x{i['size']}, mean {i['mean']}, std {i['std']}")
@@ -132,6 +139,12 @@ def _render(meta: dict) -> str:
         d = meta["data"]
         extra = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("spec", "fingerprint"))
         lines.append(f"data      {d.get('spec')} ({extra}), fingerprint {str(d.get('fingerprint'))[:16]}…")
+    for i, h in enumerate(meta.get("heads") or []):
+        names = ", ".join(h["classes"][:4]) + (", …" if len(h["classes"]) > 4 else "")
+        source = h.get("labels") or {}
+        lines.append(f"{'heads' if i == 0 else '':<9} {h['name']}: {len(h['classes'])} classes ({names}), logits "
+                     f"{h['offset']}..{h['offset'] + len(h['classes']) - 1}; labels {source.get('path')}; expert "
+                     f"data {h.get('data') or 'unknown'}, test {h.get('test') or 'unknown'}")
     if "metrics" in meta:
         lines.append("metrics   " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in meta["metrics"].items()))
@@ -152,5 +165,6 @@ def _render(meta: dict) -> str:
             lines.append(f"{key:<9} {value}")
     lines.append("lineage   " + ("(none)" if not meta["lineage"] else ""))
     for p in meta["lineage"]:
-        lines.append(f"{'  ' * (p['depth'] + 1)}← {p['role']}: {p['path']} ({str(p['sha256'])[:16]}…, {p['status']})")
+        head = f", head {p['head']}" if "head" in p else ""
+        lines.append(f"{'  ' * (p['depth'] + 1)}← {p['role']}: {p['path']} ({str(p['sha256'])[:16]}…{head}, {p['status']})")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from . import common
 from ..core import DplError, artifacts, data, distributed, train
-from ..core.label import LabelOptions, label, shard_files
+from ..core.label import LabelOptions, label, label_heads, shard_files
 
 
 @common.guarded
@@ -24,6 +24,7 @@ def label_command(
     resize: common.Resize = None,
     stream: common.Stream = None,
     ensemble: Annotated[list[Path] | None, typer.Option(help="More teachers to average with the first (repeatable).")] = None,
+    head: Annotated[list[str] | None, typer.Option(help="A multi-head student (dpl distill --labels A/ --labels B/): label with this head only (repeatable). \\[default: every head, each into OUTPUT/HEAD/]", show_default=False)] = None,
     soft: Annotated[bool, typer.Option("--soft/--hard", help="Store full probabilities, or only label + confidence.")] = True,
     topk: Annotated[int | None, typer.Option(min=1, help="Store only the top K classes' probabilities (int32 + float16).")] = None,
     tau: Annotated[float, typer.Option(help="Softmax temperature applied to the teacher logits.")] = 1.0,
@@ -39,14 +40,22 @@ def label_command(
 ):
     """Label the unlabeled part (or the whole split) with an un-noised teacher. Reports label accuracy
     against the ground truth when the data has it. Under torchrun, each rank labels its own part and
-    writes its own shard series; the folder is complete when every rank's shards are there."""
+    writes its own shard series; the folder is complete when every rank's shards are there. A multi-head
+    student writes a label folder per head, OUTPUT/HEAD/."""
     options = dict(locals())
     teachers = list(teacher) + list(ensemble or [])
     rank, world = distributed.shard_of(shard)
-    mine = _own_shards(output, rank, world, force, resume)
+    first = artifacts.read_header(teachers[0], kind="checkpoint")
+    heads = _heads_of(teachers, first, head)
+    if heads:
+        artifacts.check_writable(output)
+        if output.exists() and not output.is_dir():
+            raise DplError(f"{output} is a file, not a folder for the heads' label folders")
+        mine = [s for name in heads for s in _own_shards(output / name, rank, world, force, resume, check=False)]
+    else:
+        mine = _own_shards(output, rank, world, force, resume)
     opts = LabelOptions(mode="hard" if not soft else ("topk" if topk else "soft"), topk=topk, tau=tau,
                         shard_size=shard_size, batch_size=batch_size)
-    first = artifacts.read_header(teachers[0], kind="checkpoint")
     spec, split, size = common.data_of(first.meta, data_spec, common.partition(options), resize)
     ds = data.load(spec, partition=split, part=part or ("unlabeled" if split.active else "all"), download=download,
                    resize=size, channels=first.meta.get("input", {}).get("channels"), stream=stream, workers=workers)
@@ -54,31 +63,54 @@ def label_command(
                          resize, ds)
     common.say_source(ds)
     rt = train.runtime(device, workers=workers)
+    stale = mine if force and not resume else []
     with common.TrainingProgress("label") as progress:
-        done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=mine if force and not resume else [],
-                     on_progress=progress)
+        if heads:
+            done = label_heads(teachers[0], heads, ds, opts, rt, output, rank, world, resume, stale, progress)
+        else:
+            done = label(teachers, ds, opts, rt, output, rank, world, resume, replace=stale, on_progress=progress)
     if as_json:
-        common.print_json({"path": str(output), **done})
+        common.print_json({"path": str(output), "heads": done} if heads else {"path": str(output), **done})
     elif rank == 0 or shard is not None:       # under torchrun only rank 0 speaks; --shard jobs each do
-        _report(output, done, ds)
+        for d in done if heads else [done]:
+            _report(Path(d["folder"]) if heads else output, d, ds, f" by head {d['head']}" if heads else "")
 
 
-def _own_shards(output: Path, rank: int, world: int, force: bool, resume: bool) -> list[Path]:
-    """The shards of this rank (of every rank, alone) already in the output folder, which must be writable."""
+def _heads_of(teachers: list[Path], first: artifacts.Header, chosen: list[str] | None) -> list[str]:
+    """The names of the heads to label with: a multi-head student's (those of --head, else all); [] for
+    ordinary teachers, which --head cannot apply to."""
+    heads = [h["name"] for h in first.meta.get("heads") or []]
+    if not heads:
+        if chosen:
+            raise DplError(f"{teachers[0]}: a model with one output has no heads (--head picks one of a multi-head "
+                           "student's)")
+        return []
+    if len(teachers) > 1:
+        raise DplError(f"{teachers[0]}: a multi-head student labels alone, a folder per head: no --ensemble")
+    unknown = [n for n in chosen or [] if n not in heads]
+    if unknown:
+        raise DplError(f"{teachers[0]}: no head {unknown[0]!r}; its heads: {', '.join(heads)}")
+    return list(dict.fromkeys(chosen)) if chosen else heads
+
+
+def _own_shards(output: Path, rank: int, world: int, force: bool, resume: bool, check: bool = True) -> list[Path]:
+    """The shards of this rank (of every rank, alone) already in the output folder, which must be writable
+    (`check`; a head's folder is made inside the output folder, checked once)."""
     if output.exists() and not output.is_dir():
         raise DplError(f"{output} is a file, not a label folder")
     mine = shard_files(output, None if world == 1 else rank) if output.is_dir() else []
     if mine and not (force or resume):
         raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
-    artifacts.check_writable(output)
+    if check:
+        artifacts.check_writable(output)
     return mine
 
 
-def _report(output: Path, done: dict, ds: data.Dataset) -> None:
+def _report(output: Path, done: dict, ds: data.Dataset, by: str = "") -> None:
     print(output)
     if done["skipped"]:
         common.stderr.print(f"skipped {done['skipped']} unreadable image files (listed in the shards' metadata)")
     if done["quality"] is not None:
         part = f", part {done['rank']}/{done['world']}" if done["world"] > 1 else ""
-        common.stderr.print(common.quality_table(done["quality"], f"pseudo-labels of {ds.spec} ({ds.part}, "
+        common.stderr.print(common.quality_table(done["quality"], f"pseudo-labels{by} of {ds.spec} ({ds.part}, "
                                                  f"{done['samples']} samples{part})"))

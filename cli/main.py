@@ -13,6 +13,7 @@ from .evaluate import eval_command
 from .hint import hint_command
 from .info import info_command
 from .label import label_command
+from .mil import mil_command
 from .pack import pack_command
 from .plot import plot_app
 from .pretrain import pretrain_command
@@ -41,7 +42,10 @@ EXAMPLES = {
     "distill": ["dpl distill --labels labels0/ --arch cnn-m --randaugment 2,9 --dropout 0.3 --stochastic-depth 0.2 "
                 "-o s1.safetensors",
                 "dpl distill --teacher t.safetensors --arch cnn-s --tau 4 -o kd.safetensors",
-                "dpl distill --init stage1.safetensors --teacher t.safetensors --arch fitnet-thin --tau 4 -o student.safetensors"],
+                "dpl distill --init stage1.safetensors --teacher t.safetensors --arch fitnet-thin --tau 4 -o student.safetensors",
+                "dpl distill --teacher t.safetensors --arch cnn-s --alpha 0 --feature-loss crd -o crd.safetensors",
+                "dpl distill --labels labels-t4/ --alpha 1 --loss dkd --arch cnn-s -o dkd.safetensors",
+                "dpl distill --labels labels-digits/ --labels labels-fashion/ --head-names digits,fashion -o two-heads.safetensors"],
     "hint": ["dpl hint --teacher t.safetensors --arch fitnet-thin -o stage1.safetensors",
              "dpl distill --init stage1.safetensors --teacher t.safetensors --arch fitnet-thin --tau 4 -o student.safetensors"],
     "pretrain": ["dpl pretrain --task rotation --data digits --resize 24 -o rotation.safetensors",
@@ -49,6 +53,9 @@ EXAMPLES = {
                  "dpl teach --data digits --resize 24 --labeled-per-class 10 --init rotation.safetensors -o tuned.safetensors"],
     "semi": ["dpl semi --algorithm flexmatch --data fashion-mnist --labeled-per-class 100 --epochs 19 -o flex.safetensors",
              "dpl semi --algorithm fixmatch --data digits --labeled-per-class 10 --batch-size 16 -o fix.safetensors"],
+    "mil": ["dpl mil --data fashion-mnist --target-class 0 --bags 200 --pooling attention --arch cnn-s -o mil.safetensors",
+            "dpl mil --data bagfolder:slides --resize 64 --pooling gated -o slides.safetensors",
+            "dpl eval mil.safetensors --json"],
     "eval": ["dpl eval t0.safetensors --json", "dpl eval t0.safetensors s1.safetensors", "dpl eval labels0/",
              "dpl eval kd-seed1.safetensors kd-seed2.safetensors --seeds"],
     "info": ["dpl info t0.safetensors", "dpl info --layers cnn-m --data digits", "dpl info --archs"],
@@ -66,6 +73,7 @@ def epilog(command: str) -> str | None:
 
 for name, command in (("teach", teach_command), ("label", label_command), ("distill", distill_command),
                       ("hint", hint_command), ("pretrain", pretrain_command), ("semi", semi_command),
+                      ("mil", mil_command),
                       ("eval", eval_command), ("info", info_command), ("pack", pack_command),
                       ("report", report_command)):
     app.command(name, epilog=epilog(name))(command)

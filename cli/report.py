@@ -65,14 +65,18 @@ def find_artifacts(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def _is_checkpoint(file: Path) -> bool:
+    """A classifier's checkpoint, which the report measures; other artifacts found in a folder are skipped, said."""
     try:
-        kind = artifacts.read_header(file).meta["dpl.kind"]
+        meta = artifacts.read_header(file).meta
     except DplError as e:
         common.say(f"dpl: skipped {e}")
         return False
+    kind, task = meta["dpl.kind"], meta.get("task", "classifier")
     if kind != "checkpoint":
         common.say(f"dpl: skipped {file}: a dpl {kind!r} artifact, not a checkpoint")
-    return kind == "checkpoint"
+    elif task != "classifier":
+        common.say(f"dpl: skipped {file}: {artifacts.TASKS.get(task, f'a {task} model')}, which the report does not measure")
+    return kind == "checkpoint" and task == "classifier"
 
 
 def _is_label_folder(path: Path) -> bool:

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,6 +184,25 @@ def _parents(v) -> bool:
     return isinstance(v, list) and all(_fields(p, path=line, role=line, sha256=line) for p in v)
 
 
+HEAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # also a folder name (dpl label writes OUT/NAME/)
+
+
+def _heads(v) -> bool:
+    """A multi-head student's heads: each a named slice [offset, offset + len(classes)) of the logits; the
+    slices follow one another from 0 (load_checkpoint checks that they fill num_classes)."""
+    if not isinstance(v, list) or not v:
+        return False
+    offset = 0
+    for h in v:
+        if not (_fields(h, ("name", "classes", "offset"), name=_line, classes=_str_list, offset=_int(),
+                        labels=_optional(lambda p: _fields(p, path=_line, sha256=_line)),
+                        data=_optional(_line), test=_optional(_line), tau=_optional(_number))
+                and HEAD_NAME.fullmatch(h["name"]) and h["classes"] and h["offset"] == offset):
+            return False
+        offset += len(h["classes"])
+    return len({h["name"] for h in v}) == len(v)
+
+
 META_RULES: dict[str, Callable[[object], bool]] = {
     "arch": lambda v: _fields(v, ("name",), name=_line),
     "num_classes": _int(1, 2**20),
@@ -193,6 +213,7 @@ META_RULES: dict[str, Callable[[object], bool]] = {
                               split_seed=_int(-2**62)),
     "parents": _parents,
     "teachers": _parents,
+    "heads": _heads,
     "metrics": lambda v: isinstance(v, dict),
     "command": _str_list,
     "quality": lambda v: not v or _fields(v, ("accuracy", "mean_confidence"),
@@ -206,6 +227,7 @@ META_RULES: dict[str, Callable[[object], bool]] = {
     "seq": _int(),
     "rank_shards": _int(1),
     "count": _int(),
+    "task": _line,
 }
 
 
@@ -259,6 +281,21 @@ class Checkpoint:
     def input(self) -> dict:
         return self.meta["input"]
 
+    @property
+    def heads(self) -> list[dict]:
+        """A multi-head student's heads (name, classes, offset, ...); [] for a model with one output."""
+        return self.meta.get("heads") or []
+
+    def head(self, name: str) -> dict:
+        """The head called `name`, refused with the names there are."""
+        for h in self.heads:
+            if h["name"] == name:
+                return h
+        if not self.heads:
+            raise DplError(f"{self.path}: a model with one output has no heads (--head picks one of a "
+                           "multi-head student's)")
+        raise DplError(f"{self.path}: no head {name!r}; its heads: {', '.join(h['name'] for h in self.heads)}")
+
     def sha256(self) -> str:
         return sha256_file(self.path)
 
@@ -288,8 +325,17 @@ class Checkpoint:
             raise DplError(f"{self.path}: {e}") from None
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+# What a checkpoint's model does (meta["task"]; a classifier when absent), as error messages name it.
+TASKS = {"classifier": "a classifier", "mil": "a multiple-instance (MIL) model from dpl mil"}
+
+
+def load_checkpoint(path: Path, task: str = "classifier") -> Checkpoint:
+    """A checkpoint of a model that does `task`: another kind (a MIL model given to a command that expects a
+    classifier, or the reverse) is refused."""
     header = read_header(path, kind="checkpoint")
+    made = header.meta.get("task", "classifier")
+    if made != task:
+        raise DplError(f"{path}: {TASKS.get(made, f'a {made} model')}, not {TASKS.get(task, f'a {task} model')}")
     require(header, "arch", "num_classes", "input")
     meta = header.meta
     for knob, key, value in (("num_classes", "num_classes", meta["num_classes"]),
@@ -297,6 +343,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
                              ("image_size", "input size", meta["input"]["size"])):
         if meta["arch"].get(knob, value) != value:
             raise DplError(f"{path}: inconsistent metadata: arch {knob} {meta['arch'][knob]!r}, {key} {value}")
+    if "heads" in meta and sum(len(h["classes"]) for h in meta["heads"]) != meta["num_classes"]:
+        raise DplError(f"{path}: inconsistent metadata: its heads' classes do not add up to num_classes "
+                       f"{meta['num_classes']}")
     return Checkpoint(Path(path), meta, load_tensors(header))
 
 

@@ -135,7 +135,7 @@ class Dataset:
 
     @property
     def hflip(self) -> bool:
-        return self.kind in HFLIP_OK
+        return all(m.partition(":")[0] in HFLIP_OK for m in union_members(self.source))
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -179,7 +179,35 @@ def data_root() -> Path:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """`NAME[:SPLIT]` (or `imagefolder:PATH[:SPLIT]`, `tar:PATH[:SPLIT]`) -> (source, split or None)."""
+    """`NAME[:SPLIT]` (or `imagefolder:PATH[:SPLIT]`, `tar:PATH[:SPLIT]`) -> (source, split or None).
+    A union `A+B[:SPLIT]` gives ("A+B", split): one split for all its sources, written after the last."""
+    members = union_members(spec)
+    if len(members) == 1:
+        return _parse_one(spec)
+    parsed = [_parse_one(m) for m in members]
+    if any(split for _, split in parsed[:-1]):
+        raise DplError(f"{spec}: a union takes one split for all its sources, after the last: A+B[:SPLIT]")
+    sources = [source for source, _ in parsed]
+    twice = next((s for i, s in enumerate(sources) if s in sources[:i]), None)
+    if twice is not None:
+        raise DplError(f"{spec}: {twice} appears twice in the union")
+    return "+".join(sources), parsed[-1][1]
+
+
+def union_members(spec: str) -> list[str]:
+    """The sources of a union `A+B+...` ([spec] for a single source), split at each "+" that starts a known
+    source; a "+" inside the path of image files (imagefolder:/data/c++) stays in it."""
+    kinds = {s.partition(":")[0] for s in SOURCES}
+    pieces: list[str] = []
+    for piece in spec.split("+"):
+        if pieces and piece.partition(":")[0] not in kinds and pieces[-1].partition(":")[0] in FILE_SOURCES:
+            pieces[-1] += "+" + piece
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+def _parse_one(spec: str) -> tuple[str, str | None]:
     kind, _, rest = spec.partition(":")
     if kind in FILE_SOURCES:
         path, _, split = rest.rpartition(":")
@@ -198,8 +226,9 @@ MAX_LISTED = 1000     # skipped files named in an artifact's metadata (all are c
 
 
 def is_image_files(spec: str) -> bool:
-    """Whether a data spec names image files (`imagefolder:`, `tar:`), decoded at a size of dpl's choosing."""
-    return spec.partition(":")[0] in FILE_SOURCES
+    """Whether a data spec names image files (`imagefolder:`, `tar:`), decoded at a size of dpl's choosing
+    (a union: whether any of its sources does)."""
+    return any(m.partition(":")[0] in FILE_SOURCES for m in union_members(spec))
 
 
 def load(spec: str, *, default_split: str = "train", partition: Partition = Partition(),
@@ -217,6 +246,8 @@ def load(spec: str, *, default_split: str = "train", partition: Partition = Part
     """
     source, split = parse_spec(spec)
     split = split or default_split
+    if len(union_members(source)) > 1:
+        return _union(source, split, partition, part, download, resize, channels, stream, workers)
     if split in ("labeled", "unlabeled"):
         if part not in (None, split):
             raise DplError(f"split {split!r} conflicts with --part {part}")
@@ -231,6 +262,28 @@ def load(spec: str, *, default_split: str = "train", partition: Partition = Part
     ds = Dataset(source, split, images, labels, classes)
     ds = take_part(ds, partition, part or "all")
     return resize_to(ds, resize) if resize else ds
+
+
+def _union(source: str, split: str, partition: Partition, part: str | None, download: bool, resize: int | None,
+           channels: int | None, stream: bool | None, workers: int | None) -> Dataset:
+    """The images of several sources, concatenated in order, all at one size and channel count; their labels
+    unknown (-1), since each source has its own label space: the shared pool that several experts label."""
+    if partition.active or part not in (None, "all") or split in ("labeled", "unlabeled"):
+        raise DplError(f"{source}: a union of sources has no labels to partition (each has its own classes)")
+    if stream:
+        raise DplError(f"{source}: a union is held in memory; --stream cannot apply")
+    if resize is not None and not 1 <= resize <= image_files.MAX_SIZE:
+        raise DplError(f"--resize must be between 1 and {image_files.MAX_SIZE}, got {resize}")
+    parts = [load(f"{m}:{split}", download=download, resize=resize, channels=channels, stream=False, check_all=True,
+                  workers=workers) for m in union_members(source)]
+    if len({ds.shape for ds in parts}) > 1:
+        shapes = ", ".join(f"{ds.spec} {'x'.join(map(str, ds.shape))}" for ds in parts)
+        fix = ("their channel counts differ, which --resize does not change" if len({ds.shape[0] for ds in parts}) > 1
+               else "give --resize S to resize them alike")
+        raise DplError(f"{source}: a union needs images of one size and channel count, and it has {shapes}: {fix}")
+    images = torch.cat([ds.images for ds in parts])
+    return Dataset(source, split, images, torch.full((len(images),), -1, dtype=torch.int64), [], resized=resize,
+                   skipped=tuple(f for ds in parts for f in ds.skipped))
 
 
 def _image_files(source: str, split: str, resize: int | None, channels: int | None) -> Dataset:

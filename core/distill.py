@@ -11,6 +11,8 @@ which come either from stored label shards (offline: the teacher never runs) or 
 
 and another `--loss` (a `losses.LOGIT_LOSSES` entry) takes the place of the KL in `kd` and `pseudo`. Both terms
 are multiplied by the loss warm-up factor min(epochs done / loss_warmup_epochs, 1) (per step; DKD's by default).
+With one live teacher, `--feature-loss` adds a term comparing layers of student and teacher on every row of the
+batch (`core/features.py`; not warmed up): RepDistiller's rows are `--alpha 0` (CE and the feature term).
 
 What each kind of label shard supports: soft shards (every class's probability) every loss; top-k shards `kd`
 and `dkd` (within the top k, renormalised: the target of a pseudo-labeled row is the teacher's argmax, always in
@@ -20,13 +22,16 @@ logits from all C probabilities; hard shards only `kd`, which then trains on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from . import DplError, artifacts, augment, distributed, label, losses
+from . import DplError, artifacts, augment, distributed, label, losses, models
+from .features import FeatureOptions, FeatureTerm
 from .data import Dataset
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
                    make_model, parent, test_metrics, train_record)
@@ -46,6 +51,7 @@ class DistillOptions:
     dkd_alpha: float | None = None      # DKD's weight of its target-class term [1]
     dkd_beta: float | None = None       # DKD's weight of its non-target-class term [8]
     loss_warmup_epochs: float | None = None   # ramp of the distillation terms' weight [DKD: dkd_warmup; else 0]
+    true_labels: bool = False           # resolved, not an option: offline KD, the stored rows learn their labels too
 
     def __post_init__(self):
         losses.logit_loss(self.loss)
@@ -69,10 +75,13 @@ class DistillOptions:
             raise DplError(f"--loss {self.loss} compares class distributions; it cannot go with --hard")
 
     def resolved(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool,
-                 epochs: int) -> DistillOptions:
+                 epochs: int, known: bool = False) -> DistillOptions:
         """The options with their defaults filled in for these parts and a run of `epochs`; an option that
-        cannot apply is refused."""
-        self._refuse_inapplicable(labels, teachers, labeled, pseudo)
+        cannot apply is refused. `known`: the stored labels are of labeled images (a source's own labels, no
+        partition), which `--alpha` makes offline KD: each row learns its true label and, weighted by alpha,
+        its stored target, as a live teacher's labeled rows do."""
+        self._refuse_inapplicable(labels, teachers, labeled, pseudo, known)
+        true_labels = labels is not None and self.alpha is not None
         if self.loss_warmup_epochs is not None and self.loss_warmup_epochs > epochs:
             raise DplError(f"--loss-warmup-epochs {self.loss_warmup_epochs:g} is longer than the run "
                            f"(--epochs {epochs}): the loss would never reach its full weight")
@@ -83,16 +92,30 @@ class DistillOptions:
                        dkd_alpha=1.0 if self.dkd_alpha is None and self.loss == "dkd" else self.dkd_alpha,
                        dkd_beta=8.0 if self.dkd_beta is None and self.loss == "dkd" else self.dkd_beta,
                        loss_warmup_epochs=warmup,
-                       unlabeled_weight=1.0 if self.unlabeled_weight is None else self.unlabeled_weight,
+                       unlabeled_weight=self.alpha if true_labels else (
+                           1.0 if self.unlabeled_weight is None else self.unlabeled_weight),
+                       true_labels=true_labels,
                        unlabeled_ratio=3.0 if self.unlabeled_ratio is None else self.unlabeled_ratio,
                        hard=self.hard or (labels is not None and labels.mode == "hard"))   # hard labels: hard targets
 
-    def _refuse_inapplicable(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool) -> None:
+    def _refuse_inapplicable(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, pseudo: bool,
+                             known: bool) -> None:
         if (self.min_confidence is not None or self.balance is not None) and labels is None:
             raise DplError("--min-confidence and --balance select among stored labels: give --labels")
-        if self.alpha is not None and not (teachers and labeled):
+        if self.alpha is not None and labels is not None:
+            if not known or teachers:
+                raise DplError("--alpha with --labels is offline KD on labeled images: it needs labels made for a "
+                               "source's own labeled images, with no partition and no --teacher (pseudo-labels of "
+                               "unlabeled images are weighted by --unlabeled-weight)")
+            if labels.mode == "hard":
+                raise DplError(f"{labels.path}: offline KD (--alpha with --labels) learns the teacher's class "
+                               "distribution, and these labels are hard: label again with --soft or --topk")
+            if self.unlabeled_weight is not None or self.hard:
+                raise DplError("offline KD (--alpha with --labels) weighs the stored targets by --alpha: drop "
+                               f"{'--unlabeled-weight' if self.unlabeled_weight is not None else '--hard'}")
+        elif self.alpha is not None and not (teachers and labeled):
             raise DplError("--alpha weights a live teacher's term on labeled samples: it needs --teacher and "
-                           "labeled data (stored labels are weighted by --unlabeled-weight)")
+                           "labeled data, or --labels of labeled images (offline KD)")
         if self.unlabeled_weight is not None and not pseudo:
             raise DplError("--unlabeled-weight weights the pseudo-labeled samples, and this run has none "
                            "(give --labels, or a partition whose unlabeled part the teacher labels)")
@@ -141,12 +164,30 @@ def _require_targets(labels: artifacts.Labels | None, teacher_paths: list[Path])
 
 
 class Teachers:
-    """Frozen, un-noised teachers (eval mode, not trained); their mean softmax at temperature tau."""
+    """Frozen, un-noised teachers (eval mode, not trained); their mean softmax at temperature tau, and with
+    `tap`, a single teacher's layer outputs from the same forward."""
 
     def __init__(self, checkpoints: list[artifacts.Checkpoint], rt: Runtime):
         self.nets = [rt.prepare(c.build_model()).eval().requires_grad_(False) for c in checkpoints]
         self.inputs = [c.input for c in checkpoints]
         self.rt = rt
+        self.taps: models.Taps | None = None
+
+    def tap(self, layers: list[str], probs: bool) -> None:
+        """Tap the one teacher's `layers`; without `probs` (no term uses its class distribution) its forward
+        stops once they have run."""
+        [net] = self.nets
+        self.layers, self.logits = layers, models.feature_layer(net) if probs else None
+        self.taps = models.Taps(net, [*layers, *([self.logits] if probs else [])], stop=True)
+
+    @torch.no_grad()
+    def run(self, x_uint8: torch.Tensor, tau: float) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """After `tap`: (the probabilities at tau, or None where not tapped; the tapped layers' outputs), from one
+        forward."""
+        inp = self.inputs[0]
+        out = self.taps(augment.to_input(x_uint8, inp["mean"], inp["std"], self.rt.cuda))
+        probs = None if self.logits is None else (out[self.logits].float() / tau).softmax(dim=1)
+        return probs, [out[p] for p in self.layers]
 
     @torch.no_grad()
     def probs(self, x_uint8: torch.Tensor, tau: float) -> torch.Tensor:
@@ -197,19 +238,29 @@ def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, devi
 
 def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,
                       input_meta: dict, noise: augment.Noise, opts: DistillOptions, rt: Runtime,
-                      clock: Clock | None = None):
+                      clock: Clock | None = None, features: FeatureTerm | None = None,
+                      y_stored: torch.Tensor | None = None):
     """The step: noised batch through the student (and live teachers); the loss terms of the module docstring.
     `targets(rows, teacher_probs)` gives the pseudo-labeled rows' targets at tau; `clock` (set by fit) drives
-    the loss warm-up."""
+    the loss warm-up; `features` adds its term (the student then runs through its taps); `y_stored`, the true
+    label of each stored label row, makes the pseudo-labeled rows offline KD's (opts.true_labels)."""
     logit_loss = logit_loss_of(opts)
     tau = opts.tau
+    n_labeled = len(y_labeled) if y_labeled is not None else 0
 
     def step(batch):
         (il, iu), x = batch
         x = augment.apply(x, noise)
-        logits = forward(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda))
-        t_probs = teachers.probs(x, tau) if teachers is not None else None
+        x_in = augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)
         terms, stats = {}, {}
+        if features is None:
+            logits = forward(x_in)
+            t_probs = teachers.probs(x, tau) if teachers is not None else None
+        else:       # one forward of each net gives its logits (where needed) and its tapped layers
+            (logits, s_out), (t_probs, t_out) = features.student(x_in), teachers.run(x, tau)
+            # Each row's sample: labeled rows by their index, pseudo-labeled rows after them.
+            ids = torch.cat([i for i in (il, None if iu is None else iu + n_labeled) if i is not None])
+            terms[features.name] = features.term(s_out, t_out, ids)
         warm = losses.warmup_factor(clock.epochs_done, opts.loss_warmup_epochs) if clock is not None else 1.0
         n_l = 0 if il is None else len(il)
         if il is not None:
@@ -220,6 +271,12 @@ def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers
                 terms["kd"] = opts.alpha * warm * logit_loss(logits[:n_l], t_probs[:n_l], y, tau)
         if iu is not None:
             target, s_u = targets(iu, None if t_probs is None else t_probs[n_l:]), logits[n_l:]
+            if y_stored is not None:      # offline KD: the stored rows' true labels, as a live teacher's labeled rows
+                y = y_stored[iu]
+                terms["ce"] = losses.cross_entropy(s_u, y)
+                stats["acc"] = losses.accuracy(s_u, y)
+                terms["kd"] = opts.alpha * warm * logit_loss(s_u, target, y, tau)
+                return terms, stats
             if opts.hard:
                 pseudo = losses.hard_pseudo_label(s_u, target)
             else:
@@ -242,10 +299,13 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
             teacher_paths: list[Path], model_opts: ModelOptions, noise_opts: NoiseOptions,
             opts: DistillOptions, cfg: TrainConfig, rt: Runtime, test: Dataset | None = None,
             on_progress: Progress | None = None, resume: ResumeSpec | None = None, val: Dataset | None = None,
-            val_opts: ValOptions = ValOptions()) -> Trained:
+            val_opts: ValOptions = ValOptions(), features: FeatureOptions = FeatureOptions()) -> Trained:
     """`val` is held out of the labeled part (data.hold_out) and measured as `val_opts` says."""
     _require_targets(labels, teacher_paths)
-    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs)
+    features = features.resolved(labels is not None, len(teacher_paths))
+    known = (labels is not None and labeled is None and pseudo is not None and pseudo.part == "all"
+             and bool((pseudo.labels >= 0).all()))
+    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs, known)
     base = _check_parts(labeled, pseudo)
     teachers_ckpt = load_teachers(teacher_paths, base)
     positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
@@ -274,12 +334,16 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     else:
         targets = lambda iu, t_probs: t_probs                                                          # noqa: E731
     mix = Mix.plan(n_labeled, n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
+    term = _feature_term(features, model, teachers, base.shape, mix, opts, labels is not None, rt)
+    module = model if term is None else nn.ModuleDict({"student": model, **term.heads})
     clock = Clock()
     objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
-                                  targets, teachers, input_meta, noise, opts, rt, clock)
-    history = fit(model, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device), mix.steps,
-                  cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo,
-                  validation=val_opts.validation(model, val, input_meta, rt), clock=clock)
+                                  targets, teachers, input_meta, noise, opts, rt, clock, term,
+                                  pseudo.labels[positions[rows]].to(rt.device) if opts.true_labels else None)
+    with term if term is not None else contextlib.nullcontext():
+        history = fit(module, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device),
+                      mix.steps, cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo,
+                      validation=val_opts.validation(model, val, input_meta, rt), clock=clock, state=term)
 
     parents += [parent("teacher", p, c.sha256()) for p, c in zip(teacher_paths, teachers_ckpt)]
     if labels is not None:
@@ -287,9 +351,23 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     metrics = {"train_loss": kept_epoch(history, val_opts)["loss"], **test_metrics(model, test, input_meta, rt)}
     pseudo_record = None if pseudo is None else {
         **pseudo.describe(), "selected": n_pseudo, **({} if labels is None else {"labeled_by_teacher": len(labels)})}
+    record = {**asdict(opts), **({"features": term.record()} if term is not None else {})}
     meta = checkpoint_meta(spec, base, parents, cfg, train_record(cfg, cfg.batch_size, noise, steps_per_epoch=mix.steps),
-                           metrics, history, val, val_opts, pseudo=pseudo_record, distill=asdict(opts))
-    return Trained(model.cpu(), meta, history)
+                           metrics, history, val, val_opts, pseudo=pseudo_record, distill=record)
+    heads = {} if term is None else {k: v.cpu() for k, v in term.heads.state_dict().items()}
+    return Trained(model.cpu(), meta, history, objective=heads)
+
+
+def _feature_term(features: FeatureOptions, model: nn.Module, teachers: Teachers | None, shape, mix: Mix,
+                  opts: DistillOptions, stored_labels: bool, rt: Runtime) -> FeatureTerm | None:
+    """The run's feature term, the teacher tapped for it; None without --feature-loss."""
+    if not features.active:
+        return None
+    term = FeatureTerm(features, model, teachers.nets[0], shape, mix.labeled + mix.pseudo, rt)
+    # The teacher's class distribution is needed by the kd term, and by pseudo-labeled rows it labels live.
+    probs = (mix.labeled > 0 and opts.alpha > 0) or (mix.pseudo > 0 and not stored_labels)
+    teachers.tap(term.teacher_layers, probs)
+    return term
 
 
 def _check_parts(labeled: Dataset | None, pseudo: Dataset | None) -> Dataset:

@@ -47,22 +47,34 @@ def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOpt
                   emit: Progress) -> torch.Tensor:
     """Mean over teachers of softmax(logits / tau), each teacher un-noised (eval mode, no augmentation).
     Each batch is decoded once for all teachers; rows of unreadable image files are NaN."""
-    chunks, readable = [], []
+    return head_probs(teachers, images, opts, rt, emit, [slice(None)])[0]
+
+
+def head_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOptions, rt: Runtime, emit: Progress,
+               columns: list[slice]) -> list[torch.Tensor]:
+    """`teacher_probs` of each slice of the logits in `columns` (a multi-head student's heads, each its own
+    softmax), from one forward pass per batch."""
+    chunks, readable = [[] for _ in columns], []
     with torch.inference_mode():
         for model, _ in teachers:
             model.eval()
         for x, ok in evaluate.device_batches(images, rt, opts.batch_size, rt.workers):
-            probs = 0
+            probs = [0] * len(columns)
             for model, input_meta in teachers:
                 with rt.autocast():
                     logits = model(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)).float()
-                probs = probs + (logits / opts.tau).softmax(dim=1)
-            chunks.append(probs / len(teachers))     # kept on the device: no wait for each batch
+                probs = [p + (logits[:, cols] / opts.tau).softmax(dim=1) for p, cols in zip(probs, columns)]
+            for kept, p in zip(chunks, probs):
+                kept.append(p / len(teachers))     # kept on the device: no wait for each batch
             readable.append(ok)
             emit({"event": "advance", "n": len(ok) * len(teachers)})
-    probs = torch.cat(chunks).float().cpu()
-    probs[~torch.cat(readable)] = float("nan")
-    return probs
+    ok = torch.cat(readable).cpu()
+    out = []
+    for kept in chunks:
+        probs = torch.cat(kept).float().cpu()
+        probs[~ok] = float("nan")
+        out.append(probs)
+    return out
 
 
 def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions, keys: list[str] | None = None
@@ -91,6 +103,17 @@ def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
     return rank * n // world, (rank + 1) * n // world
 
 
+@dataclass(frozen=True)
+class _Output:
+    """A label folder being written: its common metadata, the columns of the logits it takes (a head's slice),
+    and whether the data's own labels are its classes (then the pseudo-labels' quality is measured)."""
+
+    folder: Path
+    meta: dict
+    columns: slice
+    measured: bool
+
+
 def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtime, folder: Path,
           rank: int = 0, world: int = 1, resume: bool = False, replace: list[Path] = (),
           on_progress: Progress | None = None) -> dict:
@@ -100,8 +123,11 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
     files in `replace` (an earlier run's shards) are removed once the inputs are known to be good.
     Returns what was done and, where the data has ground truth, the quality of this rank's pseudo-labels.
     """
-    if len(ds) < world:
-        raise DplError(f"{ds.spec} ({ds.part}): {len(ds)} samples to label, fewer than the {world} shards asked for")
+    _check_world(ds, world)
+    for p in teacher_paths:
+        if artifacts.read_header(p, kind="checkpoint").meta.get("heads"):
+            raise DplError(f"{p}: a multi-head student labels alone, a folder per head (dpl label STUDENT -o OUT/ "
+                           "writes OUT/HEAD/)")
     checkpoints = load_teachers(teacher_paths, ds)
     # An unlabeled pool has no classes of its own: it takes the teacher's.
     num_classes, classes = checkpoints[0].num_classes, checkpoints[0].meta.get("classes") or ds.classes
@@ -111,39 +137,93 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
         "data": ds.describe(), "tau": opts.tau, "mode": opts.mode, "topk": opts.topk,
         "num_classes": num_classes, "classes": classes, "total": len(ds), "world": world,
     }
+    return _label_into(checkpoints, [_Output(Path(folder), meta, slice(None), True)], ds, opts, rt, rank, world,
+                       resume, replace, on_progress)[0]
+
+
+def label_heads(student: Path, names: list[str] | None, ds: Dataset, opts: LabelOptions, rt: Runtime, root: Path,
+                rank: int = 0, world: int = 1, resume: bool = False, replace: list[Path] = (),
+                on_progress: Progress | None = None) -> list[dict]:
+    """A multi-head student labels `ds` once into root/HEAD/ for each of its heads (`names`, else all): each
+    an ordinary label folder of the head's classes, its teacher the student (and the head's name). Returns
+    `label`'s summary per head, with its name and folder."""
+    _check_world(ds, world)
+    ckpt = artifacts.load_checkpoint(student)
+    if not ckpt.heads:
+        raise DplError(f"{student}: a model with one output has no heads to label with (--head picks one of a "
+                       "multi-head student's)")
+    heads = [ckpt.head(n) for n in names] if names else ckpt.heads
+    expected = (ckpt.input["channels"], ckpt.input["size"], ckpt.input["size"])
+    if tuple(ds.shape) != expected:
+        raise DplError(f"{student}: the model takes {'x'.join(map(str, expected))} images, "
+                       f"{ds.spec} has {'x'.join(map(str, ds.shape))}")
+    teacher = {"role": "teacher", "path": str(student), "sha256": ckpt.sha256()}
+    outputs = []
+    for h in heads:
+        opts.check_classes(len(h["classes"]))
+        meta = {"teachers": [{**teacher, "head": h["name"]}], "data": ds.describe(), "tau": opts.tau, "mode": opts.mode,
+                "topk": opts.topk, "num_classes": len(h["classes"]), "classes": h["classes"], "total": len(ds),
+                "world": world}
+        outputs.append(_Output(Path(root) / h["name"], meta, slice(h["offset"], h["offset"] + len(h["classes"])),
+                               ds.classes == h["classes"]))
+    Path(root).mkdir(exist_ok=True)
+    done = _label_into([ckpt], outputs, ds, opts, rt, rank, world, resume, replace, on_progress)
+    return [{"head": h["name"], "folder": str(o.folder), **d} for h, o, d in zip(heads, outputs, done)]
+
+
+def _check_world(ds: Dataset, world: int) -> None:
+    if len(ds) < world:
+        raise DplError(f"{ds.spec} ({ds.part}): {len(ds)} samples to label, fewer than the {world} shards asked for")
+
+
+def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output], ds: Dataset, opts: LabelOptions,
+                rt: Runtime, rank: int, world: int, resume: bool, replace: list[Path],
+                on_progress: Progress | None) -> list[dict]:
+    """The labeling loop of `label` and `label_heads`: each batch through the teachers once, a shard series
+    per output folder."""
     teachers = [(rt.prepare(c.build_model()), c.input) for c in checkpoints]
-    Path(folder).mkdir(exist_ok=True)
+    for o in outputs:
+        o.folder.mkdir(exist_ok=True)
     for stale in replace:
         stale.unlink(missing_ok=True)
     first, last = rank_range(len(ds), rank, world)
     starts = list(range(first, last, opts.shard_size))
     emit = on_progress or (lambda e: None)
     emit({"event": "total", "total": (last - first) * len(teachers)})
-    labels, confidences, positions, skipped, written = [], [], [], [], 0
+    found = [{"label": [], "confidence": [], "index": [], "skipped": [], "written": 0} for _ in outputs]
     for seq, start in enumerate(starts):
         stop = min(start + opts.shard_size, last)
-        path = Path(folder) / artifacts.shard_name(rank, seq)
-        if resume and _same_shard(path, artifacts.shard_meta(meta, rank, seq, len(starts), stop - start)):
-            done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
+        paths = [o.folder / artifacts.shard_name(rank, seq) for o in outputs]
+        kept = [resume and _same_shard(p, artifacts.shard_meta(o.meta, rank, seq, len(starts), stop - start))
+                for p, o in zip(paths, outputs)]
+        keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
+        if all(kept):
             emit({"event": "advance", "n": (stop - start) * len(teachers)})
+            probs = [None] * len(outputs)
         else:
-            keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
-            done = shard_tensors(teacher_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)),
-                                               opts, rt, emit), start, opts, keys)
-            bad = done.get("skipped", torch.zeros(0, dtype=torch.int64)).tolist()
-            write_shard(folder, meta, rank, seq, len(starts), done, [keys[i - start] for i in bad])
-            written += 1
-        labels.append(done["label"])
-        confidences.append(done["confidence"])
-        positions.append(done["index"])
-        skipped.append(len(done.get("skipped", ())))
-    quality = None
-    truth = ds.labels[torch.cat(positions)]
-    if len(truth) and (truth >= 0).all():
-        quality = evaluate.label_quality(torch.cat(labels), torch.cat(confidences), truth)
-    return {"rank": rank, "world": world, "samples": last - first, "shards": len(starts), "written": written,
-            "kept": len(starts) - written, "total": len(ds), "skipped": sum(skipped) + len(ds.skipped),
-            "quality": quality}
+            probs = head_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)), opts, rt, emit,
+                               [o.columns for o in outputs])
+        for o, path, keep, p, f in zip(outputs, paths, kept, probs, found):
+            if keep:
+                done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
+            else:
+                done = shard_tensors(p, start, opts, keys)
+                bad = done.get("skipped", torch.zeros(0, dtype=torch.int64)).tolist()
+                write_shard(o.folder, o.meta, rank, seq, len(starts), done, [keys[i - start] for i in bad])
+                f["written"] += 1
+            for k in ("label", "confidence", "index"):
+                f[k].append(done[k])
+            f["skipped"].append(len(done.get("skipped", ())))
+    summaries = []
+    for o, f in zip(outputs, found):
+        quality = None
+        truth = ds.labels[torch.cat(f["index"])] if f["index"] else ds.labels[:0]
+        if o.measured and len(truth) and (truth >= 0).all():
+            quality = evaluate.label_quality(torch.cat(f["label"]), torch.cat(f["confidence"]), truth)
+        summaries.append({"rank": rank, "world": world, "samples": last - first, "shards": len(starts),
+                          "written": f["written"], "kept": len(starts) - f["written"], "total": len(ds),
+                          "skipped": sum(f["skipped"]) + len(ds.skipped), "quality": quality})
+    return summaries
 
 
 def write_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, tensors: dict[str, torch.Tensor],

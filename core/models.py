@@ -8,6 +8,7 @@ block to `stochastic_depth` at the last, as in Noisy Student. Layers are reached
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,3 +490,30 @@ def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dic
              "shape": list(out.shape[1:]) if isinstance(out, torch.Tensor) else None,
              "params": sum(p.numel() for p in modules[name].parameters(recurse=False))}
             for name, out in captured.items()]
+
+
+BLOCK_TYPES = ("BasicBlock", "WideBlock", "Bottleneck", "InvertedResidual", "MBConv")
+
+
+def middle_layer(model: nn.Module, input_shape) -> str:
+    """The middle residual block (or, in a plain net, the middle ReLU) with a feature-map output."""
+    rows = [r for r in list_layers(model, input_shape) if r["shape"] and len(r["shape"]) == 3]
+    blocks = [r for r in rows if r["type"].endswith(BLOCK_TYPES)]
+    candidates = blocks or [r for r in rows if r["type"] == "ReLU"] or rows
+    return candidates[(len(candidates) - 1) // 2]["path"]
+
+
+def make_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
+    """Conv regressor whose kernel makes the spatial sizes match (as in the paper); linear for vectors."""
+    if len(student_shape) == 3 and len(teacher_shape) == 3:
+        (cs, hs, ws), (ct, ht, wt) = student_shape, teacher_shape
+        if hs >= ht and ws >= wt:
+            return nn.Conv2d(cs, ct, kernel_size=(hs - ht + 1, ws - wt + 1))
+        if hs <= ht and ws <= wt:
+            return nn.ConvTranspose2d(cs, ct, kernel_size=(ht - hs + 1, wt - ws + 1))
+        raise DplError(f"guided layer output {student_shape} and hint {teacher_shape} differ in aspect; "
+                       "pick layers whose feature maps both shrink or both grow")
+    if len(student_shape) == 1 and len(teacher_shape) == 1:
+        return nn.Linear(student_shape[0], teacher_shape[0])
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(student_shape), math.prod(teacher_shape)),
+                         nn.Unflatten(1, teacher_shape))

@@ -119,3 +119,39 @@ def test_options_of_another_loss_and_a_warm_up_longer_than_the_run_are_refused(s
     assert_refused(dpl("distill", "--labels", shards["soft"], "--loss", "dkd", "--epochs", "5",
                        "--loss-warmup-epochs", "6", "-o", out), "--loss-warmup-epochs 6", "--epochs 5")
     assert not out.exists() and not out.with_suffix(".metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("loss", ["kd", "dkd"])
+def test_offline_kd_gives_stored_rows_the_terms_a_live_teacher_gives_labeled_rows(loss):
+    """--alpha with --labels of labeled images: a stored row's terms are those of a labeled row under a live teacher
+    whose probabilities are the stored ones (ce on the true label; alpha * the loss, its target class the label)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images, y = torch.randint(0, 255, (4, 1, 4, 4), dtype=torch.uint8), torch.tensor([2, 1, 0, 1])
+    stored = torch.rand(4, 3).softmax(1)
+    rt, inp = train.runtime("cpu"), {"mean": [0.5], "std": [0.25]}
+    live = DistillOptions(loss=loss, alpha=0.5).resolved(None, True, True, False, epochs=10)
+    teachers = type("Fixed", (), {"probs": lambda self, x, tau: stored})()
+    online, _ = distill_objective(net, y, None, teachers, inp, augment.Noise(), live, rt)(((torch.arange(4), None), images))
+    offline_opts = DistillOptions(loss=loss, alpha=0.5).resolved(type("L", (), {"meta": {"tau": 1.0}, "mode": "soft"})(),
+                                                                 False, False, True, epochs=10, known=True)
+    assert offline_opts.true_labels and offline_opts.unlabeled_weight == 0.5
+    step = distill_objective(net, None, lambda iu, t: stored[iu], None, inp, augment.Noise(), offline_opts, rt,
+                             y_stored=y)
+    offline, stats = step(((None, torch.arange(4)), images))
+    assert set(offline) == {"ce", "kd"} and "acc" in stats
+    for k in ("ce", "kd"):
+        assert offline[k].item() == pytest.approx(online[k].item(), rel=1e-6)
+
+
+def test_offline_kd_through_the_cli_and_what_it_refuses(shards, tmp_path):
+    out = tmp_path / "okd.safetensors"
+    r = dpl("distill", "--labels", shards["soft"], "--alpha", "1", "--loss", "dkd", *ONE_EPOCH, "-o", out)
+    assert r.code == 0, r
+    meta = artifacts.read_header(out).meta
+    assert meta["distill"]["true_labels"] and {"ce", "kd", "acc"} <= set(history(out)[0])
+    assert_refused(dpl("distill", "--labels", shards["soft"], "--alpha", "1", "--labeled-per-class", "10", "-o",
+                       tmp_path / "x.safetensors"), "--alpha with --labels", "no partition")
+    assert_refused(dpl("distill", "--labels", shards["soft"], "--alpha", "1", "--unlabeled-weight", "2", "-o",
+                       tmp_path / "x.safetensors"), "drop --unlabeled-weight")
+    assert not (tmp_path / "x.safetensors").exists()
