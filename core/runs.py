@@ -126,6 +126,9 @@ def load_teachers(paths: list[Path], ds: Dataset) -> list[artifacts.Checkpoint]:
     """Teacher checkpoints that take this data's images and predict its classes."""
     checkpoints = [artifacts.load_checkpoint(p) for p in paths]
     for p, ckpt in zip(paths, checkpoints):
+        if "heads" in ckpt.meta:      # its logits are several distributions, not one
+            raise DplError(f"{p}: a student with {len(ckpt.meta['heads'])} heads cannot teach as one classifier: "
+                           "label with it (dpl label writes a folder per head) and distill from a head's folder")
         check_input(ckpt, ds, p)
     return checkpoints
 

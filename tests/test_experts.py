@@ -161,6 +161,7 @@ def test_refusals(experts, teacher, tmp_path):
     assert_refused(dpl("distill", "--labels", la, "--labels", again, "-o", out), "same classes", "--ensemble")
     assert_refused(dpl("distill", "--labels", la, "--head-names", "a,b", "-o", out), "--head-names")
     assert not out.exists()
+    assert_refused(dpl("distill", "--teacher", student, "--data", "digits", "-o", out), "2 heads", "folder per head")
     assert_refused(dpl("eval", student, "--head", "nope"), "no head 'nope'", "digits, shapes")
     assert_refused(dpl("eval", student, "--data", "digits"), "--head")
     assert_refused(dpl("eval", teacher, "--head", "digits"), "no heads")
