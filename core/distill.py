@@ -277,14 +277,27 @@ def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers
                 stats["acc"] = losses.accuracy(s_u, y)
                 terms["kd"] = opts.alpha * warm * logit_loss(s_u, target, y, tau)
                 return terms, stats
-            if opts.hard:
-                pseudo = losses.hard_pseudo_label(s_u, target)
-            else:
-                pseudo = logit_loss(s_u, target, target.argmax(1), tau)
-            terms["pseudo"] = opts.unlabeled_weight * warm * pseudo
+            terms["pseudo"] = opts.unlabeled_weight * warm * pseudo_loss(s_u, target, opts, logit_loss)
             stats.update(pseudo_figures(target))
         return terms, stats
     return step
+
+
+def pseudo_loss(logits: torch.Tensor, target: torch.Tensor, opts: DistillOptions, logit_loss) -> torch.Tensor:
+    """A pseudo-labeled row's loss: its target's argmax as a hard label (--hard, hard shards), else the logit
+    loss with that argmax as the target class."""
+    if opts.hard:
+        return losses.hard_pseudo_label(logits, target)
+    return logit_loss(logits, target, target.argmax(1), opts.tau)
+
+
+def floored(labels: artifacts.Labels, loss: str) -> artifacts.Labels:
+    """Stored labels ready for `loss`. Losses that take logs of the teacher's probabilities (FULL_DISTRIBUTION)
+    count a probability that underflowed float16 as the smallest one it holds, floored before re-tempering so
+    that the floor moves with the tau like every other probability."""
+    if labels.mode == "soft" and loss in losses.FULL_DISTRIBUTION:
+        return replace(labels, probs=labels.probs.clamp_min(losses.FP16_SMALLEST))
+    return labels
 
 
 def pseudo_figures(target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -325,11 +338,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
                     positions[rows] if rows is not None else torch.arange(n_pseudo))
     if rows is not None:
-        if labels.mode == "soft" and opts.loss in losses.FULL_DISTRIBUTION:
-            # Their logs: a probability that underflowed float16 counts as the smallest one it holds, floored
-            # before re-tempering so that the floor moves with the tau like every other probability.
-            labels = replace(labels, probs=labels.probs.clamp_min(losses.FP16_SMALLEST))
-        rows, on_device = rows.to(rt.device), labels.to(rt.device)
+        rows, on_device = rows.to(rt.device), floored(labels, opts.loss).to(rt.device)
         targets = lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)   # noqa: E731
     else:
         targets = lambda iu, t_probs: t_probs                                                          # noqa: E731

@@ -23,7 +23,7 @@ import torch
 
 from . import DplError, artifacts, augment, data, evaluate, label, losses
 from .data import Dataset
-from .distill import DistillOptions, Mix, logit_loss_of, mixed_batches, pseudo_figures
+from .distill import DistillOptions, Mix, floored, logit_loss_of, mixed_batches, pseudo_figures, pseudo_loss
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
                    parent, train_record)
 from .train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
@@ -182,8 +182,7 @@ def experts_objective(forward, heads: list[Head], stored: list[artifacts.Labels]
             z = logits[:, h.columns]
             target = label.soft_targets(labels, rows, h.opts.tau, h.opts.hard)
             warm = losses.warmup_factor(clock.epochs_done, h.opts.loss_warmup_epochs) if clock is not None else 1.0
-            fit_term = losses.hard_pseudo_label(z, target) if h.opts.hard else loss(z, target, target.argmax(1), h.opts.tau)
-            terms[f"pseudo_{h.name}"] = h.opts.unlabeled_weight * warm * fit_term
+            terms[f"pseudo_{h.name}"] = h.opts.unlabeled_weight * warm * pseudo_loss(z, target, h.opts, loss)
             stats.update({f"{k}_{h.name}": v for k, v in pseudo_figures(target).items()})
             stats[f"agree_{h.name}"] = (z.argmax(1) == target.argmax(1)).float().mean()
         return terms, stats
@@ -207,12 +206,7 @@ def distill_experts(pool: Dataset, labels: list[artifacts.Labels], names: list[s
     model, spec, parents = make_model(model_opts, student_data)
     model = rt.prepare(model)
     input_meta, noise = input_of(pool), noise_opts.for_data(pool)
-    stored = []
-    for h in heads:
-        l = h.labels
-        if l.mode == "soft" and h.opts.loss in losses.FULL_DISTRIBUTION:
-            l = replace(l, probs=l.probs.clamp_min(losses.FP16_SMALLEST))    # as distill: logs of underflowed probs
-        stored.append(l.to(rt.device))
+    stored = [floored(h.labels, h.opts.loss).to(rt.device) for h in heads]
     n = len(positions)
     feed = rt.place(torch.empty(0, dtype=torch.uint8), pool.images, positions)
     mix = Mix.plan(0, n, cfg.batch_size, 1.0)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import DplError, distributed, losses, models
-from .models import BLOCK_TYPES, make_regressor, middle_layer
+from .models import make_regressor, middle_layer
 from .train import Runtime
 
 # RepDistiller's CIFAR-100 weights of each term (its -b), CE and the term alone (KD off). hint: RepDistiller's
@@ -90,8 +90,7 @@ class FeatureOptions:
 def stage_outputs(model: nn.Module, input_shape) -> list[str]:
     """The residual blocks (in a plain net, the ReLUs) that end a stage: the last before the output shape
     changes, and the last of all."""
-    rows = [r for r in models.list_layers(model, input_shape) if r["shape"] and len(r["shape"]) == 3]
-    blocks = [r for r in rows if r["type"].endswith(BLOCK_TYPES)] or [r for r in rows if r["type"] == "ReLU"] or rows
+    blocks = models.block_layers(model, input_shape)
     return [r["path"] for r, after in zip(blocks, blocks[1:] + [None]) if after is None or after["shape"] != r["shape"]]
 
 

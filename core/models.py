@@ -495,12 +495,17 @@ def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dic
 BLOCK_TYPES = ("BasicBlock", "WideBlock", "Bottleneck", "InvertedResidual", "MBConv")
 
 
+def block_layers(model: nn.Module, input_shape) -> list[dict]:
+    """The `list_layers` rows of the residual blocks (in a plain net, the ReLUs; else every layer) with a
+    feature-map output, in execution order."""
+    rows = [r for r in list_layers(model, input_shape) if r["shape"] and len(r["shape"]) == 3]
+    return [r for r in rows if r["type"].endswith(BLOCK_TYPES)] or [r for r in rows if r["type"] == "ReLU"] or rows
+
+
 def middle_layer(model: nn.Module, input_shape) -> str:
     """The middle residual block (or, in a plain net, the middle ReLU) with a feature-map output."""
-    rows = [r for r in list_layers(model, input_shape) if r["shape"] and len(r["shape"]) == 3]
-    blocks = [r for r in rows if r["type"].endswith(BLOCK_TYPES)]
-    candidates = blocks or [r for r in rows if r["type"] == "ReLU"] or rows
-    return candidates[(len(candidates) - 1) // 2]["path"]
+    blocks = block_layers(model, input_shape)
+    return blocks[(len(blocks) - 1) // 2]["path"]
 
 
 def make_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
