@@ -473,10 +473,10 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     """Read and check a whole label folder. `allow_partial` accepts a folder that misses shards (an
     interrupted or still running `dpl label`): its rows are then the samples its shards hold."""
     folder = Path(folder)
-    headers = _label_headers(folder)
+    headers = shard_headers(folder)
     first = headers[0]
     common = {k: first.meta[k] for k in LABEL_KEYS}
-    _check_complete(folder, headers, common["world"], allow_partial)
+    check_complete(folder, headers, common["world"], allow_partial)
     mode, c = common["mode"], common["num_classes"]
     if mode not in SHARD_TENSORS:
         raise DplError(f"{folder}: unknown label mode {mode!r}")
@@ -500,8 +500,9 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps))
 
 
-def _label_headers(folder: Path) -> list[Header]:
-    """The headers of a folder's shards, which must agree on the folder's common metadata."""
+def shard_headers(folder: Path, kind: str = "labels", keys: tuple[str, ...] = LABEL_KEYS) -> list[Header]:
+    """The headers of a folder's shards (label or box shards), which must agree on the folder's common
+    metadata `keys`."""
     if not folder.exists():
         raise DplError(f"{folder}: no such label folder")
     if not folder.is_dir():
@@ -509,17 +510,17 @@ def _label_headers(folder: Path) -> list[Header]:
     files = sorted(folder.glob("shard-*.safetensors"))
     if not files:
         raise DplError(f"{folder}: no label shards (shard-*.safetensors) in it")
-    headers = [read_header(f, kind="labels") for f in files]
+    headers = [read_header(f, kind=kind) for f in files]
     first = headers[0]
     for h in headers:
-        require(h, *LABEL_KEYS, "rank", "seq", "rank_shards", "count")
-        for k in LABEL_KEYS:
+        require(h, *keys, "rank", "seq", "rank_shards", "count")
+        for k in keys:
             if h.meta[k] != first.meta[k]:
                 raise DplError(f"{folder}: mixed label folder: {h.path.name} differs from {first.path.name} in {k!r}")
     return headers
 
 
-def _check_complete(folder: Path, headers: list[Header], world: int, allow_partial: bool) -> None:
+def check_complete(folder: Path, headers: list[Header], world: int, allow_partial: bool) -> None:
     """Every shard is where its metadata says; without allow_partial, every rank's series is complete."""
     present = {(h.meta["rank"], h.meta["seq"]) for h in headers}
     for h in headers:
