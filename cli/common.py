@@ -209,6 +209,9 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition,
             resize: int | None) -> tuple[str, data.Partition, int | None]:
     """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
     made = meta.get("data", {})
+    if str(made.get("spec", "")).partition(":")[0] in ("scenes", "coco"):     # data with boxes (core.scenes)
+        raise DplError(f"made from {made['spec']}, data with boxes: a {meta.get('task', 'detection')} model or its "
+                       "pseudo-boxes, not a classifier or its labels")
     same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
     if data_spec is None:
         data_spec = made.get("spec", "digits")
@@ -421,3 +424,54 @@ def quality_table(quality: dict, title: str) -> Table:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         table.add_row(f"{row['threshold']:.2f}", f"{row['coverage']:.4f}", acc, str(row["n"]))
     return table
+
+
+# ---- data with boxes: scenes built from a classification source, COCO-style JSON (dpl wsddn, dpl detect) ----
+
+def complete_box_data(incomplete: str) -> list[str]:
+    """--data of the commands that take boxes: scenes:SOURCE and coco:PATH."""
+    names = [f"scenes:{s}" for s in data.SOURCES if ":" not in s] + ["coco:"]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+BoxDataSpec = Annotated[str, typer.Option(
+    "--data", autocompletion=complete_box_data,
+    help="Data with boxes: scenes:SOURCE[:SPLIT] (scenes built from a classification source, e.g. "
+         "scenes:fashion-mnist; see --canvas, --objects) or coco:PATH[:SPLIT] (COCO-style JSON: a .json file, or a "
+         "folder with annotations.json, or train/ and test/ sub-folders each with one; file_names relative to it).")]
+Canvas = Annotated[int, typer.Option(help="Scenes: the square canvas side, pixels.")]
+Objects = Annotated[str, typer.Option(help="Scenes: objects per scene, LO,HI (inclusive, drawn uniformly).")]
+ObjectSize = Annotated[str, typer.Option(help="Scenes: an object's side in pixels, LO,HI (inclusive, drawn uniformly); "
+                                              "its box is the tight extent of its pixels.")]
+MaxOverlap = Annotated[float, typer.Option(help="Scenes: the largest IoU between two objects' squares in a scene.")]
+Scenes = Annotated[int, typer.Option(help="Scenes: training scenes, from the source's train split.")]
+TestScenes = Annotated[int, typer.Option(help="Scenes: test scenes, from the source's test split.")]
+SceneSeed = Annotated[int, typer.Option(help="Scenes: seed of the scenes (each split its own stream of it).")]
+# The option names of a scene spec (a COCO source has its own boxes: they cannot apply to it).
+SCENE_OPTIONS = ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes", "scene_seed")
+
+
+def int_range(text: str, flag: str) -> tuple[int, int]:
+    """LO,HI (or one number N for N,N) -> (lo, hi)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise DplError(f"{flag} takes LO,HI (two integers), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def scene_spec(ctx: typer.Context, data_spec: str, o: dict):
+    """The SceneSpec of scenes:SOURCE from the scene options in `o` (a command's locals); None for coco:PATH,
+    which refuses any scene option given."""
+    from ..core import scenes
+
+    kind, source, _ = scenes.parse_box_spec(data_spec)
+    if kind != scenes.SCENES:
+        refused = given(ctx, *SCENE_OPTIONS)
+        if refused:
+            raise DplError(f"{data_spec}: COCO data has its own images and boxes; {', '.join(refused)} cannot apply")
+        return None
+    return scenes.SceneSpec(source=source, canvas=o["canvas"], objects=int_range(o["objects"], "--objects"),
+                            scale=int_range(o["object_size"], "--object-size"), max_overlap=o["max_overlap"],
+                            scenes=o["scenes"], test_scenes=o["test_scenes"], seed=o["scene_seed"])

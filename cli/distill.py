@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from . import common, detect
 from ..core import DplError, artifacts, data, experts, losses, train
 from ..core.distill import DistillOptions, distill, source_meta
 from ..core.features import FeatureOptions
@@ -45,6 +45,10 @@ def distill_command(
     hard: Annotated[bool, typer.Option("--hard", help="Train on the argmax of soft labels.")] = False,
     min_confidence: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Keep pseudo-labels at least this confident.")] = None,
     balance: Annotated[int | None, typer.Option(min=1, help="Per class: keep the N most confident; duplicate a class with fewer.")] = None,
+    bound_weight: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: weight of Chen et al.'s teacher-bounded regression term (0: off). \\[default: 0.5]", show_default=False)] = None,
+    bound_margin: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: its margin m: the student's squared regression error counts where it exceeds the teacher's less m. \\[default: 0]", show_default=False)] = None,
+    background_weight: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: weight w0 of the background class in the soft cross-entropy (--alpha weighs that term, on the RoI classifier and the RPN objectness; --feature-loss hint adds the hint on backbone features). \\[default: 1.5]", show_default=False)] = None,
+    scale_jitter: detect.ScaleJitter = None,
     arch: common.Arch = "cnn-m",
     epochs: common.Epochs = 30,
     batch_size: common.BatchSize = 128,
@@ -80,6 +84,11 @@ def distill_command(
 ):
     """Train a student on labeled data plus pseudo-labels (--labels) or a live teacher (--teacher)."""
     options = dict(locals())
+    if any(detect.is_detector(t) for t in teacher or []) or any(detect.is_box_folder(f) for f in labels_dir or []):
+        return detect.distill(options)
+    if scale_jitter is not None or bound_weight is not None or bound_margin is not None or background_weight is not None:
+        raise DplError("--scale-jitter, --bound-weight, --bound-margin and --background-weight are for detectors "
+                       "(a --teacher detector or --labels of pseudo-boxes)")
     state = common.resume_spec("distill", options, resume, save_every)
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
     opts = DistillOptions(loss=loss, tau=tau, alpha=alpha, unlabeled_weight=unlabeled_weight,

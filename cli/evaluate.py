@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import common
+from . import common, detect
 from .measure import MeasureOptions, label_truth, measure_heads, model_name, run_identity
-from ..core import DplError, artifacts, evaluate, mil, train
+from ..core import DplError, artifacts, evaluate, mil, train, wsddn
 
 # What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
 # the options that do not change what a run computes (common.NOT_IDENTITY).
@@ -64,6 +64,10 @@ def eval_command(
         return label_quality(checkpoints[0], download, as_json, allow_partial)
     if any(mil.is_mil(c) for c in checkpoints):
         return mil_eval(ctx, checkpoints, data_spec, download, batch_size, device, workers, as_json)
+    if any(wsddn.is_wsddn(c) for c in checkpoints):
+        return wsddn_eval(ctx, checkpoints, data_spec, download, batch_size, device, workers, as_json)
+    if any(detect.is_detector(c) for c in checkpoints):
+        return detect.evaluate(ctx, options)
     loaded = [artifacts.load_checkpoint(c) for c in checkpoints]
     rt = train.runtime(device, workers=workers)
     # A multi-head student gives a result per head: `loaded` then holds its checkpoint once per result.
@@ -193,3 +197,36 @@ def mil_eval(ctx: typer.Context, checkpoints: list[Path], data_spec: str | None,
         table.add_row(r["checkpoint"], r["arch"], r["pooling"], shown(r["bag_auc"]), shown(r["bag_acc"]),
                       shown(r.get("instance_auc")), shown(r.get("instance_auc_positive_bags")))
     common.stderr.print(table)
+
+
+# What measuring WSDDN checkpoints (dpl wsddn) takes from the command line: the rest is for classifiers.
+WSDDN_OPTIONS = ("checkpoints", "data_spec", "download", "batch_size", "device", "workers", "as_json", "config")
+
+
+def wsddn_eval(ctx: typer.Context, checkpoints: list[Path], data_spec: str | None, download: bool, batch_size: int,
+               device: str, workers: int | None, as_json: bool) -> None:
+    """CorLoc on the training images and mAP on the test images of WSDDN checkpoints, beside the whole-image and
+    objectness-only baselines (core.wsddn.evaluate_checkpoint); with --data, both on that data."""
+    refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in WSDDN_OPTIONS))
+    if refused:
+        raise DplError(f"{checkpoints[0]}: a WSDDN model is measured on images with boxes; {', '.join(refused)} "
+                       "cannot apply")
+    other = next((c for c in checkpoints if not wsddn.is_wsddn(c)), None)
+    if other is not None:
+        raise DplError(f"{other}: not a WSDDN model; measure WSDDN models apart from other checkpoints")
+    rt = train.runtime(device, workers=workers)
+    results = [wsddn.evaluate_checkpoint(c, data_spec, rt, min(batch_size, 256), download) for c in checkpoints]
+    common.flush_notes()
+    if as_json:
+        return common.print_json(results[0] if len(results) == 1 else results)
+    shown = lambda r, k: "-" if r.get(k) is None else f"{100 * r[k]:.1f}"       # noqa: E731
+    for r in results:
+        table = Table(title=f"{r['checkpoint']}: CorLoc on {r.get('corloc_spec', '-')} ({r.get('corloc_images', 0)} "
+                            f"images), mAP on {r.get('map_spec', '-')} ({r.get('map_images', 0)} images), "
+                            f"{r['proposals']} proposals (%)")
+        for col in ("boxes", "CorLoc", "mAP@0.5", "mAP@[.5:.95]"):
+            table.add_column(col, justify="left" if col == "boxes" else "right")
+        for name, prefix in (("WSDDN (cls x det)", ""), ("whole image", "whole_image_"),
+                             ("objectness (cls stream alone)", "objectness_")):
+            table.add_row(name, shown(r, f"{prefix}corloc"), shown(r, f"{prefix}map50"), shown(r, f"{prefix}map"))
+        common.stderr.print(table)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, artifacts, data, models
+from ..core import DplError, artifacts, boxes, data, models
 
 
 @common.guarded
@@ -27,7 +27,8 @@ def info_command(
         raise DplError("give an artifact path, or --layers ARCH, or --archs")
     if layers:
         if Path(target).is_file():
-            ckpt = artifacts.load_checkpoint(Path(target))
+            made = artifacts.read_header(Path(target), kind="checkpoint").meta.get("task")
+            ckpt = artifacts.load_checkpoint(Path(target), task="detector" if made == "detector" else "classifier")
             model, shape = ckpt.build_model(), (ckpt.input["channels"], ckpt.input["size"], ckpt.input["size"])
         else:
             ds = data.load(data_spec)
@@ -46,15 +47,15 @@ def info_command(
         return
     path = Path(target)
     if path.is_dir():
-        labels = artifacts.read_labels(path)
-        meta = {k: v for k, v in labels.meta.items() if k not in ("rank", "seq", "rank_shards", "count")}
-        meta["sha256"] = labels.sha256()
+        folder_meta, samples = _read_folder(path)
+        meta = {k: v for k, v in folder_meta.items() if k not in ("rank", "seq", "rank_shards", "count")}
+        meta["sha256"] = artifacts.folder_sha256(path)
         meta["shards"] = len(list(path.glob("shard-*.safetensors")))
-        meta["bytes_per_sample"] = sum(f.stat().st_size for f in path.glob("shard-*.safetensors")) / max(1, len(labels))
+        meta["bytes_per_sample"] = sum(f.stat().st_size for f in path.glob("shard-*.safetensors")) / max(1, samples)
         meta["lineage"] = lineage(meta.get("teachers", []))
     else:
         header = artifacts.read_header(path)
-        if header.meta["dpl.kind"] == "labels":
+        if header.meta["dpl.kind"] in ("labels", boxes.KIND):
             raise DplError(f"{path}: one shard of a label folder; give the folder ({path.parent})")
         meta = dict(header.meta)
         meta["sha256"] = artifacts.sha256_file(header.path)
@@ -62,6 +63,16 @@ def info_command(
         meta["parameters"] = sum(_numel(t["shape"]) for t in header.tensors.values())
         meta["lineage"] = lineage(meta.get("parents", []))
     _show(meta, as_json, _render)
+
+
+def _read_folder(path: Path) -> tuple[dict, int]:
+    """A label folder's or a box label folder's (pseudo-boxes) common metadata and its number of samples."""
+    first = min(path.glob("shard-*.safetensors"), default=None)
+    if first is not None and artifacts.read_header(first).meta["dpl.kind"] == boxes.KIND:
+        found = boxes.read_box_labels(path)
+        return found.meta, len(found)
+    labels = artifacts.read_labels(path)
+    return labels.meta, len(labels)
 
 
 def _numel(shape: list[int]) -> int:
@@ -85,7 +96,7 @@ def lineage(parents: list[dict], depth: int = 0) -> list[dict]:
                 entry["status"] = "present" if sha == p.get("sha256") else "changed on disk"
                 if entry["status"] == "present" and depth < 16:
                     chain.append(entry)
-                    meta = artifacts.read_labels(path).meta if folder else artifacts.read_header(path).meta
+                    meta = _read_folder(path)[0] if folder else artifacts.read_header(path).meta
                     chain += lineage(meta.get("teachers" if folder else "parents", []), depth + 1)
                     continue
             except DplError:
@@ -132,6 +143,11 @@ def _render(meta: dict) -> str:
                 f"{built.get('size')} ± {built.get('size_std')} instances, bag seed {built.get('seed')}"
                 if isinstance(built, dict) and built else "; bags from a bag folder")
         lines.append(f"mil       {m.get('pooling')} pooling{bags}, {m.get('bag_batch')} bags per step")
+    if isinstance(meta.get("wsddn"), dict):
+        w = meta["wsddn"]
+        lines.append(f"wsddn     {w.get('proposals')} grid proposals (sides {w.get('proposal_sizes')} x ratios "
+                     f"{w.get('proposal_ratios')}, stride {w.get('proposal_stride')} of the side), RoIAlign "
+                     f"{w.get('roi')}x{w.get('roi')} on {w.get('feature_layer')}, hidden {w.get('hidden')}")
     if "input" in meta:
         i = meta["input"]
         lines.append(f"input     {i['channels']}x{i['size']}x{i['size']}, mean {i['mean']}, std {i['std']}")

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from . import common
-from ..core import DplError, artifacts, data, distributed, train
+from . import common, detect
+from ..core import DplError, artifacts, data, distributed, train, wsddn
 from ..core.label import LabelOptions, label, label_heads, shard_files
 
 
 @common.guarded
 def label_command(
+    ctx: typer.Context,
     teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The label folder to write.")],
     data_spec: Annotated[str | None, typer.Option("--data", autocompletion=common.complete_data, help="Data to label. \\[default: the teacher's training data]")] = None,
@@ -29,6 +30,7 @@ def label_command(
     topk: Annotated[int | None, typer.Option(min=1, help="Store only the top K classes' probabilities (int32 + float16).")] = None,
     tau: Annotated[float, typer.Option(help="Softmax temperature applied to the teacher logits.")] = 1.0,
     shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard file.")] = 50_000,
+    present: Annotated[float, typer.Option(help="A WSDDN model (dpl wsddn): the image score from which a class counts as present; each present class gets its top box.")] = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. \\[default: the torchrun rank, else 0/1]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the shards already in the folder that match this run; label the rest.")] = False,
@@ -43,6 +45,13 @@ def label_command(
     writes its own shard series; the folder is complete when every rank's shards are there. A multi-head
     student writes a label folder per head, OUTPUT/HEAD/."""
     options = dict(locals())
+    if wsddn.is_wsddn(teacher[0]):
+        return wsddn_label(ctx, teacher, output, data_spec, download, present, shard_size, batch_size, device, workers,
+                           force, as_json)
+    if common.given(ctx, "present"):
+        raise DplError(f"{teacher[0]}: --present applies to a WSDDN model's pseudo-boxes, not to a classifier's labels")
+    if detect.is_detector(teacher[0]):
+        return detect.label(options)
     teachers = list(teacher) + list(ensemble or [])
     rank, world = distributed.shard_of(shard)
     first = artifacts.read_header(teachers[0], kind="checkpoint")
@@ -114,3 +123,43 @@ def _report(output: Path, done: dict, ds: data.Dataset, by: str = "") -> None:
         part = f", part {done['rank']}/{done['world']}" if done["world"] > 1 else ""
         common.stderr.print(common.quality_table(done["quality"], f"pseudo-labels{by} of {ds.spec} ({ds.part}, "
                                                  f"{done['samples']} samples{part})"))
+
+
+# What labeling with a WSDDN model (dpl wsddn) takes from the command line: the rest is for classifiers.
+WSDDN_OPTIONS = ("teacher", "output", "data_spec", "download", "batch_size", "shard_size", "device", "workers", "force",
+                 "as_json", "config", "present")
+
+
+def wsddn_label(ctx: typer.Context, teacher: list[Path], output: Path, data_spec: str | None, download: bool,
+                present: float, shard_size: int, batch_size: int, device: str, workers: int | None, force: bool,
+                as_json: bool) -> None:
+    """Pseudo-boxes of a WSDDN model: per image, the top box of each class whose image score reaches --present,
+    into a box label folder, with precision and recall at IoU 0.5 against the ground truth
+    (core.wsddn.label_boxes)."""
+    from rich.table import Table
+
+    refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in WSDDN_OPTIONS))
+    if len(teacher) > 1 or refused:
+        raise DplError(f"{teacher[0]}: a WSDDN model labels alone; {', '.join(refused) or 'more checkpoints'} "
+                       "cannot apply")
+    opts = wsddn.BoxLabelOptions(present=present, shard_size=shard_size, batch_size=min(batch_size, 256))
+    stale = _own_shards(output, 0, 1, force, resume=False)
+    meta = artifacts.load_checkpoint(teacher[0], task=wsddn.TASK).meta
+    box = wsddn.data_of(meta, data_spec, "train", download)
+    rt = train.runtime(device, workers=workers)
+    for path in stale:
+        path.unlink()
+    done = wsddn.label_boxes(teacher[0], box, rt, opts, output)
+    if as_json:
+        return common.print_json({"path": str(output), **done})
+    print(output)
+    common.stderr.print(f"{done['boxes']:,} pseudo-boxes on {done['images']:,} images of {done['data']} "
+                        f"(the top box of each class with image score >= {present:g})")
+    if done["quality"]:
+        table = Table(title=f"pseudo-boxes against the ground truth of {done['data']}, IoU 0.5")
+        for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
+            table.add_column(col, justify="right")
+        for row in done["quality"]:
+            table.add_row(f"{row['threshold']:.2f}", f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+                          str(row["tp"]), str(row["fp"]), str(row["fn"]))
+        common.stderr.print(table)

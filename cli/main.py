@@ -20,6 +20,7 @@ from .pretrain import pretrain_command
 from .report import report_command
 from .semi import semi_command
 from .teach import teach_command
+from .wsddn import wsddn_command
 
 app = typer.Typer(
     name="dpl",
@@ -35,17 +36,21 @@ EXAMPLES = {
     "teach": ["dpl teach --data digits --arch cnn-m --epochs 15 -o t0.safetensors",
               "dpl teach --data digits --labeled-per-class 10 --arch cnn-s --epochs 100 --batch-size 32 -o t0.safetensors",
               "dpl teach --data imagefolder:photos/labeled --resize 28 --randaugment 2,9 --val-per-class 10 --keep best "
-              "-o t.safetensors"],
+              "-o t.safetensors",
+              "dpl teach --data scenes:fashion-mnist --labeled 100 --arch frcnn-cnn-m --epochs 40 -o det.safetensors"],
     "label": ["dpl label t0.safetensors -o labels0/",
               "dpl label t.safetensors --data imagefolder:photos/unlabeled -o labels/",
-              "dpl label t0.safetensors --topk 5 --tau 2 -o labels-top5/"],
+              "dpl label t0.safetensors --topk 5 --tau 2 -o labels-top5/",
+              "dpl label det.safetensors -o boxes/"],
     "distill": ["dpl distill --labels labels0/ --arch cnn-m --randaugment 2,9 --dropout 0.3 --stochastic-depth 0.2 "
                 "-o s1.safetensors",
                 "dpl distill --teacher t.safetensors --arch cnn-s --tau 4 -o kd.safetensors",
                 "dpl distill --init stage1.safetensors --teacher t.safetensors --arch fitnet-thin --tau 4 -o student.safetensors",
                 "dpl distill --teacher t.safetensors --arch cnn-s --alpha 0 --feature-loss crd -o crd.safetensors",
                 "dpl distill --labels labels-t4/ --alpha 1 --loss dkd --arch cnn-s -o dkd.safetensors",
-                "dpl distill --labels labels-digits/ --labels labels-fashion/ --head-names digits,fashion -o two-heads.safetensors"],
+                "dpl distill --labels labels-digits/ --labels labels-fashion/ --head-names digits,fashion -o two-heads.safetensors",
+                "dpl distill --teacher det.safetensors --arch frcnn-cnn-s --feature-loss hint -o chen.safetensors",
+                "dpl distill --labels boxes/ --arch frcnn-cnn-s --scale-jitter 0.8,1.2 --randaugment 2,9 -o det-s1.safetensors"],
     "hint": ["dpl hint --teacher t.safetensors --arch fitnet-thin -o stage1.safetensors",
              "dpl distill --init stage1.safetensors --teacher t.safetensors --arch fitnet-thin --tau 4 -o student.safetensors"],
     "pretrain": ["dpl pretrain --task rotation --data digits --resize 24 -o rotation.safetensors",
@@ -56,7 +61,11 @@ EXAMPLES = {
     "mil": ["dpl mil --data fashion-mnist --target-class 0 --bags 200 --pooling attention --arch cnn-s -o mil.safetensors",
             "dpl mil --data bagfolder:slides --resize 64 --pooling gated -o slides.safetensors",
             "dpl eval mil.safetensors --json"],
+    "wsddn": ["dpl wsddn --data scenes:fashion-mnist --scenes 1000 --arch cnn-s --epochs 20 -o wsddn.safetensors",
+              "dpl eval wsddn.safetensors",
+              "dpl label wsddn.safetensors --present 0.5 -o boxes/"],
     "eval": ["dpl eval t0.safetensors --json", "dpl eval t0.safetensors s1.safetensors", "dpl eval labels0/",
+             "dpl eval det.safetensors chen.safetensors",
              "dpl eval kd-seed1.safetensors kd-seed2.safetensors --seeds"],
     "info": ["dpl info t0.safetensors", "dpl info --layers cnn-m --data digits", "dpl info --archs"],
     "pack": ["dpl pack photos/labeled -o shards/ --shard-size 10000", "dpl teach --data tar:shards -o t.safetensors"],
@@ -74,6 +83,7 @@ def epilog(command: str) -> str | None:
 for name, command in (("teach", teach_command), ("label", label_command), ("distill", distill_command),
                       ("hint", hint_command), ("pretrain", pretrain_command), ("semi", semi_command),
                       ("mil", mil_command),
+                      ("wsddn", wsddn_command),
                       ("eval", eval_command), ("info", info_command), ("pack", pack_command),
                       ("report", report_command)):
     app.command(name, epilog=epilog(name))(command)

@@ -6,19 +6,29 @@ from typing import Annotated
 
 import typer
 
-from . import common
-from ..core import artifacts, data, train
+from . import common, detect
+from ..core import DplError, artifacts, data, train
+from ..core.scenes import is_box_spec
 from ..core.teach import TeachOptions, teach
 
 
 @common.guarded
 def teach_command(
+    ctx: typer.Context,
     output: common.Output,
     data_spec: common.DataSpec = "digits",
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     part: common.Part = None,
+    canvas: common.Canvas = 64,
+    objects: common.Objects = "1,3",
+    object_size: common.ObjectSize = "16,28",
+    max_overlap: common.MaxOverlap = 0.1,
+    scenes: common.Scenes = 1000,
+    test_scenes: common.TestScenes = 300,
+    scene_seed: common.SceneSeed = 0,
+    scale_jitter: detect.ScaleJitter = None,
     download: common.Download = False,
     resize: common.Resize = None,
     stream: common.Stream = None,
@@ -55,8 +65,14 @@ def teach_command(
     keep_state: common.KeepState = False,
     config: common.Config = None,
 ):
-    """Train a model on labeled data (the labeled part when a partition is given)."""
+    """Train a model on labeled data (the labeled part when a partition is given); on data with boxes
+    (scenes:SOURCE, coco:PATH), a detector (--arch frcnn-BACKBONE)."""
     options = dict(locals())
+    if is_box_spec(data_spec):
+        return detect.teach(options)
+    refused = common.given(ctx, *common.SCENE_OPTIONS, "scale_jitter")
+    if refused:
+        raise DplError(f"{', '.join(refused)} cannot apply to {data_spec}: they are for data with boxes (scenes:SOURCE)")
     state = common.resume_spec("teach", options, resume, save_every)
     cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
     opts, val_opts, held = TeachOptions(label_smoothing=label_smoothing), common.val_options(options), common.holdout(options)

@@ -25,6 +25,7 @@ from .images import ImageStore
 
 SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH", "tar:PATH")
 FILE_SOURCES = ("imagefolder", "tar")
+BOX_SOURCES = ("scenes", "coco")     # data with boxes: core.scenes reads them
 SPLITS = ("train", "test", "val", "labeled", "unlabeled")
 IN_MEMORY_BYTES = 1 << 30     # decoded image files up to this size are held in memory, larger ones streamed
 PARTS = ("labeled", "unlabeled", "all")
@@ -217,6 +218,9 @@ def _parse_one(spec: str) -> tuple[str, str | None]:
             raise DplError(f"{kind} needs a path: {kind}:PATH[:SPLIT]")
         return f"{kind}:" + str(Path(path).expanduser().absolute()), split
     name, _, split = spec.partition(":")
+    if name in BOX_SOURCES:
+        raise DplError(f"{spec}: data with boxes, for detectors (--arch frcnn-...) and dpl wsddn; this command or "
+                       "model takes classification data")
     if name not in SOURCES:
         raise DplError(f"unknown dataset {name!r}; valid: {', '.join(SOURCES)}")
     return name, split or None

@@ -331,6 +331,77 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# ---- detectors: torchvision's Faster R-CNN on a registry backbone (`frcnn-BACKBONE`) ----------------
+
+DETECTOR = "frcnn-"
+DETECTOR_BACKBONES = ("cnn-s", "cnn-m", "cnn-l", "resnet8", "resnet14", "resnet20", "resnet32", "resnet8x4",
+                      "resnet32x4", "fitnet-thin")
+
+
+def is_detector(name: str) -> bool:
+    return name.startswith(DETECTOR)
+
+
+class DetectorInput(nn.Module):
+    """Stands in for torchvision's GeneralizedRCNNTransform: dpl normalizes the images itself and they all have
+    one size, so nothing is resized (boxes stay in the stored image's pixels) or padded."""
+
+    def forward(self, images, targets=None):
+        from torchvision.models.detection.image_list import ImageList
+
+        x = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        return ImageList(x, [(x.shape[-2], x.shape[-1])] * len(x)), targets
+
+    def postprocess(self, detections, image_sizes, original_sizes):
+        return detections
+
+
+def _faster_rcnn(backbone: str, *, num_classes, in_channels, image_size, dropout, stochastic_depth,
+                 anchor_min: float = 0.0, anchor_max: float = 0.0, proposals: int = 64, roi: int = 4,
+                 head: int = 256, detections: int = 30) -> nn.Module:
+    """Faster R-CNN for small images: the backbone's last feature map (its pooling and classifier dropped), three
+    anchor sizes from anchor_min to anchor_max pixels (default: an eighth to a half of the side) at ratios 1:2,
+    1:1, 2:1, `proposals` RPN proposals, RoIAlign to roi x roi, a two-layer box head of width `head`.
+    `num_classes` counts the object classes; torchvision's class 0 (background) comes on top."""
+    from collections import OrderedDict
+
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if dropout:
+        raise DplError("a detector has no dropout layer; use --dropout 0")
+    if not (1 <= proposals <= 4096 and 1 <= roi <= 32 and 1 <= head <= 8192 and 1 <= detections <= 1000):
+        raise DplError("detector options need proposals in 1..4096, roi in 1..32, head in 1..8192, detections in 1..1000")
+    net = REGISTRY[backbone](num_classes=1, in_channels=in_channels, image_size=image_size, dropout=0.0,
+                             stochastic_depth=stochastic_depth)
+    body = nn.Sequential(OrderedDict((n, m) for n, m in net.named_children() if n not in ("pool", "head")))
+    body.out_channels = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d | nn.Conv2d)][-1].weight.shape[0]
+    with torch.no_grad():
+        side = body.eval()(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+    body.train()
+    stride = image_size / side
+    lo, hi = anchor_min or image_size / 8, anchor_max or image_size / 2
+    if side < 2 or not stride / 2 <= lo <= hi <= 2 * image_size:
+        raise DplError(f"{DETECTOR}{backbone} on {image_size}px images (a {side}x{side} feature map, stride {stride:g}) "
+                       f"cannot serve anchors of {lo:g} to {hi:g} px: objects must span at least half a feature cell "
+                       "and at most twice the image (use a larger --canvas, --resize, or another backbone)")
+    sizes = (float(lo), float((lo * hi) ** 0.5), float(hi))
+    model = FasterRCNN(
+        body, num_classes=None, rpn_anchor_generator=AnchorGenerator((sizes,), ((0.5, 1.0, 2.0),)),
+        box_roi_pool=MultiScaleRoIAlign(["0"], roi, 2), box_head=TwoMLPHead(body.out_channels * roi * roi, head),
+        box_predictor=FastRCNNPredictor(head, num_classes + 1),
+        rpn_pre_nms_top_n_train=4 * proposals, rpn_pre_nms_top_n_test=4 * proposals,
+        rpn_post_nms_top_n_train=proposals, rpn_post_nms_top_n_test=proposals, rpn_batch_size_per_image=64,
+        box_batch_size_per_image=proposals, box_score_thresh=0.01, box_detections_per_img=detections)
+    model.transform = DetectorInput()
+    return model
+
+
+REGISTRY.update({DETECTOR + b: _family(_faster_rcnn, b) for b in DETECTOR_BACKBONES})
+
+
 def parse_arch(text: str) -> tuple[str, dict]:
     """`NAME[:key=value,...]`, e.g. `fitnet-thin:depth=17,width=8`, -> (name, {key: number})."""
     name, _, rest = text.partition(":")

@@ -1,7 +1,11 @@
 """core.boxes: the ragged container, detection measures on planted cases, box label folders."""
 
+import json
+
 import pytest
 import torch
+
+from conftest import assert_refused, dpl
 
 from dpl.core import DplError, artifacts
 from dpl.core.boxes import (Boxes, check_boxes, corloc, mean_average_precision, precision_recall,
@@ -111,3 +115,20 @@ def test_box_folder_refuses_incomplete_and_foreign(tmp_path):
         read_box_labels(other)
     with pytest.raises(DplError, match="no such"):
         read_box_labels(tmp_path / "missing")
+
+
+def test_info_reads_a_box_folder(tmp_path):
+    p = scored(truth(), [0.9, 0.8, 0.7])
+    write_box_shard(tmp_path, meta(3), 0, 0, 1, torch.arange(3), p)
+    r = dpl("info", tmp_path, "--json")
+    assert r.code == 0, r
+    shown = json.loads(r.stdout)
+    assert shown["dpl.kind"] == "boxes" and shown["shards"] == 1 and shown["classes"] == CLASSES
+    assert dpl("info", tmp_path / artifacts.shard_name(0, 0)).code == 2
+
+
+def test_a_classifier_refuses_data_with_boxes(teacher, tmp_path):
+    for argv in (("label", teacher, "--data", "scenes:digits", "-o", tmp_path / "l"),
+                 ("eval", teacher, "--data", "coco:" + str(tmp_path))):
+        assert_refused(dpl(*argv), "data with boxes")
+    assert not (tmp_path / "l").exists()

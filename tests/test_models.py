@@ -3,7 +3,8 @@ import torch
 
 from dpl.core import DplError, models
 
-SMALL = [n for n in models.REGISTRY if not n.startswith(("resnet101", "wide_resnet", "resnext", "efficientnet_b2", "wrn-28", "wrn-40-10", "resnet110"))]
+SMALL = [n for n in models.REGISTRY if not n.startswith(("resnet101", "wide_resnet", "resnext", "efficientnet_b2", "wrn-28", "wrn-40-10", "resnet110"))
+         and not models.is_detector(n)]     # detectors: tests/test_detect.py
 
 
 @pytest.mark.parametrize("name", SMALL)

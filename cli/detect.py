@@ -1,0 +1,326 @@
+"""Detectors through teach, label, distill and eval: the branches those commands take when the data has boxes
+(`scenes:SOURCE`, `coco:PATH`) or the checkpoint is a detector (core/detect.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from . import common
+from ..core import DplError, artifacts, augment, distributed, scenes, train
+from ..core import detect
+from ..core.boxes import read_box_labels
+
+ScaleJitter = Annotated[str | None, typer.Option(
+    help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.")]
+
+# Options of teach/distill that only a classifier's training takes (flag, parameter, its default).
+CLASSIFIER_ONLY = (("--labeled-per-class", "labeled_per_class", None), ("--val", "val", None),
+                   ("--val-per-class", "val_per_class", None), ("--keep best", "keep", "last"),
+                   ("--label-smoothing", "label_smoothing", 0.0), ("--no-crop", "crop", True),
+                   ("--stream", "stream", None), ("--pretrained", "pretrained", False), ("--dropout", "dropout", 0.0))
+
+
+def is_detector(path: Path) -> bool:
+    """Whether a path is a detector checkpoint (anything unreadable is left to the command's own checks)."""
+    try:
+        return Path(path).is_file() and artifacts.read_header(Path(path), kind="checkpoint").meta.get("task") == detect.TASK
+    except DplError:
+        return False
+
+
+def is_box_folder(path: Path | None) -> bool:
+    """Whether a folder holds box shards (pseudo-boxes), not label shards."""
+    if path is None or not Path(path).is_dir():
+        return False
+    first = next(iter(sorted(Path(path).glob("shard-*.safetensors"))), None)
+    try:
+        return first is not None and artifacts.read_header(first).meta.get("dpl.kind") == "boxes"
+    except DplError:
+        return False
+
+
+def _refuse(o: dict, options, what: str) -> None:
+    given = [flag for flag, name, default in options if name in o and o[name] != default]
+    if given:
+        raise DplError(f"{', '.join(given)} cannot apply to {what}")
+
+
+def _noise(o: dict) -> detect.BoxNoise:
+    scale = o.get("scale_jitter")
+    lo_hi = None
+    if scale:
+        try:
+            lo_hi = tuple(float(v) for v in scale.split(","))
+        except ValueError:
+            lo_hi = ()
+        if len(lo_hi) != 2:
+            raise DplError(f"--scale-jitter takes LO,HI (e.g. 0.8,1.2), got {scale!r}")
+    return detect.BoxNoise(flip=o["flip"], scale=lo_hi, photometric=augment.parse_randaugment(o["randaugment"]))
+
+
+def _test_of(data: scenes.BoxData, spec: scenes.SceneSpec | None, resize: int | None, download: bool):
+    """The test split of the training data's source, measured once trained (None when there is none)."""
+    if data.record.get("split") == "test":
+        return None
+    kind, where, _ = scenes.parse_box_spec(data.spec)
+    try:
+        return scenes.load_boxes(f"{kind}:{where}", "test", spec, resize=resize or data.images.shape[-1],
+                                 download=download)
+    except DplError:
+        return None
+
+
+def _say_data(data: scenes.BoxData, role: str = "") -> None:
+    common.say(f"dpl: {role}{data.spec} ({data.record.get('part', 'all')}): {len(data):,} images at "
+               f"{'x'.join(map(str, data.shape))}, {len(data.truth.boxes):,} boxes of {len(data.classes)} classes")
+    for note in data.notes:
+        common.say(f"dpl: {note}")
+
+
+def _record_scene(o: dict) -> scenes.SceneSpec | None:
+    return common.scene_spec(o["ctx"], o["data_spec"], o)
+
+
+# ---- teach ------------------------------------------------------------------------------------------------
+
+def teach(o: dict) -> None:
+    """dpl teach on data with boxes: a detector (--arch frcnn-BACKBONE) on the labeled part (--labeled N images)."""
+    _refuse(o, CLASSIFIER_ONLY, "a detector (data with boxes)")
+    scene = _record_scene(o)
+    state = common.resume_spec("teach", o, o["resume"], o["save_every"])
+    cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    common.check_output(o["output"], o["force"])
+    sinks = common.run_records(o["output"], o["tensorboard"])
+    rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+    full = scenes.load_boxes(o["data_spec"], "train", scene, resize=o["resize"], download=o["download"])
+    data = detect.part_of(full, o["labeled"], o["split_seed"], o["part"] or ("labeled" if o["labeled"] else "all"))
+    test = _test_of(full, scene, o["resize"], o["download"])
+    _say_data(data)
+    with common.TrainingProgress("teach detector", sinks) as progress:
+        result = detect.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state)
+    common.write_result(o["output"], result, state, o["keep_state"])
+
+
+# ---- data of a detector's artifact ------------------------------------------------------------------------
+
+def data_of(record: dict, data_spec: str | None, resize: int | None, download: bool, split: str = "train"
+            ) -> scenes.BoxData:
+    """The data an artifact was made from (its spec, scene spec and size), or `data_spec` at its size; `split`
+    where the spec names none. Not partitioned (see `part_of`)."""
+    spec = data_spec or record.get("spec")
+    if spec is None or not scenes.is_box_spec(spec):
+        raise DplError(f"{spec}: a detector works on data with boxes (scenes:SOURCE or coco:PATH)")
+    kind, where, given = scenes.parse_box_spec(spec)
+    made_kind, made_where, _ = scenes.parse_box_spec(record["spec"]) if scenes.is_box_spec(record.get("spec", "")) \
+        else (None, None, None)
+    same = (kind, where) == (made_kind, made_where)
+    scene = scenes.scene_spec_of(record) if same else None
+    if data_spec is None:
+        spec = f"{kind}:{where}:{split}"
+    return scenes.load_boxes(spec, split, scene, resize=resize or record.get("resize") or record.get("image_size", [None])[0],
+                             download=download)
+
+
+def _split_of(record: dict, data: scenes.BoxData) -> tuple[int | None, int]:
+    """The --labeled split an artifact was made with; it belongs to its own data, not to other data given."""
+    if scenes.parse_box_spec(record["spec"])[:2] != scenes.parse_box_spec(data.spec)[:2]:
+        return None, 0
+    return record.get("labeled_images"), record.get("split_seed", 0)
+
+
+# ---- label --------------------------------------------------------------------------------------------------
+
+def label(o: dict) -> None:
+    """dpl label with a detector: pseudo-boxes of the unlabeled part (of the teacher's --labeled split; else of all
+    its training images) into box shards, with precision/recall against the ground truth."""
+    given = [flag for flag, on in (("--ensemble", o["ensemble"]), ("--head", o["head"]), ("--hard", not o["soft"]),
+                                   ("--topk", o["topk"]), ("--tau", o["tau"] != 1.0), ("--resume", o["resume"]),
+                                   ("--labeled-per-class", o["labeled_per_class"]), ("--stream", o["stream"]))
+             if on]
+    if len(o["teacher"]) > 1:
+        given.insert(0, "several teachers")
+    if given:
+        raise DplError(f"{', '.join(given)} cannot apply to a detector's pseudo-boxes")
+    path = o["teacher"][0]
+    rank, world = distributed.shard_of(o["shard"])
+    folder = Path(o["output"])
+    if folder.exists() and not folder.is_dir():
+        raise DplError(f"{folder} is a file, not a folder for box shards")
+    # Alone, the folder is this run's; one of N jobs (--shard, torchrun) owns its rank's shards only.
+    pattern = "shard-*.safetensors" if world == 1 else f"shard-{rank:05d}-*.safetensors"
+    stale = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if stale and not o["force"]:
+        raise DplError(f"{folder} exists with shards; pass --force to replace them")
+    artifacts.check_writable(folder)
+    model, ckpt = detect.load_detector(path)
+    record = ckpt.meta["data"]
+    full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
+    labeled, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else _split_of(record, full)
+    part = o["part"] or ("unlabeled" if labeled else "all")
+    pool = detect.part_of(full, labeled, seed, part)
+    detect.check_images(ckpt.meta, pool.images, path, pool.spec)
+    detect.check_classes(ckpt.meta, pool.classes, path)
+    _say_data(pool, "labels ")
+    rt = train.runtime(o["device"], workers=o["workers"])
+    meta = {"teachers": [{"role": "teacher", "path": str(path), "sha256": ckpt.sha256()}], "data": pool.record,
+            "classes": pool.classes, "num_classes": len(pool.classes), "image_size": list(pool.shape[1:]),
+            "total": len(pool), "world": world}
+    for f in stale:
+        f.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = rt.prepare(model)
+    with common.TrainingProgress("label boxes") as progress:
+        found, index = detect.label_boxes(model, ckpt.meta, pool.images, torch.arange(len(pool)), folder, meta, rt,
+                                          rank, world, o["shard_size"], min(o["batch_size"], 256), progress)
+    quality = detect_quality(found, pool.truth.subset(index)) if len(pool.truth.boxes) else None
+    if o["as_json"]:
+        return common.print_json({"path": str(folder), "images": len(index), "boxes": len(found.boxes),
+                                  "rank": rank, "world": world, "quality": quality})
+    print(folder)
+    if quality is not None and (rank == 0 or o["shard"] is not None):
+        common.stderr.print(quality_table(quality, f"pseudo-boxes of {pool.spec} ({part}, {len(index)} images, "
+                                                   f"{len(found.boxes)} boxes)"))
+
+
+def detect_quality(found, truth) -> list[dict]:
+    from ..core.boxes import precision_recall
+
+    return precision_recall(found, truth)
+
+
+def quality_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title + ": precision and recall at IoU 0.5")
+    for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{r['threshold']:.2f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", str(r["tp"]),
+                      str(r["fp"]), str(r["fn"]))
+    return table
+
+
+# ---- distill ------------------------------------------------------------------------------------------------
+
+DISTILL_REFUSED = (("--labeled-data", "labeled_data", None), ("--loss", "loss", "kd"), ("--dkd-alpha", "dkd_alpha", None),
+                   ("--dkd-beta", "dkd_beta", None), ("--loss-warmup-epochs", "loss_warmup_epochs", None),
+                   ("--student-layer", "student_layer", None), ("--teacher-layer", "teacher_layer", None),
+                   ("--crd-queue", "crd_queue", None), ("--crd-dim", "crd_dim", None), ("--crd-tau", "crd_tau", None),
+                   ("--unlabeled-weight", "unlabeled_weight", None), ("--unlabeled-ratio", "unlabeled_ratio", None),
+                   ("--hard", "hard", False), ("--balance", "balance", None), ("--head-names", "head_names", None),
+                   ("--allow-partial", "allow_partial", False), ("--labeled-per-class", "labeled_per_class", None))
+
+
+def distill(o: dict) -> None:
+    """dpl distill for detectors: offline from pseudo-boxes (--labels BOXES/: the true boxes of the labeled part plus
+    pseudo-boxes above --min-confidence for the rest), or online from a live detector (--teacher: Chen et al.)."""
+    _refuse(o, CLASSIFIER_ONLY + DISTILL_REFUSED, "a detector's distillation")
+    labels_dir, teachers = o["labels_dir"] or [], o["teacher"] or []
+    if len(labels_dir) > 1 or len(teachers) > 1 or (labels_dir and teachers):
+        raise DplError("a detector distils from one box label folder (--labels) or one live detector (--teacher)")
+    if labels_dir and o["labeled"] is not None:
+        raise DplError("--labeled cannot apply to --labels: the labeled part is the one the pseudo-boxes' teacher "
+                       "was taught on (its label folder records the split)")
+    if teachers and o["min_confidence"] is not None:
+        raise DplError("--min-confidence selects stored pseudo-boxes (--labels); a live --teacher has none")
+    if labels_dir and any(o[k] is not None for k in ("alpha", "tau", "feature_loss", "feature_weight")) \
+            or labels_dir and (o["bound_weight"] is not None or o["bound_margin"] is not None
+                               or o["background_weight"] is not None):
+        raise DplError("--alpha, --tau, --feature-loss, --bound-weight, --bound-margin and --background-weight are "
+                       "Chen et al.'s terms of a live --teacher; --labels trains on stored pseudo-boxes")
+    if o["feature_loss"] not in (None, "hint"):
+        raise DplError(f"--feature-loss {o['feature_loss']} compares classifiers' layers; a detector takes hint "
+                       "(its backbone features through an adaptation layer)")
+    state = common.resume_spec("distill", o, o["resume"], o["save_every"])
+    cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    common.check_output(o["output"], o["force"])
+    if labels_dir:
+        labels = read_box_labels(labels_dir[0])
+        sinks = common.run_records(o["output"], o["tensorboard"])
+        rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+        record = labels.meta["data"]
+        full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
+        labeled_n, seed = _split_of(record, full)
+        pool = detect.part_of(full, labeled_n, seed, record.get("part", "all"))
+        labeled = detect.part_of(full, labeled_n, seed, "labeled") if record.get("part") == "unlabeled" else None
+        data, pseudo = detect.with_pseudo_boxes(labeled, pool, labels, 0.5 if o["min_confidence"] is None else o["min_confidence"])
+        common.say(f"dpl: distills on {pseudo['labeled_images']} labeled images and {pseudo['images_kept']} of "
+                   f"{pseudo['pool_images']} pseudo-labeled images ({pseudo['boxes_kept']} of {pseudo['boxes_stored']} "
+                   f"pseudo-boxes score at least {pseudo['min_confidence']:g})")
+        test = _test_of(full, scenes.scene_spec_of(record), o["resize"], o["download"])
+        parents = [{"role": "labels", "path": str(labels.path), "sha256": labels.sha256}]
+        with common.TrainingProgress("distill detector", sinks) as progress:
+            result = detect.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state,
+                                  parents=parents, detect={"distill": "pseudo-boxes", **pseudo})
+        return common.write_result(o["output"], result, state, o["keep_state"])
+    opts = detect.ChenOptions(
+        soft_weight=1.0 if o["alpha"] is None else o["alpha"], tau=o["tau"] or 1.0,
+        bound_weight=0.5 if o["bound_weight"] is None else o["bound_weight"],
+        margin=0.0 if o["bound_margin"] is None else o["bound_margin"],
+        background_weight=1.5 if o["background_weight"] is None else o["background_weight"],
+        hint_weight=(1.0 if o["feature_weight"] is None else o["feature_weight"]) if o["feature_loss"] else 0.0,
+        rpn_weight=1.0 if o["alpha"] is None else o["alpha"])
+    path = teachers[0]
+    sinks = common.run_records(o["output"], o["tensorboard"])
+    rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+    t_meta = artifacts.load_checkpoint(path, task=detect.TASK).meta
+    record = t_meta["data"]
+    full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
+    labeled_n, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else _split_of(record, full)
+    data = detect.part_of(full, labeled_n, seed, "labeled" if labeled_n else "all")
+    test = _test_of(full, scenes.scene_spec_of(full.record), o["resize"], o["download"])
+    _say_data(data)
+    with common.TrainingProgress("distill detector (Chen et al.)", sinks) as progress:
+        result = detect.distill_online(data, test, path, model_opts, noise, opts, cfg, rt, on_progress=progress,
+                                       resume=state)
+    common.write_result(o["output"], result, state, o["keep_state"])
+
+
+# ---- eval ---------------------------------------------------------------------------------------------------
+
+EVAL_OPTIONS = ("checkpoints", "data_spec", "download", "resize", "batch_size", "device", "workers", "as_json", "config",
+                "ctx")
+
+
+def evaluate(ctx: typer.Context, o: dict) -> None:
+    """dpl eval of detectors: COCO mAP@[.5:.95], mAP@0.5, mAP@0.75 and per-class AP (pycocotools) on the test split
+    of their data (or --data), and detection speed in images/s (batched, inference_mode)."""
+    refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in EVAL_OPTIONS))
+    if refused:
+        raise DplError(f"{o['checkpoints'][0]}: a detector is measured by mAP on data with boxes; "
+                       f"{', '.join(refused)} cannot apply")
+    for c in o["checkpoints"]:
+        if not is_detector(c):
+            raise DplError(f"{c}: not a detector; measure detectors and classifiers in separate dpl eval calls")
+    rt = train.runtime(o["device"], workers=o["workers"])
+    results = []
+    for path in o["checkpoints"]:
+        model, ckpt = detect.load_detector(path)
+        data = data_of(ckpt.meta["data"], o["data_spec"], o["resize"], o["download"], split="test")
+        detect.check_images(ckpt.meta, data.images, path, data.spec)
+        detect.check_classes(ckpt.meta, data.classes, path)
+        found = detect.measure(rt.prepare(model), data.images, data.truth, data.classes, ckpt.input, rt,
+                               min(o["batch_size"], 256))
+        results.append({"checkpoint": str(path), "task": detect.TASK, "data": data.spec, "arch": ckpt.arch["name"],
+                        "params": sum(v.numel() for v in ckpt.model_state().values()), "seed": ckpt.meta.get("seed"),
+                        **found})
+    common.flush_notes()
+    if o["as_json"]:
+        return common.print_json(results[0] if len(results) == 1 else results)
+    table = Table(title=f"on {results[0]['data']} ({results[0]['n']} images): COCO box AP (pycocotools)")
+    for col in ("model", "arch", "params", "mAP@[.5:.95]", "mAP@.5", "mAP@.75", "images/s"):
+        table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+    for r in results:
+        table.add_row(r["checkpoint"], r["arch"], f"{r['params']:,}", f"{r['map']:.4f}", f"{r['map50']:.4f}",
+                      f"{r['map75']:.4f}", f"{r['images_per_s']:.1f}")
+    common.stderr.print(table)
+    if len(results) == 1:
+        per = Table(title="per class")
+        for col in ("class", "AP@[.5:.95]", "AP@.5"):
+            per.add_column(col, justify="left" if col == "class" else "right")
+        for name, ap in results[0]["per_class"].items():
+            per.add_row(name, f"{ap:.4f}", f"{results[0]['per_class50'][name]:.4f}")
+        common.stderr.print(per)
