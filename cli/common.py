@@ -416,6 +416,17 @@ class TrainingProgress:
             self.bar.update(self.task, advance=event["n"])
 
 
+def box_quality_table(rows: list[dict], title: str) -> Table:
+    """Precision and recall of pseudo-boxes per score threshold (core.boxes.precision_recall's rows)."""
+    table = Table(title=title + ": precision and recall at IoU 0.5")
+    for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{r['threshold']:.2f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", str(r["tp"]),
+                      str(r["fp"]), str(r["fn"]))
+    return table
+
+
 def quality_table(quality: dict, title: str) -> Table:
     table = Table(title=title + f": accuracy {quality['accuracy']:.4f}")
     for col in ("confidence >=", "coverage", "accuracy", "n"):

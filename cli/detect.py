@@ -13,7 +13,7 @@ from rich.table import Table
 from . import common
 from ..core import DplError, artifacts, augment, distributed, scenes, train
 from ..core import detect
-from ..core.boxes import read_box_labels
+from ..core.boxes import precision_recall, read_box_labels
 
 ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.")]
@@ -177,30 +177,14 @@ def label(o: dict) -> None:
     with common.TrainingProgress("label boxes") as progress:
         found, index = detect.label_boxes(model, ckpt.meta, pool.images, torch.arange(len(pool)), folder, meta, rt,
                                           rank, world, o["shard_size"], min(o["batch_size"], 256), progress)
-    quality = detect_quality(found, pool.truth.subset(index)) if len(pool.truth.boxes) else None
+    quality = precision_recall(found, pool.truth.subset(index)) if len(pool.truth.boxes) else None
     if o["as_json"]:
         return common.print_json({"path": str(folder), "images": len(index), "boxes": len(found.boxes),
                                   "rank": rank, "world": world, "quality": quality})
     print(folder)
     if quality is not None and (rank == 0 or o["shard"] is not None):
-        common.stderr.print(quality_table(quality, f"pseudo-boxes of {pool.spec} ({part}, {len(index)} images, "
+        common.stderr.print(common.box_quality_table(quality, f"pseudo-boxes of {pool.spec} ({part}, {len(index)} images, "
                                                    f"{len(found.boxes)} boxes)"))
-
-
-def detect_quality(found, truth) -> list[dict]:
-    from ..core.boxes import precision_recall
-
-    return precision_recall(found, truth)
-
-
-def quality_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title + ": precision and recall at IoU 0.5")
-    for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(f"{r['threshold']:.2f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}", str(r["tp"]),
-                      str(r["fp"]), str(r["fn"]))
-    return table
 
 
 # ---- distill ------------------------------------------------------------------------------------------------

@@ -136,8 +136,6 @@ def wsddn_label(ctx: typer.Context, teacher: list[Path], output: Path, data_spec
     """Pseudo-boxes of a WSDDN model: per image, the top box of each class whose image score reaches --present,
     into a box label folder, with precision and recall at IoU 0.5 against the ground truth
     (core.wsddn.label_boxes)."""
-    from rich.table import Table
-
     refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in WSDDN_OPTIONS))
     if len(teacher) > 1 or refused:
         raise DplError(f"{teacher[0]}: a WSDDN model labels alone; {', '.join(refused) or 'more checkpoints'} "
@@ -156,10 +154,4 @@ def wsddn_label(ctx: typer.Context, teacher: list[Path], output: Path, data_spec
     common.stderr.print(f"{done['boxes']:,} pseudo-boxes on {done['images']:,} images of {done['data']} "
                         f"(the top box of each class with image score >= {present:g})")
     if done["quality"]:
-        table = Table(title=f"pseudo-boxes against the ground truth of {done['data']}, IoU 0.5")
-        for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
-            table.add_column(col, justify="right")
-        for row in done["quality"]:
-            table.add_row(f"{row['threshold']:.2f}", f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                          str(row["tp"]), str(row["fp"]), str(row["fn"]))
-        common.stderr.print(table)
+        common.stderr.print(common.box_quality_table(done["quality"], f"pseudo-boxes of {done['data']}"))

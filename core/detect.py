@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, artifacts, augment, losses, models
+from . import DplError, artifacts, augment, images as image_files, losses, models
 from .boxes import BoxLabels, Boxes
 from .scenes import BoxData
 from .runs import ModelOptions, Trained, parent, train_record, weights_record, ValOptions
@@ -229,12 +229,6 @@ def load_detector(path: Path) -> tuple[nn.Module, artifacts.Checkpoint]:
     return ckpt.build_model(), ckpt
 
 
-def normalization(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images in [0, 1] (scenes are mostly black: not the source's)."""
-    x = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return x.mean(1).tolist(), [max(s, 1e-3) for s in x.std(1).tolist()]
-
-
 def to_model(targets: list[dict]) -> list[dict]:
     """Targets with torchvision's labels (object classes from 1; 0 is the background)."""
     return [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
@@ -297,7 +291,7 @@ def teach(train: BoxData, test: BoxData | None, model_opts: ModelOptions, noise:
     seed_everything(cfg.seed)
     model, spec, own = make_detector(model_opts, train.images, train.truth, train.classes)
     model = rt.prepare(model)
-    mean, std = normalization(train.images)
+    mean, std = image_files.normalization(train.images)
     input_meta = artifacts.input_meta(train.images.shape[1], train.images.shape[2], mean, std)
     batch_size = min(cfg.batch_size, len(train))
     history = fit(model, detection_objective(model, train.truth, input_meta, noise, rt),
@@ -482,7 +476,7 @@ def distill_online(train: BoxData, test: BoxData | None, teacher_path: Path, mod
     adapter = rt.prepare(models.make_regressor(s_shape, t_shape)) if opts.hint_weight else None
     # The RPN objectness maps line up only with the same anchors on a feature map of the same size.
     rpn_soft = s_shape[1:] == t_shape[1:] and all(spec.get(k) == t_ckpt.arch.get(k) for k in ANCHOR_KEYS)
-    mean, std = normalization(train.images)
+    mean, std = image_files.normalization(train.images)
     input_meta = artifacts.input_meta(c, h, mean, std)
     trained = nn.ModuleDict({"student": student, **({"adapter": adapter} if adapter is not None else {})})
     batch_size = min(cfg.batch_size, len(train))
