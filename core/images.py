@@ -319,7 +319,7 @@ def _decode_pil(raw: bytes, size: int, channels: int) -> np.ndarray:
         im.draft(None, (size, size))      # JPEG: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
-        im = _convert(im, channels)
+        im = convert_mode(im, channels)
         w, h = im.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -332,7 +332,8 @@ def _decode_pil(raw: bytes, size: int, channels: int) -> np.ndarray:
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _convert(im, channels: int):
+def convert_mode(im, channels: int):
+    """A PIL image -> mode L (channels 1) or RGB: 16-bit and float grey scaled to 8 bits, transparency over black."""
     from PIL import Image
 
     if im.mode.startswith("I;16") or im.mode == "I":      # 16-bit grey: scale, do not clip

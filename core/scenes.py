@@ -342,7 +342,7 @@ def _decode_stretched(path: Path, size: tuple[int, int], side: int, channels: in
         im.load()
         if im.size != size:
             raise ValueError(f"its size {im.size[0]}x{im.size[1]} is not the JSON's {size[0]}x{size[1]}")
-        im = image_files._convert(im, channels).resize((side, side), Image.BILINEAR)
+        im = image_files.convert_mode(im, channels).resize((side, side), Image.BILINEAR)
         pixels = np.array(im, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
