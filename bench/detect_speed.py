@@ -10,6 +10,9 @@ warm-up; medians are printed.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/detect_speed.py [--data fashion-mnist --scenes 320 --student frcnn-cnn-s
                                                               --teacher frcnn-cnn-m --rounds 3]
+
+With --checkpoints A B ...: instead, the bare forward (eval mode, inference_mode, NMS included) of each trained
+detector on its test scenes, interleaved ROUNDS times, e.g. the three families (frcnn/retinanet/fcos-cnn-s) side by side.
 """
 
 import argparse
@@ -55,6 +58,23 @@ def labeling(model, meta, images, rt, batch_size, folder: Path) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def families(paths: list[Path], rounds: int, batch_size: int, rt) -> None:
+    loaded = [(p, *detect.load_detector(p)) for p in paths]
+    specs = {ckpt.meta["data"]["spec"].rsplit(":", 1)[0] for _, _, ckpt in loaded}
+    if len(specs) != 1:
+        raise SystemExit(f"the checkpoints come from different data: {specs}")
+    ckpt = loaded[0][2]
+    data = scenes.load_boxes(f"{specs.pop()}:test", "test", scenes.scene_spec_of(ckpt.meta["data"]))
+    speeds = {p: [] for p in paths}
+    for _ in range(rounds):
+        for p, model, ckpt in loaded:
+            speeds[p].append(bare_forward(rt.prepare(model), ckpt.meta, data.images, rt, batch_size))
+    print(f"{data.spec}: {len(data)} images at {'x'.join(map(str, data.shape))}, batch {batch_size}, "
+          f"torch threads {torch.get_num_threads()}, {rounds} rounds (medians)")
+    for p, _, ckpt in loaded:
+        print(f"{ckpt.arch['name']:24s} {statistics.median(speeds[p]):8.1f} images/s   ({p})")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="fashion-mnist")
@@ -65,8 +85,11 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoints", nargs="+", type=Path)
     a = p.parse_args()
     rt = runtime(a.device)
+    if a.checkpoints:
+        return families(a.checkpoints, a.rounds, a.batch_size, rt)
     data = scenes.load_boxes(f"scenes:{a.data}", "train", scenes.SceneSpec(source=a.data, scenes=a.scenes))
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=0.02)
     with tempfile.TemporaryDirectory() as tmp:

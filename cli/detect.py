@@ -22,7 +22,7 @@ ScaleJitter = Annotated[str | None, typer.Option(
 CLASSIFIER_ONLY = (("--labeled-per-class", "labeled_per_class", None), ("--val", "val", None),
                    ("--val-per-class", "val_per_class", None), ("--keep best", "keep", "last"),
                    ("--label-smoothing", "label_smoothing", 0.0), ("--no-crop", "crop", True),
-                   ("--stream", "stream", None), ("--pretrained", "pretrained", False), ("--dropout", "dropout", 0.0))
+                   ("--stream", "stream", None), ("--dropout", "dropout", 0.0))
 
 
 def is_detector(path: Path) -> bool:
@@ -89,7 +89,7 @@ def _record_scene(o: dict) -> scenes.SceneSpec | None:
 # ---- teach ------------------------------------------------------------------------------------------------
 
 def teach(o: dict) -> None:
-    """dpl teach on data with boxes: a detector (--arch frcnn-BACKBONE) on the labeled part (--labeled N images)."""
+    """dpl teach on data with boxes: a detector (--arch FAMILY-BACKBONE) on the labeled part (--labeled N images)."""
     _refuse(o, CLASSIFIER_ONLY, "a detector (data with boxes)")
     scene = _record_scene(o)
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
@@ -193,7 +193,6 @@ DISTILL_REFUSED = (("--labeled-data", "labeled_data", None), ("--loss", "loss", 
                    ("--dkd-beta", "dkd_beta", None), ("--loss-warmup-epochs", "loss_warmup_epochs", None),
                    ("--student-layer", "student_layer", None), ("--teacher-layer", "teacher_layer", None),
                    ("--crd-queue", "crd_queue", None), ("--crd-dim", "crd_dim", None), ("--crd-tau", "crd_tau", None),
-                   ("--unlabeled-weight", "unlabeled_weight", None), ("--unlabeled-ratio", "unlabeled_ratio", None),
                    ("--hard", "hard", False), ("--balance", "balance", None), ("--head-names", "head_names", None),
                    ("--allow-partial", "allow_partial", False), ("--labeled-per-class", "labeled_per_class", None))
 
@@ -210,6 +209,10 @@ def distill(o: dict) -> None:
                        "was taught on (its label folder records the split)")
     if teachers and o["min_confidence"] is not None:
         raise DplError("--min-confidence selects stored pseudo-boxes (--labels); a live --teacher has none")
+    pseudo_opts = detect.PseudoOptions(ratio=o["unlabeled_ratio"], weight=o["unlabeled_weight"])
+    if teachers and not pseudo_opts.pooled:
+        raise DplError("--unlabeled-ratio and --unlabeled-weight weigh stored pseudo-boxes (--labels); a live "
+                       "--teacher has none")
     if labels_dir and any(o[k] is not None for k in ("alpha", "tau", "feature_loss", "feature_weight")) \
             or labels_dir and (o["bound_weight"] is not None or o["bound_margin"] is not None
                                or o["background_weight"] is not None):
@@ -223,6 +226,9 @@ def distill(o: dict) -> None:
     common.check_output(o["output"], o["force"])
     if labels_dir:
         labels = read_box_labels(labels_dir[0])
+        if pseudo_opts.ratio is not None and labels.meta["data"].get("part") != "unlabeled":
+            raise DplError(f"--unlabeled-ratio mixes labeled and pseudo-labeled images, and {labels.path} labels no "
+                           "teacher's unlabeled part: this run has only pseudo-labeled ones")
         sinks = common.run_records(o["output"], o["tensorboard"])
         rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
         record = labels.meta["data"]
@@ -237,8 +243,9 @@ def distill(o: dict) -> None:
         test = _test_of(full, scenes.scene_spec_of(record), o["resize"], o["download"])
         parents = [{"role": "labels", "path": str(labels.path), "sha256": labels.sha256}]
         with common.TrainingProgress("distill detector", sinks) as progress:
-            result = detect.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state,
-                                  parents=parents, detect={"distill": "pseudo-boxes", **pseudo})
+            result = detect.distill_pseudo(data, pseudo["labeled_images"], test, model_opts, noise, pseudo_opts, cfg,
+                                           rt, on_progress=progress, resume=state, parents=parents,
+                                           detect={"distill": "pseudo-boxes", **pseudo, **pseudo_opts.record()})
         return common.write_result(o["output"], result, state, o["keep_state"])
     opts = detect.ChenOptions(
         soft_weight=1.0 if o["alpha"] is None else o["alpha"], tau=o["tau"] or 1.0,

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from . import common, detect
 from .measure import MeasureOptions, label_truth, measure_heads, model_name, run_identity
-from ..core import DplError, artifacts, evaluate, mil, train, wsddn
+from ..core import DplError, artifacts, boxes, evaluate, mil, scenes, train, wsddn
+from ..core.detect import part_of
 
 # What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
 # the options that do not change what a run computes (common.NOT_IDENTITY).
@@ -61,6 +62,8 @@ def eval_command(
         if refused:
             raise DplError(f"{checkpoints[0]}: a label folder is measured on the data it was made for; "
                            f"{', '.join(refused)} cannot apply (give a checkpoint to measure on other data)")
+        if boxes.is_box_folder(checkpoints[0]):
+            return box_label_quality(checkpoints[0], download, as_json, allow_partial)
         return label_quality(checkpoints[0], download, as_json, allow_partial)
     if any(mil.is_mil(c) for c in checkpoints):
         return mil_eval(ctx, checkpoints, data_spec, download, batch_size, device, workers, as_json)
@@ -147,6 +150,32 @@ def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bo
         common.stderr.print(common.quality_table(quality, f"{folder} on {ds.spec} ({ds.part}, {len(ds)} samples)"))
 
 
+def box_label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bool = False) -> None:
+    """A box label folder (pseudo-boxes of dpl label, from a WSDDN model or a detector) against the truth of the
+    images it was made for, rebuilt from its metadata: precision/recall at IoU 0.5 per score threshold, CorLoc,
+    and mAP with the pseudo-boxes as detections (core.boxes.pseudo_box_quality)."""
+    if allow_partial:
+        raise DplError(f"{folder}: --allow-partial cannot apply to a box label folder (it is read whole)")
+    labels = boxes.read_box_labels(folder)
+    record = labels.meta["data"]
+    split = scenes.parse_box_spec(record["spec"])[2] if scenes.is_box_spec(str(record.get("spec", ""))) else None
+    full = detect.data_of(record, None, None, download, split=split or record.get("split", "train"))
+    made = part_of(full, record.get("labeled_images"), record.get("split_seed", 0), record.get("part", "all"))
+    if len(made) != len(labels) or made.record.get("fingerprint") != record.get("fingerprint"):
+        raise DplError(f"{folder}: its images ({record.get('spec')}, {len(labels)}) are not those rebuilt from its "
+                       f"metadata ({made.spec}, {len(made)}): the data has changed")
+    if not len(made.truth.labels):
+        raise DplError(f"{folder}: {made.spec} has no ground-truth boxes to measure its pseudo-boxes against")
+    quality = boxes.pseudo_box_quality(labels.boxes, made.truth.subset(labels.index), made.classes)
+    part = record.get("part", "all")
+    if as_json:
+        return common.print_json({"labels": str(folder), "data": made.spec, "part": part, **quality})
+    title = f"{folder} on {made.spec} ({part}, {quality['images']} images, {quality['boxes']} boxes)"
+    common.stderr.print(common.box_quality_table(quality["precision_recall"], title))
+    common.stderr.print(f"CorLoc {100 * quality['corloc']:.1f}, mAP@0.5 {100 * quality['map50']:.1f}, "
+                        f"mAP@[.5:.95] {100 * quality['map']:.1f} (%; the pseudo-boxes as detections)")
+
+
 def probe_table(r: dict, dims: dict[str, int], fit_on: str) -> Table:
     """One checkpoint: a row per probed layer (as in the RotNet paper's per-layer table), then kNN."""
     table = Table(title="frozen-feature probes", caption=f"{model_name(r)}; fit on {fit_on}, top-1 on {r['data']}")
@@ -223,7 +252,8 @@ def wsddn_eval(ctx: typer.Context, checkpoints: list[Path], data_spec: str | Non
     for r in results:
         table = Table(title=f"{r['checkpoint']}: CorLoc on {r.get('corloc_spec', '-')} ({r.get('corloc_images', 0)} "
                             f"images), mAP on {r.get('map_spec', '-')} ({r.get('map_images', 0)} images), "
-                            f"{r['proposals']} proposals (%)")
+                            f"{r['proposals']} proposals"
+                            + (f", boxes voted at IoU >= {r['vote']}" if r["vote"] < 1 else "") + " (%)")
         for col in ("boxes", "CorLoc", "mAP@0.5", "mAP@[.5:.95]"):
             table.add_column(col, justify="left" if col == "boxes" else "right")
         for name, prefix in (("WSDDN (cls x det)", ""), ("whole image", "whole_image_"),

@@ -147,7 +147,9 @@ def _render(meta: dict) -> str:
         w = meta["wsddn"]
         lines.append(f"wsddn     {w.get('proposals')} grid proposals (sides {w.get('proposal_sizes')} x ratios "
                      f"{w.get('proposal_ratios')}, stride {w.get('proposal_stride')} of the side), RoIAlign "
-                     f"{w.get('roi')}x{w.get('roi')} on {w.get('feature_layer')}, hidden {w.get('hidden')}")
+                     f"{w.get('roi')}x{w.get('roi')} on {w.get('feature_layer')}, hidden {w.get('hidden')}, refine "
+                     f"{w.get('refine', 0)}, context {w.get('context', 0.0)}, spatial {w.get('spatial', 0.0)}, "
+                     f"vote {w.get('vote', 1.0)}")
     if "input" in meta:
         i = meta["input"]
         lines.append(f"input     {i['channels']}x{i['size']}x{i['size']}, mean {i['mean']}, std {i['std']}")

@@ -71,7 +71,7 @@ EXAMPLES = {
     "pack": ["dpl pack photos/labeled -o shards/ --shard-size 10000", "dpl teach --data tar:shards -o t.safetensors"],
     "report": ["dpl report demo -o report.html", "make -C recipes/noisy-student report"],
     "plot": ["dpl plot curves t0.safetensors s1.metrics.jsonl -o curves", "dpl plot lineage s3.safetensors -o lineage",
-             "dpl plot labels labels0/ -o labels --json"],
+             "dpl plot labels labels0/ -o labels --json", "dpl plot bag mil.safetensors --bag 0 --bag 1 -o bags"],
 }
 
 

@@ -10,13 +10,13 @@ import typer
 
 from . import common
 from .measure import MeasureOptions, label_truth, measure, measure_checkpoint
-from ..core import DplError, artifacts, figures, records, train
+from ..core import DplError, artifacts, figures, mil, records, train
 
 plot_app = typer.Typer(
     name="plot",
     help="Figures of runs, checkpoints and label folders. Each KIND writes STEM.png and STEM.svg (-o STEM) "
          "and prints their paths; --json prints {\"files\": [...], \"data\": {...}}, the numbers plotted.",
-    short_help="Figures (PNG and SVG): training curves, reliability, confusion, labels, lineage, probe.",
+    short_help="Figures (PNG and SVG): training curves, reliability, confusion, labels, lineage, probe, MIL bags.",
     no_args_is_help=True,
     subcommand_metavar="KIND [ARGS]...",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -184,3 +184,29 @@ def probe_command(
     result, dims, fit_on = measure(checkpoint, ckpt, options, train.runtime(device))
     title = f"{checkpoint.name}: fit on {fit_on}, top-1 on {result['data']}"
     finish(*figures.probe(result["linear_probe"], dims, title), stem, as_json)
+
+
+@plot_app.command("bag")
+@common.guarded
+def bag_command(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A MIL checkpoint (dpl mil).")],
+    output: Stem,
+    bag: Annotated[list[int], typer.Option("--bag", help=f"Draw this bag: its position in the bags measured, "
+                                           f"0-based, as in dpl eval --json's per_bag (repeatable, at most "
+                                           f"{mil.MAX_PLOTTED_BAGS}).", show_default=False)],
+    data_spec: Annotated[str | None, typer.Option("--data", help="Bags to draw from, as dpl eval --data. \\[default: the checkpoint's test bags]")] = None,
+    download: common.Download = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size (instances).")] = 512,
+    device: common.Device = "auto",
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """A MIL model's bags with the weight of each instance.
+
+    Each bag's instances in a row, under each its attention weight (instance probability for max and mean
+    pooling), the target-class instances in red where the hidden instance labels are known; the bag label and
+    the predicted bag probability above. --json gives each bag as dpl eval --json does."""
+    stem = output_stem(output, force)
+    found = mil.plotted_bags(checkpoint_file(checkpoint), bag, data_spec, train.runtime(device), batch_size, download)
+    title = f"{checkpoint.name} on {found['data']}"
+    finish(*figures.bag_weights(found["bags"], found["pooling"], title, found["target"]), stem, as_json)

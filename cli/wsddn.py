@@ -45,10 +45,18 @@ def wsddn_command(
     hidden: Annotated[int, typer.Option(help="Width of the two fully connected layers on each region.")] = 256,
     feature_layer: Annotated[str | None, typer.Option(
         help="The backbone layer (module path, dpl info --layers) whose feature map the regions are pooled from. "
-             "\\[default: the layer before its global pooling]", show_default=False)] = None,
+             "\\[default: the deepest block at stride <= smallest proposal side / --roi: stride 4 on 64 px]",
+        show_default=False)] = None,
     context: Annotated[float, typer.Option(
         help="Also pool each region enlarged by this factor about its centre and give both to the streams (its "
              "surround tells whether the object goes on past the region); 0: the region alone.")] = 0.0,
+    spatial: Annotated[float, typer.Option(
+        help="Weight of WSDDN's spatial regulariser (Bilen & Vedaldi 2016, sec. 3.3): the features of regions "
+             "overlapping a class's top region by IoU >= 0.6 are pulled towards its features. 0: none.")] = 0.0,
+    vote: Annotated[float, typer.Option(
+        help="Read-out box voting: each top box (and detection) becomes the score-weighted mean of the proposals "
+             "overlapping it by at least this IoU, placing it between the grid's positions; 1: the top proposal "
+             "as it is. Applies alike to the objectness baseline.")] = 0.2,
     refine: Annotated[int, typer.Option(
         help="OICR-style refinement streams (Tang et al. 2017) on top of WSDDN's two: each learns per-region classes "
              "(background included) from the previous stream's top region of each class present; the read-out is "
@@ -90,7 +98,7 @@ def wsddn_command(
     opts = WsddnOptions(proposal_sizes=float_list(proposal_sizes, "--proposal-sizes"),
                         proposal_ratios=float_list(proposal_ratios, "--proposal-ratios"),
                         proposal_stride=proposal_stride, roi=roi, hidden=hidden, refine=refine,
-                        feature_layer=feature_layer, context=context)
+                        feature_layer=feature_layer, context=context, spatial=spatial, vote=vote)
     state = common.resume_spec("wsddn", options, resume, save_every)
     cfg = common.train_config(options)
     model_opts, noise = common.model_options({**options, "dropout": 0.0}), common.noise_options(options)

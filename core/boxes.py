@@ -215,6 +215,17 @@ def corloc(pred: Boxes, truth: Boxes, iou: float = 0.5) -> float:
     return hits / pairs
 
 
+def pseudo_box_quality(pred: Boxes, truth: Boxes, classes: list[str]) -> dict:
+    """Pseudo-boxes against the truth of the images they were made for: precision and recall at IoU 0.5 per score
+    threshold, CorLoc, and COCO mAP with the pseudo-boxes taken as detections."""
+    if not len(truth.labels):
+        raise DplError("no ground-truth boxes to measure against")
+    found = mean_average_precision(pred, truth, classes)
+    return {"images": len(truth), "boxes": len(pred.labels), "truth_boxes": len(truth.labels),
+            "precision_recall": precision_recall(pred, truth, 0.5), "corloc": corloc(pred, truth),
+            "map50": found["map50"], "map": found["map"], "map75": found["map75"], "per_class50": found["per_class50"]}
+
+
 # Box label folders ------------------------------------------------------------------------------------------
 
 
@@ -230,6 +241,15 @@ class BoxLabels:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+def is_box_folder(folder: Path) -> bool:
+    """Whether a folder holds box label shards (False for anything unreadable: its reader will say why)."""
+    first = min(Path(folder).glob("shard-*.safetensors"), default=None)
+    try:
+        return first is not None and artifacts.read_header(first).meta.get("dpl.kind") == KIND
+    except DplError:
+        return False
 
 
 def write_box_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, index: torch.Tensor,

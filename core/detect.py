@@ -1,5 +1,6 @@
-"""Object detection: Faster R-CNN detectors (`models.DETECTOR` archs) taught on boxes, measured by COCO mAP, labeling
-pseudo-boxes, and distilled offline (ground truth plus pseudo-boxes) or online (Chen et al., NeurIPS 2017).
+"""Object detection: Faster R-CNN, RetinaNet and FCOS detectors (`models.DETECTOR_FAMILIES`) taught on boxes, measured
+by COCO mAP, labeling pseudo-boxes, and distilled offline (ground truth plus pseudo-boxes) or online (Chen et al.,
+NeurIPS 2017; Faster R-CNN only).
 
 Boxes are pixels (x1, y1, x2, y2) of the stored image and class indices 0..C-1 (`boxes.Boxes`); torchvision's
 class 0 is the background, so labels are shifted by one at the model's boundary (`to_model`, `detect`).
@@ -21,20 +22,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, artifacts, augment, images as image_files, losses, models
+from . import DplError, artifacts, augment, distributed, images as image_files, losses, models
 from .boxes import BoxLabels, Boxes
 from .scenes import BoxData
 from .runs import ModelOptions, Trained, parent, train_record, weights_record, ValOptions
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from .train import (Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything,
+                    steps_per_epoch)
 
 TASK = "detector"
-TERMS = {"loss_classifier": "cls", "loss_box_reg": "box", "loss_objectness": "rpn_obj", "loss_rpn_box_reg": "rpn_box"}
+TERMS = models.DETECTOR_TERMS      # each family's loss names -> dpl's terms (models.DETECTOR_FAMILIES)
 ANCHOR_KEYS = ("image_size", "anchor_min", "anchor_max")
 PHOTOMETRIC = ("brightness", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
 
@@ -181,13 +184,12 @@ def zoom(x: torch.Tensor, targets: list[dict], factors: torch.Tensor) -> tuple[t
 def make_detector(opts: ModelOptions, images: torch.Tensor, truth: Boxes, classes: list[str],
                   anchors: dict | None = None) -> tuple[nn.Module, dict, list[dict]]:
     """A detector for these images and boxes: the anchors span the boxes' sides (sqrt of the area; unless the arch
-    names anchor_min/anchor_max, or `anchors` gives them); --init a detector checkpoint of the same arch."""
+    names anchor_min/anchor_max, or `anchors` gives them); --init a detector checkpoint of the same arch, --pretrained
+    torchvision's ImageNet weights for its backbone."""
     name, extra = models.parse_arch(opts.arch)
     if not models.is_detector(name):
-        raise DplError(f"--arch {opts.arch} is a classifier; a detector is {models.DETECTOR}BACKBONE "
+        raise DplError(f"--arch {opts.arch} is a classifier; a detector is {models.DETECTOR_NAMES} "
                        f"(e.g. {models.DETECTOR}cnn-m; dpl info --archs lists them)")
-    if opts.pretrained:
-        raise DplError("--pretrained loads ImageNet classifiers; a detector's backbone starts afresh (or --init)")
     _, c, h, w = images.shape
     if h != w:
         raise DplError(f"detectors take square images, got {h}x{w}")
@@ -202,6 +204,9 @@ def make_detector(opts: ModelOptions, images: torch.Tensor, truth: Boxes, classe
         spec.setdefault("anchor_max", round(float(sides.quantile(0.98)), 2))
     model = models.build(spec)
     parents = []
+    if opts.pretrained:     # ImageNet weights for the backbone; the heads start afresh
+        weights = models.load_pretrained_backbone(model, name)
+        parents.append({"role": "pretrained", "path": weights.url, "sha256": artifacts.sha256_file(weights.file)})
     if opts.init is not None:
         init = artifacts.load_checkpoint(opts.init, task=TASK)
         check_classes(init.meta, classes, opts.init)
@@ -313,6 +318,94 @@ def _trained(model, spec, train: BoxData, test: BoxData | None, input_meta: dict
             "history": [{k: v for k, v in h.items() if not isinstance(v, list)} for h in history],
             "weights": weights_record(history, cfg, ValOptions()), **sections}
     return Trained(model.cpu(), meta, history, objective or {})
+
+
+# ---- the offline student's step: labeled and pseudo-labeled images, each part weighed ------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class PseudoOptions:
+    """How the offline student takes its pseudo-labeled images. Balanced (STAC, Unbiased Teacher): each step takes
+    --batch-size labeled images and `ratio` pseudo-labeled ones per labeled one, in a forward pass of their own whose
+    detector's losses are weighted `weight`. Pooled (both None): one shuffled stream of both parts, every image
+    alike, where 100 labeled images are drowned by 900 pseudo-labeled ones."""
+
+    ratio: float | None = None          # pseudo-labeled images per labeled image in a step [3 when balanced]
+    weight: float | None = None         # weight of the pseudo-labeled images' losses [1]
+
+    def __post_init__(self):
+        if self.ratio is not None and not (self.ratio > 0 and math.isfinite(self.ratio)):
+            raise DplError(f"--unlabeled-ratio must be a finite number > 0, got {self.ratio}")
+        if self.weight is not None and not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise DplError(f"--unlabeled-weight must be a finite number >= 0, got {self.weight}")
+
+    @property
+    def pooled(self) -> bool:
+        return self.ratio is None and self.weight is None
+
+    def record(self) -> dict:
+        if self.pooled:
+            return {"steps": "pooled"}
+        return {"steps": "balanced", "unlabeled_ratio": 3.0 if self.ratio is None else self.ratio,
+                "unlabeled_weight": 1.0 if self.weight is None else self.weight}
+
+
+def pseudo_objective(model: nn.Module, truth: Boxes, n_labeled: int, input_meta: dict, noise: BoxNoise,
+                     opts: PseudoOptions, rt: Runtime):
+    """The labeled images' detector losses, plus those of the pseudo-labeled images (rows `n_labeled` on of
+    `truth`) from a second forward pass, weighted and named pseudo_*."""
+    weight = 1.0 if opts.weight is None else opts.weight
+
+    def step(batch):
+        (il, iu), images = batch
+        parts = [(p, i) for p, i in (("", il), ("pseudo_", None if iu is None else iu + n_labeled)) if i is not None]
+        x, targets = noise.apply(images, targets_of(truth, torch.cat([i for _, i in parts]), rt.device))
+        terms, start = {}, 0
+        for prefix, idx in parts:
+            stop = start + len(idx)
+            found = model(augment.to_input(x[start:stop], input_meta["mean"], input_meta["std"], rt.cuda),
+                          to_model(targets[start:stop]))
+            terms.update({prefix + TERMS[k]: (weight * v if prefix else v) for k, v in found.items()})
+            start = stop
+        return terms, {}
+    return step
+
+
+def distill_pseudo(train: BoxData, n_labeled: int, test: BoxData | None, model_opts: ModelOptions, noise: BoxNoise,
+                   opts: PseudoOptions, cfg: TrainConfig, rt: Runtime, on_progress: Progress | None = None,
+                   resume: ResumeSpec | None = None, parents: list[dict] = (), **sections) -> Trained:
+    """The offline student on `train` (its first `n_labeled` images labeled, the rest pseudo-labeled, as
+    `with_pseudo_boxes` makes it), pooled or balanced (`PseudoOptions`)."""
+    if opts.ratio is not None and not 0 < n_labeled < len(train):
+        raise DplError("--unlabeled-ratio mixes labeled and pseudo-labeled images, and this run has only "
+                       f"{'labeled' if n_labeled else 'pseudo-labeled'} ones")
+    if not opts.pooled and n_labeled == len(train):
+        raise DplError("no pseudo-labeled image keeps a box at this --min-confidence: there is no pseudo part to "
+                       "weigh (--unlabeled-weight)")
+    if opts.pooled:
+        return teach(train, test, model_opts, noise, cfg, rt, on_progress, resume, parents, **sections)
+    seed_everything(cfg.seed)
+    model, spec, own = make_detector(model_opts, train.images, train.truth, train.classes)
+    model = rt.prepare(model)
+    mean, std = image_files.normalization(train.images)
+    input_meta = artifacts.input_meta(train.images.shape[1], train.images.shape[2], mean, std)
+    n_pseudo = len(train) - n_labeled
+    # A step's images of each part, as distill's Mix (objectives do not borrow from each other): an epoch is one
+    # pass over the pseudo-labeled part; the labeled part recurs.
+    b_l = min(cfg.batch_size, n_labeled)
+    b_u = max(1, round((3.0 if opts.ratio is None else opts.ratio) * b_l)) if b_l else min(cfg.batch_size, n_pseudo)
+    steps = max(1, n_pseudo // b_u // distributed.rank_world()[1])
+    feed, gather = rt.place(train.images), partial(_gather_parts, n_labeled=n_labeled)
+    batches = lambda epoch: feed(paired_indices(n_labeled, b_l, n_pseudo, b_u, steps, cfg.seed, epoch,  # noqa: E731
+                                                rt.device), gather)
+    history = fit(model, pseudo_objective(model, train.truth, n_labeled, input_meta, noise, opts, rt), batches,
+                  steps, cfg, rt, on_progress, resume, batch_images=b_l + b_u)
+    return _trained(model, spec, train, test, input_meta, [*own, *parents], cfg, b_l + b_u, noise, history, rt,
+                    **sections)
+
+
+def _gather_parts(batch, images: torch.Tensor, n_labeled: int) -> torch.Tensor:
+    il, iu = batch
+    return images[torch.cat([i for i in (il, None if iu is None else iu + n_labeled) if i is not None])]
 
 
 # ---- pseudo-boxes -----------------------------------------------------------------------------------------
@@ -462,6 +555,11 @@ def distill_online(train: BoxData, test: BoxData | None, teacher_path: Path, mod
     if len(train) == 0:
         raise DplError("no images to train the detector on")
     teacher, t_ckpt = load_detector(teacher_path)
+    for role, name in (("--arch", models.parse_arch(model_opts.arch)[0]), (str(teacher_path), t_ckpt.arch["name"])):
+        family = models.detector_family(name)
+        if family is not None and not family.two_stage:
+            raise DplError(f"{role}: {name} is a {family.title}, without the RPN and RoI heads that Chen et al.'s "
+                           "online terms read; distil it offline (dpl label, then --labels BOXES/) or use frcnn-BACKBONE")
     check_classes(t_ckpt.meta, train.classes, teacher_path)
     check_images(t_ckpt.meta, train.images, teacher_path)
     seed_everything(cfg.seed)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from . import artifacts
 
-WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn
+WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag)
 DPI = 120
 LOSS_TERMS = ("ce", "kd", "pseudo", "hint", "nt_xent")
 FIXED = {"svg.hashsalt": "dpl", "svg.fonttype": "path"}
@@ -315,3 +315,72 @@ def probe(linear: dict[str, float], dims: dict[str, int], title: str) -> tuple[F
     ax.set_title(title, fontsize="medium")
     ax.grid(True, axis="y", alpha=0.3)
     return fig, data
+
+
+# ---- multiple-instance learning ------------------------------------------------------------------
+
+MAX_BAG_INSTANCES = 32     # instances drawn per bag: beyond, those of the highest weights, in bag order
+TARGET_COLOR, OTHER_COLOR = "tab:red", "tab:gray"
+
+
+def bag_weights(bags: list[dict], pooling: str, title: str, target: str | None = None) -> tuple[Figure, dict]:
+    """Bags of a MIL model, a band each: the instances' images in a row, under each a bar of its weight (the
+    attention weight for attention pooling, the instance probability for max and mean), the instances of the
+    target class (hidden instance labels, where known) framed and barred in red; each band's title gives the bag
+    label and the predicted bag probability. `bags`: `dpl eval --json` per-bag entries (`bag`, `label`, `prob`,
+    `attention` or `scores`, optionally `instance_labels`) with `index` and `images` (uint8 (n, C, H, W)).
+    Data: {"pooling", "weight", "target", "bags": the entries less their images, with "shown": the positions
+    drawn}."""
+    attention = pooling in ("attention", "gated")
+    key, weight = ("attention", "attention weight") if attention else ("scores", "instance probability")
+    entries = []
+    for b in bags:
+        values = [float(v) for v in b[key]]
+        shown = sorted(np.argsort(-np.asarray(values), kind="stable")[:MAX_BAG_INSTANCES].tolist())
+        entries.append({**{k: v for k, v in b.items() if k != "images"}, key: [_number(v) for v in values],
+                        "shown": shown})
+    columns = max(len(e["shown"]) for e in entries)
+    # Probabilities on 0..1; attention weights (which shrink as bags grow) up to the largest drawn, one scale for all.
+    top = 1.15 * (max((e[key][i] or 0.0 for e in entries for i in e["shown"]), default=0.0) if attention else 1.0)
+    fig = Figure(figsize=(WIDTH, 1.9 * len(bags) + 0.6), layout="constrained")     # taller than HEIGHT past 2 bags
+    bands = fig.subfigures(len(bags), 1, squeeze=False).ravel()
+    for band, b, e in zip(bands, bags, entries):
+        axes = band.subplots(2, columns, gridspec_kw={"height_ratios": [1, 1]}, squeeze=False)
+        bar = band.add_subplot(axes[1, 0].get_gridspec()[1, :])
+        for ax in axes[1]:
+            ax.remove()
+        truth = b.get("instance_labels")
+        colors = [TARGET_COLOR if truth is not None and truth[i] else OTHER_COLOR for i in e["shown"]]
+        for ax, i, color in zip(axes[0], e["shown"], colors):
+            image = np.asarray(b["images"][i])
+            grey = image.shape[0] == 1
+            ax.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_color(color)
+                spine.set_linewidth(2.5 if color == TARGET_COLOR else 0.5)
+        for ax in axes[0][len(e["shown"]):]:
+            ax.set_visible(False)
+        heights = [e[key][i] or 0.0 for i in e["shown"]]
+        bars = bar.bar(range(len(heights)), heights, color=colors, edgecolor="black", linewidth=0.5)
+        if columns <= 16:
+            bar.bar_label(bars, labels=[f"{v:.2f}" for v in heights], fontsize="x-small", padding=1)
+        bar.set_xlim(-0.5, columns - 0.5)
+        bar.set_ylim(0, max(top, 0.05))
+        bar.set_xticks(range(len(heights)), [str(i) for i in e["shown"]], fontsize="x-small")
+        bar.set_xlabel("instance (position in the bag)", fontsize="x-small")
+        bar.set_ylabel(weight.replace(" ", "\n"), fontsize="x-small")
+        bar.tick_params(axis="y", labelsize="x-small")
+        bar.grid(True, axis="y", alpha=0.3)
+        more = (f", {len(e['shown'])} of {len(e[key])} instances (highest weights)"
+                if len(e["shown"]) < len(e[key]) else "")
+        kind = "positive" if e["label"] else "negative"
+        band.suptitle(f"bag {e['index']} ({e['bag']}): label {e['label']} ({kind}), "
+                      f"predicted P(positive) {e['prob']:.3f}{more}", fontsize="small")
+    marked = f"red: instances of {target!r}" if target else "red: positive instances"
+    known = any(e.get("instance_labels") is not None for e in entries)
+    fig.suptitle(f"{title}\n{pooling} pooling: {weight} per instance" + (f"; {marked}" if known else ""),
+                 fontsize="medium")
+    return fig, {"pooling": pooling, "weight": weight, "target": target, "bags": entries}

@@ -154,15 +154,16 @@ def check_trainable(bags: Bags) -> None:
 # ---- evaluation -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(net: MilNet, bags: Bags, input_meta: dict, rt: Runtime, batch_size: int = 512
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bag probabilities (B,), instance scores (N,)) in eval mode, on the CPU; each forward takes whole bags,
-    up to `batch_size` instances (one bag at least)."""
+def predict(net: MilNet, bags: Bags, input_meta: dict, rt: Runtime, batch_size: int = 512,
+            which: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bag probabilities, instance scores, bag after bag) of the bags `which` (default: all, in order) in eval
+    mode, on the CPU; each forward takes whole bags, up to `batch_size` instances (one bag at least)."""
     net.eval()
-    sizes, starts = bags.sizes, bags.offsets[:-1]
+    which = torch.arange(len(bags)) if which is None else which
+    sizes, starts = bags.sizes[which], bags.offsets[:-1][which]
     ends = np.cumsum(sizes.numpy())
     probs, scores, first = [], [], 0
-    while first < len(bags):
+    while first < len(which):
         last = max(first + 1, int(np.searchsorted(ends, ends[first] - sizes[first].item() + batch_size, "right")))
         idx = torch.arange(first, last)
         x = gather_bags(idx, bags.instances.images, starts, sizes).to(rt.device)
@@ -200,14 +201,27 @@ def measure(net: MilNet, bags: Bags, input_meta: dict, rt: Runtime, batch_size: 
         result.update(instance_auc=auc(truth, scores),
                       instance_auc_positive_bags=auc(truth[in_positive], scores[in_positive]))
     if per_bag:
-        attention = net.pooling in ATTENTION
-        shown = scores if attention else torch.sigmoid(scores)
-        result["per_bag"] = [
-            {"bag": name, "label": int(y[b]), "prob": round(float(probs[b]), 6),
-             "attention" if attention else "scores": [round(v, 6) for v in shown[a:e].tolist()],
-             **({"instance_labels": truth[a:e].tolist()} if truth is not None else {})}
-            for b, (name, a, e) in enumerate(zip(bags.names, bags.offsets[:-1].tolist(), bags.offsets[1:].tolist()))]
+        result["per_bag"] = bag_entries(net.pooling, bags, torch.arange(len(bags)), probs, scores)
     return result
+
+
+def bag_entries(pooling: str, bags: Bags, which: torch.Tensor, probs: torch.Tensor, scores: torch.Tensor
+                ) -> list[dict]:
+    """`dpl eval --json`'s entry of each bag `which`, from `predict`'s outputs for those bags: its name, label,
+    probability, and its instances' weights: attention weights (summing to 1) for attention pooling, instance
+    probabilities for max and mean; with the hidden instance labels where known."""
+    attention = pooling in ATTENTION
+    shown = scores if attention else torch.sigmoid(scores)
+    ends = torch.cumsum(bags.sizes[which], 0).tolist()
+    entries = []
+    for k, (b, end) in enumerate(zip(which.tolist(), ends)):
+        a, e = int(bags.offsets[b]), int(bags.offsets[b + 1])
+        weights = shown[end - (e - a): end]           # `predict` gives the bags `which` one after the other
+        entries.append({"bag": bags.names[b], "label": int(bags.labels[b]), "prob": round(float(probs[k]), 6),
+                        "attention" if attention else "scores": [round(v, 6) for v in weights.tolist()],
+                        **({"instance_labels": bags.instance_labels[a:e].tolist()}
+                           if bags.instance_labels is not None else {})})
+    return entries
 
 
 def is_mil(path: Path) -> bool:
@@ -237,6 +251,32 @@ def load_model(path: Path) -> tuple[MilNet, artifacts.Checkpoint]:
     net = build()
     net.load_state_dict(ckpt.tensors)
     return net, ckpt
+
+
+MAX_PLOTTED_BAGS = 8     # bags in one figure of `dpl plot bag`, a band each
+
+
+def plotted_bags(path: Path, bag_indices: list[int], data_spec: str | None, rt: Runtime, batch_size: int = 512,
+                 download: bool = False) -> dict:
+    """`dpl plot bag`: the bags `bag_indices` (positions) of a MIL checkpoint's test bags (or `data_spec`'s),
+    each as `dpl eval --json` gives it (`bag_entries`) plus its position `index` and its instances' `images`
+    (uint8 (n, C, H, W)); only those bags go through the network."""
+    which = list(dict.fromkeys(bag_indices))
+    if not which or len(which) > MAX_PLOTTED_BAGS:
+        raise DplError(f"--bag: 1 to at most {MAX_PLOTTED_BAGS} bags in one figure, got {len(which)}")
+    net, ckpt = load_model(path)
+    bags = test_bags_of(ckpt.meta, data_spec, download, rt.workers)
+    outside = [b for b in which if not 0 <= b < len(bags)]
+    if outside:
+        raise DplError(f"--bag {outside[0]}: out of range, {bags.spec} has {len(bags)} bags (0..{len(bags) - 1})")
+    chosen = torch.tensor(which)
+    probs, scores = predict(rt.prepare(net), bags, ckpt.input, rt, batch_size, chosen)
+    entries = bag_entries(net.pooling, bags, chosen, probs, scores)
+    for entry, b in zip(entries, which):
+        entry.update(index=b, images=bags.instances.images[int(bags.offsets[b]): int(bags.offsets[b + 1])])
+    build = ckpt.meta["mil"].get("bags") or {}
+    return {"checkpoint": str(path), "data": bags.spec, "pooling": net.pooling, "target": build.get("target_name"),
+            "bags": entries}
 
 
 def test_bags_of(meta: dict, data_spec: str | None = None, download: bool = False,

@@ -1,8 +1,10 @@
 """Weakly supervised deep detection networks (`dpl wsddn`; Bilen & Vedaldi, CVPR 2016): a detector learnt from
 image-level class labels alone.
 
-A backbone from the registry gives a feature map (the output of the layer before its global pooling, read by
-`models.Taps`; its pooling and classifier never run). Region proposals are a fixed multi-scale sliding grid,
+A backbone from the registry gives a feature map, read by `models.Taps` (what follows it never runs): by default
+the deepest residual block fine enough for the smallest proposal to cover roi x roi cells (`default_feature_layer`:
+stride 4 on 64 px images with the default proposals), not the coarser map before global pooling. Region
+proposals are a fixed multi-scale sliding grid,
 the same for every image and blind to its content (so they never see ground truth): squares of each side in
 `proposal_sizes` (fractions of the image side) stretched to each aspect ratio h/w in `proposal_ratios` (the
 area kept), at every `proposal_stride` (a fraction of the side) across the image, plus the last position
@@ -23,15 +25,17 @@ With `refine` K > 0, OICR's online instance classifier refinement (Tang et al., 
 the same region features, each a softmax over the classes and background per region, trained by
 `refinement_loss` on the seeds of the stream before it (the first: x; the seeds never see ground truth, only
 the image labels); the read-out is then the mean of the K streams' class probabilities. Without refinement
-the read-out is x.
+the read-out is x. With `spatial` > 0, WSDDN's spatial regulariser (`spatial_regulariser`) is added to the loss.
 
 Read out, the detections of class c are the proposals ranked by their read-out score, per-class NMS at IoU
 NMS_IOU, the best DETECTIONS_PER_CLASS kept; an image's top box of class c is its proposal of largest
-read-out score (with refinement, `two_stream_*` figures measure x alone as well). The two baselines
-of `measure` have the same proposals and the same network: the whole image as the one box of each class
-(scored y_c), and "objectness without the detection stream": each proposal scored by the classification
-stream alone, s^cls_rc (the network's belief that region r shows class c, with no comparison between
-regions), ranked and suppressed like the detections.
+read-out score (with refinement, `two_stream_*` figures measure x alone as well). With `vote` < 1 each of
+these boxes is then voted (`voted`): the score-weighted mean of the proposals overlapping it by IoU >= vote,
+which places it between the grid's positions (`proposal_*corloc` keep the top proposal's CorLoc). The two
+baselines of `measure` have the same proposals, the same network and the same voting: the whole image as the
+one box of each class (scored y_c), and "objectness without the detection stream": each proposal scored by the
+classification stream alone, s^cls_rc (the network's belief that region r shows class c, with no comparison
+between regions), ranked, suppressed and voted like the detections.
 
 The checkpoint (`meta["task"] = "wsddn"`) holds the whole network: `backbone.*` (the registry model, `arch`;
 its own classifier is unused), `head.*`, `cls.*`, `det.*`; `meta["wsddn"]` says how, and `meta["data"]` is
@@ -57,10 +61,10 @@ from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everyth
 
 TASK = "wsddn"
 EPS = 1e-6
+SPATIAL_IOU = 0.6             # WSDDN's spatial regulariser: the neighbours of a class's top region
 REFINE_IOU = 0.5              # OICR: a region overlapping a seed this much learns the seed's class
 NMS_IOU = 0.4                 # per-class NMS of the read-out detections (WSDDN's test-time setting)
 DETECTIONS_PER_CLASS = 10     # kept per class and image after NMS (at most 100 per image for COCOeval's maxDets)
-POOLING_LAYERS = ("pool", "avgpool")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +75,10 @@ class WsddnOptions:
     roi: int = 4                                             # RoIAlign output side
     hidden: int = 256                                        # width of the two fully connected layers
     refine: int = 0                                          # OICR-style refinement streams (0: WSDDN alone)
-    feature_layer: str | None = None                         # the tapped feature map; None: before global pooling
+    feature_layer: str | None = None                         # the tapped feature map; None: default_feature_layer
     context: float = 0.0                                     # >1: also pool each region enlarged this much (0: not)
+    spatial: float = 0.0                                     # weight of the spatial regulariser (0: none)
+    vote: float = 0.2                                        # read-out box voting IoU (1: the top proposal alone)
 
     def __post_init__(self):
         object.__setattr__(self, "proposal_sizes", tuple(float(s) for s in self.proposal_sizes))
@@ -87,6 +93,10 @@ class WsddnOptions:
             raise DplError(f"--roi must be in 1..32 and --hidden in 1..8192, got {self.roi} and {self.hidden}")
         if not 0 <= self.refine <= 8:
             raise DplError(f"--refine must be in 0..8, got {self.refine}")
+        if not 0 <= self.spatial <= 10_000:
+            raise DplError(f"--spatial must be in [0, 10000], got {self.spatial}")
+        if not 0 <= self.vote <= 1:
+            raise DplError(f"--vote is an IoU in [0, 1] (1: no voting), got {self.vote}")
         if not (self.context == 0 or 1 < self.context <= 4):
             raise DplError(f"--context is an enlargement factor in (1, 4], or 0 for none, got {self.context}")
 
@@ -109,14 +119,18 @@ def grid_proposals(side: int, sizes, ratios, stride: float) -> torch.Tensor:
     return boxes
 
 
-def feature_map_layer(model: nn.Module) -> str:
-    """The layer whose output is the backbone's last feature map: the child just before its global pooling."""
-    names = [n for n, _ in model.named_children()]
-    at = next((i for i, n in enumerate(names) if n in POOLING_LAYERS), 0)
-    if at == 0:
-        raise DplError(f"{type(model).__name__}: no feature map found before a global pooling layer "
-                       f"({'/'.join(POOLING_LAYERS)}) for WSDDN's regions")
-    return names[at - 1]
+def default_feature_layer(model: nn.Module, input_shape: tuple[int, int, int], opts: WsddnOptions) -> str:
+    """The deepest residual block (models.block_layers) whose feature map is fine enough for the smallest proposal
+    square to cover opts.roi x opts.roi of its cells: stride <= smallest side / roi (stride 4 for the defaults on
+    64 px images; 8 on 128 px). The layer before global pooling is usually coarser (stride 8 on cnn-s at 64 px),
+    which measured much worse: its cells are as large as the smallest objects."""
+    side = input_shape[-1]
+    blocks = models.block_layers(model, input_shape)
+    if not blocks:
+        raise DplError(f"{type(model).__name__}: no feature map (C x H x W) to pool WSDDN's regions from")
+    finest = min(opts.proposal_sizes) * side / opts.roi
+    fine_enough = [b for b in blocks if side / b["shape"][-1] <= finest + 1e-6]
+    return (fine_enough[-1] if fine_enough else blocks[0])["path"]
 
 
 class Wsddn(nn.Module):
@@ -125,8 +139,8 @@ class Wsddn(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, in_channels: int, image_size: int, opts: WsddnOptions):
         super().__init__()
-        self.backbone, self.num_classes = backbone, num_classes
-        self.layer = opts.feature_layer or feature_map_layer(backbone)
+        self.backbone, self.num_classes, self.vote = backbone, num_classes, opts.vote
+        self.layer = opts.feature_layer or default_feature_layer(backbone, (in_channels, image_size, image_size), opts)
         self.taps = models.Taps(backbone, [self.layer], stop=True)   # the backbone's pooling and classifier never run
         shape = models.output_shape(self.taps, self.layer, (in_channels, image_size, image_size))
         if len(shape) != 3:
@@ -147,16 +161,18 @@ class Wsddn(nn.Module):
         self.refine = nn.ModuleList(nn.Linear(opts.hidden, num_classes + 1) for _ in range(opts.refine))
         self.register_buffer("overlaps", box_iou(proposals, proposals), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, features: bool = False) -> tuple:
         """Normalized images (B, C, H, W) -> (classification, detection) logits, each (B, R, classes), and the
-        refinement streams' logits, each (B, R, classes + 1) with background first."""
+        refinement streams' logits, each (B, R, classes + 1) with background first; with `features`, also the
+        regions' features (B, R, hidden) that the streams read."""
         fmap = self.taps.tensor(x, self.layer)
         b, c, r = len(x), fmap.shape[1], len(self.proposals)
         pooled = fmap.flatten(2) @ self.pooling.to(fmap.dtype).T               # (B, C, R * roi * roi)
         pooled = pooled.view(b, c, -1, r, self.roi * self.roi)                 # (B, C, 1 or 2, R, roi * roi)
         pooled = pooled.permute(0, 3, 2, 1, 4).reshape(b * r, -1)              # roi_align's (B * R, C, roi, roi)
         h = self.head(pooled)
-        return self.cls(h).view(b, r, -1), self.det(h).view(b, r, -1), [k(h).view(b, r, -1) for k in self.refine]
+        out = self.cls(h).view(b, r, -1), self.det(h).view(b, r, -1), [k(h).view(b, r, -1) for k in self.refine]
+        return (*out, h.view(b, r, -1)) if features else out
 
 
 def enlarged(boxes: torch.Tensor, factor: float, side: int) -> torch.Tensor:
@@ -210,6 +226,21 @@ def refinement_loss(logits: torch.Tensor, previous: torch.Tensor, present: torch
     return (w.flatten() * nll).mean()
 
 
+def spatial_regulariser(features: torch.Tensor, region: torch.Tensor, present: torch.Tensor,
+                        overlaps: torch.Tensor) -> torch.Tensor:
+    """WSDDN's spatial regulariser (Bilen & Vedaldi 2016, sec. 3.3): for each class present, the features of the
+    regions overlapping its top-scoring region by IoU >= SPATIAL_IOU are pulled towards that region's, weighted
+    by half its squared score, so that the score map is smooth around the object rather than peaked on a part.
+    The squared distance is averaged over feature dimensions and over the neighbours; the mean is over the
+    (image, class present) pairs."""
+    score, top = region.max(1)                                            # (B, C)
+    near = (overlaps[top] >= SPATIAL_IOU).float()                         # (B, C, R), the top region included
+    top_features = features.gather(1, top[..., None].expand(-1, -1, features.shape[2]))     # (B, C, D)
+    distance = torch.cdist(top_features, features).square() / features.shape[2]            # (B, C, R)
+    per_pair = (near * distance).sum(2) / near.sum(2) * 0.5 * score.detach().square()
+    return (per_pair * present).sum() / present.sum().clamp(min=1)
+
+
 # ---- training -----------------------------------------------------------------------------------------
 
 def as_dataset(box: BoxData) -> data.Dataset:
@@ -250,10 +281,12 @@ def train_wsddn(train_data: BoxData, model_opts: ModelOptions, noise_opts: Noise
 
     def objective(b):
         idx, x = b
-        cls, det, refined = net(augment.to_input(augment.apply(x, noise), mean, std, rt.cuda))
+        cls, det, refined, features = net(augment.to_input(augment.apply(x, noise), mean, std, rt.cuda), features=True)
         region, image, _ = scores_of(cls, det)
         target = y[idx]
         terms = {"bce": F.binary_cross_entropy(image, target)}
+        if opts.spatial:
+            terms["spatial"] = opts.spatial * spatial_regulariser(features.float(), region, target, net.overlaps)
         previous = region
         for k, logits in enumerate(refined, 1):
             terms[f"refine{k}"] = refinement_loss(logits, previous, target, net.overlaps)
@@ -299,22 +332,38 @@ def predict(net: Wsddn, box: BoxData, input_meta: dict, rt: Runtime, batch_size:
     return tuple(torch.cat(t) for t in out)
 
 
+def voted(scores: torch.Tensor, proposals: torch.Tensor, image: torch.Tensor, label: torch.Tensor,
+          at: torch.Tensor, vote: float) -> torch.Tensor:
+    """Box voting: each chosen proposal `at` (M,) of class `label` in image `image` becomes the mean of the
+    proposals overlapping it by IoU >= `vote`, weighted by their scores (N, R, C) of that class. The fixed grid's
+    step (8 px on 64 px images) leaves many objects without a proposal at IoU 0.5; the vote places the box
+    between grid positions. vote 1: the chosen proposals as they are."""
+    if vote >= 1 or not len(at):
+        return proposals[at].float()
+    near = box_iou(proposals[at], proposals) >= vote                           # (M, R), the chosen one included
+    weight = scores[image, :, label].float().clamp(min=0) * near               # (M, R)
+    weight[weight.sum(1) <= 0, :] = near[weight.sum(1) <= 0].float()           # all scores 0: an even vote
+    return (weight @ proposals.float()) / weight.sum(1, keepdim=True)
+
+
 def top_boxes(scores: torch.Tensor, proposals: torch.Tensor, classes: torch.Tensor | None = None,
-              box_scores: torch.Tensor | None = None) -> Boxes:
+              box_scores: torch.Tensor | None = None, vote: float = 1.0) -> Boxes:
     """Per image, the proposal of largest score for each class (every class, or those where `classes` (N, C)
-    is true), scored by `box_scores` (N, C) where given, else by that region's score."""
+    is true), scored by `box_scores` (N, C) where given, else by that region's score; with `vote` < 1, each
+    box voted (`voted`)."""
     n, _, c = scores.shape
     best, at = scores.max(1)                                     # (N, C)
     keep = torch.ones(n, c, dtype=torch.bool) if classes is None else classes.bool()
     image, label = keep.nonzero(as_tuple=True)
     shown = (box_scores if box_scores is not None else best)[image, label]
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)])
-    return Boxes(offsets, proposals[at[image, label]].float(), label, shown.float())
+    return Boxes(offsets, voted(scores, proposals, image, label, at[image, label], vote), label, shown.float())
 
 
 def detections(scores: torch.Tensor, proposals: torch.Tensor, per_class: int = DETECTIONS_PER_CLASS,
-               nms_iou: float = NMS_IOU) -> Boxes:
-    """Per image: each class's proposals ranked by `scores` (N, R, C), per-class NMS, the best `per_class` kept."""
+               nms_iou: float = NMS_IOU, vote: float = 1.0) -> Boxes:
+    """Per image: each class's proposals ranked by `scores` (N, R, C), per-class NMS, the best `per_class` kept;
+    with `vote` < 1, each kept box voted (`voted`)."""
     from torchvision.ops import batched_nms
 
     n, r, c = scores.shape
@@ -326,7 +375,9 @@ def detections(scores: torch.Tensor, proposals: torch.Tensor, per_class: int = D
         s, boxes = top[i].flatten(), proposals[at[i].flatten()]
         kept = batched_nms(boxes, s, labels, nms_iou)
         kept = torch.cat([kept[labels[kept] == cl][:per_class] for cl in range(c)])
-        dicts.append({"boxes": boxes[kept], "labels": labels[kept], "scores": s[kept]})
+        chosen = at[i].flatten()[kept]
+        boxes = voted(scores[i: i + 1], proposals, torch.zeros_like(chosen), labels[kept], chosen, vote)
+        dicts.append({"boxes": boxes, "labels": labels[kept], "scores": s[kept]})
     return Boxes.from_dicts(dicts, scores=True)
 
 
@@ -343,20 +394,25 @@ def measure(net: Wsddn, train_data: BoxData | None, test: BoxData | None, input_
     """CorLoc on `train_data` (the top box of each class present) and mAP (COCO, pycocotools) on `test`, for
     WSDDN and the two baselines of the module docstring: whole_image_*, objectness_*."""
     found: dict = {}
-    proposals = net.proposals.cpu()
+    proposals, vote = net.proposals.cpu(), net.vote
     refined = len(net.refine) > 0
     if train_data is not None:
         x, y, s_cls, readout = predict(net, train_data, input_meta, rt, batch_size)
-        found.update(corloc=corloc(top_boxes(readout, proposals), train_data.truth),
+        found.update(corloc=corloc(top_boxes(readout, proposals, vote=vote), train_data.truth),
                      whole_image_corloc=corloc(whole_image(y, train_data.shape[1:]), train_data.truth),
-                     objectness_corloc=corloc(top_boxes(s_cls, proposals), train_data.truth),
-                     **({"two_stream_corloc": corloc(top_boxes(x, proposals), train_data.truth)} if refined else {}),
+                     objectness_corloc=corloc(top_boxes(s_cls, proposals, vote=vote), train_data.truth),
+                     **({"two_stream_corloc": corloc(top_boxes(x, proposals, vote=vote), train_data.truth)}
+                        if refined else {}),
+                     **({"proposal_corloc": corloc(top_boxes(readout, proposals), train_data.truth),
+                         "objectness_proposal_corloc": corloc(top_boxes(s_cls, proposals), train_data.truth)}
+                        if vote < 1 else {}),
                      corloc_images=len(train_data), corloc_spec=train_data.spec)
     if test is not None:
         x, y, s_cls, readout = predict(net, test, input_meta, rt, batch_size)
-        for name, pred in (("", detections(readout, proposals)), ("whole_image_", whole_image(y, test.shape[1:])),
-                           ("objectness_", detections(s_cls, proposals)),
-                           *((("two_stream_", detections(x, proposals)),) if refined else ())):
+        for name, pred in (("", detections(readout, proposals, vote=vote)),
+                           ("whole_image_", whole_image(y, test.shape[1:])),
+                           ("objectness_", detections(s_cls, proposals, vote=vote)),
+                           *((("two_stream_", detections(x, proposals, vote=vote)),) if refined else ())):
             m = mean_average_precision(pred, test.truth, test.classes)
             found.update({f"{name}map50": m["map50"], f"{name}map": m["map"]})
             if not name:
@@ -380,7 +436,8 @@ def options_of(meta: dict, path: Path) -> WsddnOptions:
     try:
         return WsddnOptions(**{k: record[k] for k in ("proposal_sizes", "proposal_ratios", "proposal_stride", "roi",
                                                        "hidden")}, refine=record.get("refine", 0),
-                            feature_layer=record.get("feature_layer"), context=record.get("context", 0.0))
+                            feature_layer=record.get("feature_layer"), context=record.get("context", 0.0),
+                            spatial=record.get("spatial", 0.0), vote=record.get("vote", 1.0))
     except (KeyError, TypeError, DplError):
         raise DplError(f"{path}: corrupt or missing metadata value for 'wsddn'") from None
 
@@ -437,7 +494,7 @@ def evaluate_checkpoint(path: Path, data_spec: str | None, rt: Runtime, batch_si
     net = rt.prepare(net)
     found = measure(net, train_data, test, ckpt.input, rt, batch_size)
     return {"checkpoint": str(path), "task": TASK, "arch": ckpt.arch.get("name"), "params": models.count_params(net),
-            "proposals": len(net.proposals), "seed": ckpt.meta.get("seed"), **found}
+            "proposals": len(net.proposals), "vote": net.vote, "seed": ckpt.meta.get("seed"), **found}
 
 
 # ---- pseudo-boxes -------------------------------------------------------------------------------------------
@@ -458,7 +515,7 @@ class BoxLabelOptions:
 def pseudo_boxes(net: Wsddn, box: BoxData, input_meta: dict, rt: Runtime, opts: BoxLabelOptions) -> Boxes:
     """Per image, the top box of each class predicted present (y_c >= opts.present), scored by y_c."""
     _, y, _, readout = predict(net, box, input_meta, rt, opts.batch_size)
-    return top_boxes(readout, net.proposals.cpu(), classes=y >= opts.present, box_scores=y)
+    return top_boxes(readout, net.proposals.cpu(), classes=y >= opts.present, box_scores=y, vote=net.vote)
 
 
 def label_boxes(path: Path, box: BoxData, rt: Runtime, opts: BoxLabelOptions, out: Path) -> dict:

@@ -96,3 +96,33 @@ def write_photos(root: Path, source: str = "digits", per_class: int = 20, flat: 
         for i in np.flatnonzero(ds.labels.numpy() == c)[start: start + per_class]:
             write_photo(ds.images[i].numpy(), folder / f"{i:05d}.jpg", rng)
     return root
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache, and no network: a download fails at once."""
+    import torch.hub
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def cache_imagenet_weights(name: str, seed: int = 0) -> dict:
+    """Put a seeded torchvision `name` (1000 classes, RGB) in the hub cache as its ImageNet weights."""
+    import torch
+    import torchvision
+
+    from dpl.core import models
+
+    torch.manual_seed(seed)
+    state = getattr(torchvision.models, name)().state_dict()
+    _, file = models.pretrained_file(name)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, file)
+    return state

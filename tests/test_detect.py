@@ -119,6 +119,37 @@ def test_offline_distill_trains_on_true_and_pseudo_boxes(boxes, tmp_path):
     assert meta["parents"][0]["role"] == "labels"
 
 
+def test_balanced_offline_distill_weighs_the_pseudo_part_in_a_pass_of_its_own(boxes, tmp_path):
+    out = tmp_path / "s.safetensors"
+    r = dpl("distill", "--labels", boxes, "--arch", "frcnn-cnn-s", "--min-confidence", "0.0", "--unlabeled-ratio", "1",
+            "--unlabeled-weight", "0.5", *FAST[:2], "--batch-size", "4", "--device", "cpu", "-o", out)
+    assert r.code == 0, r
+    meta = artifacts.read_header(out).meta
+    assert meta["detect"]["steps"] == "balanced" and meta["detect"]["unlabeled_ratio"] == 1.0
+    assert meta["detect"]["unlabeled_weight"] == 0.5
+    assert {"cls", "box", "pseudo_cls", "pseudo_box", "pseudo_rpn_obj"} <= set(meta["history"][0])
+    assert meta["train"]["batch_size"] == 8                 # 4 labeled + 4 pseudo-labeled images a step
+
+
+def test_the_pseudo_part_is_weighted_and_the_labeled_part_is_not():
+    data = scenes.load_boxes("scenes:digits", "train", SPEC).subset(torch.arange(8))
+    rt, meta = train.runtime("cpu"), artifacts.input_meta(1, 32, [0.1], [0.3])
+    model, _, _ = detect.make_detector(ModelOptions(arch="frcnn-cnn-s"), data.images, data.truth, data.classes)
+    model.train()
+    batch = ((torch.arange(4), torch.arange(4)), data.images)      # rows 0-3 labeled, 4-7 pseudo-labeled
+
+    def terms(**opts):
+        torch.manual_seed(0)
+        step = detect.pseudo_objective(model, data.truth, 4, meta, detect.BoxNoise(flip=False),
+                                       detect.PseudoOptions(**opts), rt)
+        return {k: float(v.detach()) for k, v in step(batch)[0].items()}
+    full, half = terms(weight=1.0), terms(weight=0.5)
+    assert set(full) == {"cls", "box", "rpn_obj", "rpn_box", "pseudo_cls", "pseudo_box", "pseudo_rpn_obj",
+                         "pseudo_rpn_box"}
+    assert all(half[k] == pytest.approx(full[k] / 2) for k in full if k.startswith("pseudo_"))
+    assert all(half[k] == pytest.approx(full[k]) for k in full if not k.startswith("pseudo_"))
+
+
 def test_online_chen_distill_runs_end_to_end(detector, tmp_path):
     out = tmp_path / "chen.safetensors"
     r = dpl("distill", "--teacher", detector, "--arch", "frcnn-cnn-s", "--feature-loss", "hint", *FAST, "-o", out)
@@ -208,6 +239,13 @@ def test_bad_input_is_refused_and_nothing_written(detector, boxes, teacher, tmp_
                    "--bound-weight")
     assert_refused(dpl("teach", "--data", "digits", "--canvas", "32", "-o", out), "--canvas")
     assert_refused(dpl("distill", "--labels", boxes, "--labeled", "5", "--arch", "frcnn-cnn-s", "-o", out), "--labeled")
+    assert_refused(dpl("distill", "--teacher", detector, "--unlabeled-ratio", "2", "--arch", "frcnn-cnn-s", "-o", out),
+                   "live --teacher")
+    assert_refused(dpl("distill", "--labels", boxes, "--unlabeled-ratio", "0", "--arch", "frcnn-cnn-s", "-o", out),
+                   "--unlabeled-ratio")
+    assert dpl("label", detector, "--part", "all", "-o", tmp_path / "all").code == 0
+    assert_refused(dpl("distill", "--labels", tmp_path / "all", "--unlabeled-ratio", "2", "--arch", "frcnn-cnn-s",
+                       "-o", out), "only pseudo-labeled")
     # pseudo-boxes made for other images
     other = tmp_path / "other"
     other.mkdir()

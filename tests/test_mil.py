@@ -140,6 +140,36 @@ def test_eval_json_holds_each_bags_attention_weights(trained):
     assert all(0 <= s <= 1 for s in scores)                        # max and mean: instance probabilities
 
 
+def test_plot_bag_draws_the_weights_eval_json_gives(trained, tmp_path, teacher):
+    from PIL import Image
+
+    for pooling, key in (("gated", "attention"), ("mean", "scores")):
+        evaluated = json.loads(dpl("eval", trained[pooling], "--json").stdout)["per_bag"]
+        r = dpl("plot", "bag", trained[pooling], "--bag", "5", "--bag", "0", "-o", tmp_path / pooling, "--json")
+        assert r.code == 0, r
+        out = json.loads(r.stdout)
+        assert out["files"] == [str(tmp_path / f"{pooling}.png"), str(tmp_path / f"{pooling}.svg")]
+        with Image.open(out["files"][0]) as image:
+            image.verify()
+        data = out["data"]
+        assert data["pooling"] == pooling and data["target"] == "3"
+        assert [b["index"] for b in data["bags"]] == [5, 0]
+        for drawn in data["bags"]:
+            same = evaluated[drawn["index"]]                   # only the chosen bags went through the network
+            assert drawn["bag"] == same["bag"] and drawn["label"] == same["label"]
+            assert drawn["instance_labels"] == same["instance_labels"]
+            assert drawn["prob"] == pytest.approx(same["prob"], abs=1e-5)
+            assert drawn[key] == pytest.approx(same[key], abs=1e-5)
+            assert drawn["shown"] == list(range(len(same[key])))
+    # out of range, too many bags, a classifier: one line, nothing written
+    for args, words in (((trained["max"], "--bag", "12"), ("--bag 12", "out of range", "12 bags (0..11)")),
+                        ((trained["max"], "--bag", "-1"), ("--bag -1", "out of range")),
+                        ((trained["max"], *[a for b in range(9) for a in ("--bag", str(b))]), ("at most", "8")),
+                        ((teacher, "--bag", "0"), (str(teacher), "not a multiple-instance"))):
+        assert_refused(dpl("plot", "bag", *args, "-o", tmp_path / "refused"), *words)
+    assert not list(tmp_path.glob("refused*")) and not list(tmp_path.glob(".refused*"))
+
+
 def _write_bag_folder(root, split_bags=(("train", 12), ("test", 8)), size=4):
     """Bags of digits as image files: bag folders, labels.csv and instances.csv per split."""
     from PIL import Image

@@ -5,6 +5,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -59,7 +60,7 @@ def plot(*args) -> dict:
 def test_help_lists_the_kinds():
     r = dpl("plot", "--help")
     assert r.code == 0, r
-    for kind in ("curves", "reliability", "confusion", "labels", "lineage", "probe"):
+    for kind in ("curves", "reliability", "confusion", "labels", "lineage", "probe", "bag"):
         assert kind in r.stdout
 
 
@@ -174,3 +175,20 @@ def test_bad_inputs_are_refused_and_nothing_is_written(runs, tmp_path):
     (tmp_path / "fig.svg").write_text("<svg/>")
     assert_refused(dpl("plot", "lineage", runs["s1"], "-o", tmp_path / "fig"), "fig.svg", "exists")
     assert not (tmp_path / "fig.png").exists() and (tmp_path / "fig.svg").read_text() == "<svg/>"
+
+
+def test_a_large_colour_bag_draws_its_highest_weights(tmp_path):
+    from dpl.core import figures
+
+    weights = [(i % 7) / 100 for i in range(40)]
+    bag = {"bag": "slide-3", "label": 1, "prob": 0.9, "attention": weights,
+           "instance_labels": [i % 2 for i in range(40)], "index": 3,
+           "images": np.random.default_rng(0).integers(0, 256, (40, 3, 6, 6), dtype=np.uint8)}
+    fig, data = figures.bag_weights([bag], "gated", "a bag folder", None)
+    shown = data["bags"][0]["shown"]
+    assert len(shown) == figures.MAX_BAG_INSTANCES and shown == sorted(shown)
+    assert min(weights[i] for i in shown) >= max(w for i, w in enumerate(weights) if i not in shown)
+    assert data["bags"][0]["attention"] == weights and "images" not in data["bags"][0]
+    assert data["weight"] == "attention weight"
+    png, svg = figures.save(fig, tmp_path / "bag")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and ET.parse(svg).getroot().tag.endswith("svg")

@@ -1,35 +1,10 @@
 import json
-from urllib.error import URLError
 
 import pytest
 import torch
-import torch.hub
-import torchvision
 
-from conftest import assert_refused, dpl
+from conftest import assert_refused, cache_imagenet_weights, dpl
 from dpl.core import DplError, artifacts, models
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty torch hub cache, and no network: a download fails at once."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(*args, **kwargs):
-        raise URLError("network disabled in tests")
-
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
-    return tmp_path / "torch" / "hub" / "checkpoints"
-
-
-def cache(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Put a seeded torchvision `name` (1000 classes, RGB) in the hub cache as its ImageNet weights."""
-    torch.manual_seed(seed)
-    state = getattr(torchvision.models, name)().state_dict()
-    _, file = models.pretrained_file(name)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, file)
-    return state
 
 
 def build(name, in_channels=1, image_size=8, num_classes=10):
@@ -38,7 +13,7 @@ def build(name, in_channels=1, image_size=8, num_classes=10):
 
 @pytest.mark.parametrize("in_channels", [1, 2, 3, 4])
 def test_mobilenet_keeps_the_body_adapts_the_input_conv_and_starts_the_classifier_fresh(hub, in_channels):
-    saved = cache("mobilenet_v3_small")
+    saved = cache_imagenet_weights("mobilenet_v3_small")
     model = build("mobilenet_v3_small", in_channels=in_channels)
     fresh_fc = model.classifier[3].weight.detach().clone()
     result = models.load_pretrained(model, "mobilenet_v3_small")
@@ -59,7 +34,7 @@ def test_mobilenet_keeps_the_body_adapts_the_input_conv_and_starts_the_classifie
 
 
 def test_resnet_small_stem_starts_fresh_and_imagenet_shapes_load_everything(hub):
-    saved = cache("resnet18")
+    saved = cache_imagenet_weights("resnet18")
     small = build("resnet18", image_size=8)
     result = models.load_pretrained(small, "resnet18")
     assert "conv1.weight" in result.fresh and "fc.fc.weight" in result.fresh     # 3x3 stem; 10 classes
@@ -74,7 +49,7 @@ def test_resnet_small_stem_starts_fresh_and_imagenet_shapes_load_everything(hub)
 
 
 def test_teach_pretrained_records_the_weights_and_a_rebuild_loads_none(tmp_path, hub):
-    saved = cache("mobilenet_v3_small")
+    saved = cache_imagenet_weights("mobilenet_v3_small")
     out = tmp_path / "m.safetensors"
     r = dpl("teach", "--arch", "mobilenet_v3_small", "--pretrained", "--labeled-per-class", "5", "--epochs", "1",
             "--lr", "1e-30", "--device", "cpu", "-o", out)
@@ -94,7 +69,7 @@ def test_teach_pretrained_records_the_weights_and_a_rebuild_loads_none(tmp_path,
 
 
 def test_distill_takes_pretrained(tmp_path, hub, teacher):
-    cache("mobilenet_v3_small")
+    cache_imagenet_weights("mobilenet_v3_small")
     out = tmp_path / "s.safetensors"
     r = dpl("distill", "--teacher", teacher, "--arch", "mobilenet_v3_small", "--pretrained", "--labeled-per-class", "5",
             "--epochs", "1", "--device", "cpu", "-o", out)

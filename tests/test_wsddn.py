@@ -12,7 +12,7 @@ from dpl.core import artifacts, wsddn
 from dpl.core.boxes import read_box_labels
 
 TINY = ["--data", "scenes:digits", "--canvas", "32", "--object-size", "8,14", "--scenes", "24", "--test-scenes", "12",
-        "--arch", "cnn-s", "--hidden", "32", "--refine", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+        "--arch", "cnn-s", "--hidden", "32", "--refine", "1", "--spatial", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 
 
 def test_proposals_are_a_fixed_grid_inside_the_image():
@@ -66,6 +66,22 @@ def test_refinement_teaches_the_seed_class_around_the_top_region_and_background_
     assert float(wsddn.refinement_loss(wrong, previous, torch.zeros(1, 2), overlaps)) == 0.0
 
 
+def test_the_spatial_regulariser_pulls_the_neighbours_of_the_top_region_towards_it():
+    proposals = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])     # 0 and 1 overlap (IoU 0.82)
+    overlaps = wsddn.box_iou(proposals, proposals)
+    region = torch.tensor([[[0.8, 0.0], [0.1, 0.0], [0.0, 0.4]]])                    # class 0's top: region 0
+    features = torch.tensor([[[1.0, 1.0], [1.0, 3.0], [9.0, 9.0]]])
+    present = torch.tensor([[1.0, 0.0]])
+    # neighbours of region 0: itself (distance 0) and region 1 (squared distance 4 over 2 dimensions); region 2 is
+    # not one, however far its features are
+    expected = 0.5 * 0.8 ** 2 * (0 + 4 / 2) / 2
+    assert float(wsddn.spatial_regulariser(features, region, present, overlaps)) == pytest.approx(expected)
+    assert float(wsddn.spatial_regulariser(features, region, torch.zeros(1, 2), overlaps)) == 0.0
+    same = features.clone()
+    same[0, 1] = same[0, 0]
+    assert float(wsddn.spatial_regulariser(same, region, present, overlaps)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_top_boxes_and_detections_on_a_planted_case():
     proposals = torch.tensor([[0.0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30]])
     scores = torch.zeros(2, 3, 2)
@@ -83,6 +99,40 @@ def test_top_boxes_and_detections_on_a_planted_case():
     assert whole.boxes.tolist() == [[0, 0, 40, 32]] * 2 and whole.scores.tolist() == pytest.approx([0.3, 0.7])
 
 
+def test_box_voting_moves_the_top_box_towards_its_scored_neighbours():
+    proposals = torch.tensor([[0.0, 0, 10, 10], [2, 0, 12, 10], [20, 20, 30, 30]])     # 0 and 1: IoU 0.67
+    scores = torch.zeros(1, 3, 1)
+    scores[0, :, 0] = torch.tensor([0.6, 0.2, 0.5])
+    assert wsddn.top_boxes(scores, proposals).boxes.tolist() == [[0, 0, 10, 10]]             # no vote
+    assert wsddn.top_boxes(scores, proposals, vote=1.0).boxes.tolist() == [[0, 0, 10, 10]]
+    voted = wsddn.top_boxes(scores, proposals, vote=0.5)
+    assert voted.boxes.tolist() == [pytest.approx([0.5, 0, 10.5, 10])] and voted.scores.tolist() == pytest.approx([0.6])
+    # at vote 0 every proposal votes, the far one too; the detections are voted alike
+    assert wsddn.top_boxes(scores, proposals, vote=0.0).boxes[0].tolist() == pytest.approx(
+        ((0.6 * proposals[0] + 0.2 * proposals[1] + 0.5 * proposals[2]) / 1.3).tolist())
+    d = wsddn.detections(scores, proposals, per_class=1, nms_iou=0.5, vote=0.5)
+    assert d.boxes.tolist() == [pytest.approx([0.5, 0, 10.5, 10])]
+
+
+@pytest.mark.parametrize("arch", ["cnn-s", "resnet20", "fitnet-thin", "resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_the_default_feature_layer_is_fine_enough_for_the_smallest_proposals(arch):
+    from dpl.core import models
+
+    opts = wsddn.WsddnOptions()       # smallest proposal 0.25 of the side, roi 4: stride 4 at most
+    for side in (64, 128):
+        net = models.REGISTRY[arch](num_classes=10, in_channels=1, image_size=side, dropout=0.0, stochastic_depth=0.0)
+        layer = wsddn.default_feature_layer(net, (1, side, side), opts)
+        blocks = models.block_layers(net, (1, side, side))
+        paths = [b["path"] for b in blocks]
+        stride = side / blocks[paths.index(layer)]["shape"][-1]
+        assert stride <= side / 16, (arch, side, layer)
+        # the deepest such block: the next one, if any, is coarser
+        assert layer == paths[-1] or side / blocks[paths.index(layer) + 1]["shape"][-1] > side / 16, (arch, side)
+    assert wsddn.default_feature_layer(models.REGISTRY["cnn-s"](num_classes=10, in_channels=1, image_size=64,
+                                                                dropout=0.0, stochastic_depth=0.0),
+                                       (1, 64, 64), opts) == "stages.1.0"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("wsddn") / "w.safetensors"
@@ -95,11 +145,13 @@ def test_wsddn_trains_one_epoch_and_records_its_task(trained):
     meta = artifacts.read_header(trained, kind="checkpoint").meta
     assert meta["task"] == "wsddn" and meta["classes"] == [str(c) for c in range(10)]
     assert meta["data"]["scenes"]["canvas"] == 32 and meta["data"]["spec"] == "scenes:digits:train"
-    assert meta["wsddn"]["proposals"] > 10 and meta["wsddn"]["feature_layer"] == "stages"
+    assert meta["wsddn"]["proposals"] > 10 and meta["wsddn"]["feature_layer"] == "stages.0.0"     # stride 2: 8 px proposals / roi 4
     for key in ("corloc", "whole_image_corloc", "objectness_corloc", "two_stream_corloc", "map50", "map",
                 "objectness_map50", "two_stream_map50"):
         assert 0 <= meta["metrics"][key] <= 1, key
     assert meta["wsddn"]["refine"] == 1 and "refine1" in meta["history"][0]
+    assert meta["wsddn"]["spatial"] == 1 and meta["history"][0]["spatial"] >= 0
+    assert meta["wsddn"]["vote"] == 0.2 and 0 <= meta["metrics"]["proposal_corloc"] <= 1      # voted, and not
     assert len(meta["history"]) == 1
 
 
@@ -132,6 +184,30 @@ def test_label_writes_pseudo_boxes_that_round_trip(trained, tmp_path):
         assert len(b.of(i)["labels"].unique()) == len(b.of(i)["labels"])
     assert_refused(dpl("label", trained, "-o", out, "--device", "cpu"), "--force")
     assert dpl("label", trained, "-o", out, "--force", "--device", "cpu").code == 0
+
+
+def test_eval_of_a_box_label_folder_measures_it_against_the_truth_rebuilt_from_its_metadata(trained, tmp_path):
+    out = tmp_path / "boxes"
+    assert dpl("label", trained, "--present", "0.05", "-o", out, "--device", "cpu").code == 0
+    r = dpl("eval", out, "--json")
+    assert r.code == 0, r
+    found = json.loads(r.stdout)
+    labels = read_box_labels(out)
+    assert found["data"] == "scenes:digits:train" and found["images"] == 24 and found["boxes"] == len(labels.boxes.labels)
+    assert found["precision_recall"] == labels.meta["box_quality"]          # what dpl label reported
+    assert 0 <= found["corloc"] <= 1 and 0 <= found["map"] <= found["map50"] <= 1
+    table = dpl("eval", out)
+    assert table.code == 0 and "precision" in table.stderr and "CorLoc" in table.stderr, table
+    assert_refused(dpl("eval", out, "--data", "scenes:digits"), "--data", "cannot apply")
+    assert_refused(dpl("eval", out, "--allow-partial"), "--allow-partial")
+    # a folder whose images are not those its metadata rebuilds
+    from dpl.core.boxes import write_box_shard
+
+    other = tmp_path / "other"
+    meta = {**labels.meta, "data": {**labels.meta["data"], "fingerprint": "0" * 64}}
+    other.mkdir()
+    write_box_shard(other, meta, 0, 0, 1, labels.index, labels.boxes)
+    assert_refused(dpl("eval", other), "data has changed")
 
 
 def test_a_wsddn_model_where_a_classifier_is_expected_and_the_reverse(trained, teacher, tmp_path):

@@ -27,10 +27,19 @@ print(f"WSDDN on scenes of {scenes['source']} ({scenes['canvas']} px, {scenes['o
       f"{first['wsddn']['test']['n']} test scenes, {first['wsddn']['proposals']} proposals, {first['arch']['name']}, "
       f"{first['train']['epochs']} epochs; seeds {', '.join(str(m['seed']) for m in models)} (mean ± std, %)")
 print(f"{'boxes':34} {'CorLoc':>12} {'mAP@0.5':>12} {'mAP@[.5:.95]':>12}")
-for name, prefix in (("WSDDN (cls x det)", ""), ("whole image", "whole_image_"),
+refine = first["wsddn"].get("refine", 0)
+for name, prefix in ((f"WSDDN + {refine} refinement streams" if refine else "WSDDN (cls x det)", ""),
+                     ("whole image", "whole_image_"),
                      ("objectness (cls stream alone)", "objectness_")):
     print(f"{name:34} " + " ".join(f"{mean_std([m['metrics'][prefix + k] for m in models]):>12}"
                                    for k in ("corloc", "map50", "map")))
+vote = first["wsddn"].get("vote", 1.0)
+if vote < 1 and all("proposal_corloc" in m["metrics"] for m in models):
+    print(f"the boxes above are voted (proposals overlapping the top one by IoU >= {vote}, score-weighted); "
+          "the top proposal alone:")
+    for name, key in (("WSDDN, top proposal", "proposal_corloc"),
+                      ("objectness, top proposal", "objectness_proposal_corloc")):
+        print(f"{name:34} {mean_std([m['metrics'][key] for m in models]):>12}")
 seconds = [sum(h.get("seconds", 0.0) for h in m["history"]) for m in models]
 print(f"training time {statistics.mean(seconds) / 60:.1f} min per run (the epochs alone)")
 if folders:
