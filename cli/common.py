@@ -486,3 +486,22 @@ def scene_spec(ctx: typer.Context, data_spec: str, o: dict):
     return scenes.SceneSpec(source=source, canvas=o["canvas"], objects=int_range(o["objects"], "--objects"),
                             scale=int_range(o["object_size"], "--object-size"), max_overlap=o["max_overlap"],
                             scenes=o["scenes"], test_scenes=o["test_scenes"], seed=o["scene_seed"])
+
+
+# What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
+# the options that do not change what a run computes (common.NOT_IDENTITY).
+SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True, "--workers": True,
+                 "--save-every": True, "--tensorboard": True, "--force": False, "--compile": False,
+                 "--keep-state": False, "--resume": False}
+
+
+def seed_table(groups: list[dict], data_spec: str, metrics: tuple[str, ...]) -> Table:
+    """A row per group of runs that differ only in their seed (core.evaluate.seed_groups): mean ± sample std."""
+    table = Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
+    for col in ("command", "n", "seeds", *metrics):
+        table.add_column(col, justify="left" if col in ("command", "seeds") else "right")
+    for g in groups:
+        table.add_row(" ".join(g["command"]) if g["command"] else g["checkpoints"][0], str(g["n"]),
+                      ", ".join("-" if s is None else str(s) for s in g["seeds"]),
+                      *(f"{g[f'{m}_mean']:.4f} ± {g[f'{m}_std']:.4f}" for m in metrics))
+    return table

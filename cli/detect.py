@@ -14,6 +14,7 @@ from . import common
 from ..core import DplError, artifacts, augment, distributed, scenes, train
 from ..core import detect
 from ..core.boxes import precision_recall, read_box_labels
+from ..core.evaluate import seed_groups
 
 ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.")]
@@ -273,12 +274,14 @@ def distill(o: dict) -> None:
 # ---- eval ---------------------------------------------------------------------------------------------------
 
 EVAL_OPTIONS = ("checkpoints", "data_spec", "download", "resize", "batch_size", "device", "workers", "as_json", "config",
-                "ctx")
+                "ctx", "seeds")
+MAP_METRICS = ("map", "map50", "map75")
 
 
 def evaluate(ctx: typer.Context, o: dict) -> None:
     """dpl eval of detectors: COCO mAP@[.5:.95], mAP@0.5, mAP@0.75 and per-class AP (pycocotools) on the test split
-    of their data (or --data), and detection speed in images/s (batched, inference_mode)."""
+    of their data (or --data), and detection speed in images/s (batched, inference_mode); --seeds groups repeated
+    runs as for classifiers, mean ± std of the three mAPs."""
     refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in EVAL_OPTIONS))
     if refused:
         raise DplError(f"{o['checkpoints'][0]}: a detector is measured by mAP on data with boxes; "
@@ -287,9 +290,10 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
         if not is_detector(c):
             raise DplError(f"{c}: not a detector; measure detectors and classifiers in separate dpl eval calls")
     rt = train.runtime(o["device"], workers=o["workers"])
-    results = []
+    results, commands = [], []
     for path in o["checkpoints"]:
         model, ckpt = detect.load_detector(path)
+        commands.append(ckpt.meta.get("command"))
         data = data_of(ckpt.meta["data"], o["data_spec"], o["resize"], o["download"], split="test")
         detect.check_images(ckpt.meta, data.images, path, data.spec)
         detect.check_classes(ckpt.meta, data.classes, path)
@@ -299,6 +303,11 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
                         "params": sum(v.numel() for v in ckpt.model_state().values()), "seed": ckpt.meta.get("seed"),
                         **found})
     common.flush_notes()
+    if o["seeds"]:
+        groups = seed_groups(results, commands, common.SEED_VARIANTS, MAP_METRICS)
+        if o["as_json"]:
+            return common.print_json({"results": results, "groups": groups})
+        return common.stderr.print(common.seed_table(groups, f"{results[0]['data']}: COCO box AP", MAP_METRICS))
     if o["as_json"]:
         return common.print_json(results[0] if len(results) == 1 else results)
     table = Table(title=f"on {results[0]['data']} ({results[0]['n']} images): COCO box AP (pycocotools)")

@@ -13,11 +13,7 @@ from .measure import MeasureOptions, label_truth, measure_heads, model_name, run
 from ..core import DplError, artifacts, boxes, evaluate, mil, scenes, train, wsddn
 from ..core.detect import part_of
 
-# What --seeds ignores when it compares recorded commands (flag -> takes a value): the seed, the output, and
-# the options that do not change what a run computes (common.NOT_IDENTITY).
-SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True, "--workers": True,
-                 "--save-every": True, "--tensorboard": True, "--force": False, "--compile": False,
-                 "--keep-state": False, "--resume": False}
+SEED_VARIANTS = common.SEED_VARIANTS
 
 # What measuring a label folder takes from the command line: the rest is for checkpoints.
 LABEL_FOLDER_OPTIONS = ("checkpoints", "download", "as_json", "allow_partial", "config")
@@ -42,7 +38,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
     device: common.Device = "auto",
     workers: common.Workers = None,
-    seeds: Annotated[bool, typer.Option("--seeds", help="Group checkpoints whose recorded commands differ only in --seed, -o/--output and options that do not change what a run computes (--device, --force, ...): one row per group, mean ± std (n-1) of top1, NLL and ECE.")] = False,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Group checkpoints whose recorded commands differ only in --seed, -o/--output and options that do not change what a run computes (--device, --force, ...): one row per group, mean ± std (n-1) of top1, NLL and ECE (detectors: mAP@[.5:.95], @.5, @.75).")] = False,
     as_json: common.Json = False,
     allow_partial: common.AllowPartial = False,
     config: common.Config = None,
@@ -84,7 +80,7 @@ def eval_command(
         if as_json:
             common.print_json({"results": results, "groups": groups})
         else:
-            common.stderr.print(seed_table(groups, results[0]["data"]))
+            common.stderr.print(common.seed_table(groups, results[0]["data"], ("top1", "nll", "ece")))
     elif as_json:
         common.print_json(results[0] if len(results) == 1 else results)
     elif len(results) == 1:
@@ -127,18 +123,6 @@ def weights_note(weights: dict) -> str:
     if epoch is None:
         return kept
     return f"{kept} (epoch {epoch} of {weights['epochs']})" if kept == "best" else f"{kept} (epoch {epoch})"
-
-
-def seed_table(groups: list[dict], data_spec: str) -> Table:
-    """A row per group of runs that differ only in their seed: mean ± sample std."""
-    table = Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
-    for col in ("command", "n", "seeds", "top1", "nll", "ece"):
-        table.add_column(col, justify="left" if col in ("command", "seeds") else "right")
-    for g in groups:
-        table.add_row(" ".join(g["command"]) if g["command"] else g["checkpoints"][0], str(g["n"]),
-                      ", ".join("-" if s is None else str(s) for s in g["seeds"]),
-                      *(f"{g[f'{m}_mean']:.4f} ± {g[f'{m}_std']:.4f}" for m in ("top1", "nll", "ece")))
-    return table
 
 
 def label_quality(folder: Path, download: bool, as_json: bool, allow_partial: bool = False) -> None:

@@ -113,10 +113,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     }
 
 
-def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: dict[str, bool]) -> list[dict]:
+def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: dict[str, bool],
+                metrics: tuple[str, ...] = ("top1", "nll", "ece")) -> list[dict]:
     """Results of runs whose recorded commands differ only in the `ignored` options (flag -> whether it takes
     a value: --seed, the output, and options that do not change what a run computes), one group each in order
-    of first appearance: mean and sample standard deviation (0 for one run) of top1, nll and ece. A result
+    of first appearance: mean and sample standard deviation (0 for one run) of each of `metrics`. A result
     without a recorded command is a group of its own."""
     groups: dict = {}
     for i, (result, command) in enumerate(zip(results, commands)):
@@ -127,7 +128,7 @@ def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: 
         group = {"command": list(key) if isinstance(key, tuple) else None,
                  "checkpoints": [r["checkpoint"] for r in members], "seeds": [r.get("seed") for r in members],
                  "n": len(members)}
-        for metric in ("top1", "nll", "ece"):
+        for metric in metrics:
             values = [r[metric] for r in members]
             group[f"{metric}_mean"] = statistics.fmean(values)
             group[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0

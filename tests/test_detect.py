@@ -52,6 +52,21 @@ def test_teach_records_a_detector_that_info_and_eval_read(detector):
     assert "backbone.stages.2" in paths and "roi_heads.box_predictor.cls_score" in paths
 
 
+def test_eval_seeds_groups_repeated_detector_runs(detector, tmp_path):
+    again = tmp_path / "seed1.safetensors"
+    r = dpl("teach", *SCENES, "--labeled", "16", "--arch", "frcnn-cnn-s", *FAST, "--seed", "1", "-o", again)
+    assert r.code == 0, r
+    r = dpl("eval", detector, again, "--seeds", "--json")
+    assert r.code == 0, r
+    found = json.loads(r.stdout)
+    (group,) = found["groups"]
+    maps = [x["map"] for x in found["results"]]
+    assert group["n"] == 2 and group["seeds"][1] == 1 and group["map_mean"] == pytest.approx(sum(maps) / 2)
+    assert {"map50_std", "map75_mean"} <= set(group)
+    r = dpl("eval", detector, again, "--seeds")
+    assert r.code == 0 and "mean ± std over seeds" in r.stderr and "map50" in r.stderr, r
+
+
 class Oracle(nn.Module):
     """A perfect detector: each image's true boxes (found by its pixels), score 1, torchvision's labels."""
 
