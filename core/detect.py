@@ -197,12 +197,20 @@ def make_detector(opts: ModelOptions, images: torch.Tensor, truth: Boxes, classe
                             dropout=opts.dropout, stochastic_depth=opts.stochastic_depth)
     for k, v in (anchors or {}).items():
         spec.setdefault(k, v)
+    derived = len(truth.boxes) and not {"anchor_min", "anchor_max"} <= spec.keys()
     if len(truth.boxes):
         sides = ((truth.boxes[:, 2] - truth.boxes[:, 0]) * (truth.boxes[:, 3] - truth.boxes[:, 1])).sqrt()
         # The 2nd and 98th percentiles: a stray pseudo-box does not stretch the anchors.
         spec.setdefault("anchor_min", round(float(sides.quantile(0.02)), 2))
         spec.setdefault("anchor_max", round(float(sides.quantile(0.98)), 2))
-    model = models.build(spec)
+    try:
+        model = models.build(spec)
+    except DplError as e:
+        if not derived or "cannot serve anchors" not in str(e):
+            raise
+        raise DplError(f"{e}; the anchors span the training boxes' sides (2nd to 98th percentile): set them with "
+                       f"--arch {name}:anchor_min=A,anchor_max=B (for tiny pseudo-boxes, raise --min-confidence)"
+                       ) from None
     parents = []
     if opts.pretrained:     # ImageNet weights for the backbone; the heads start afresh
         weights = models.load_pretrained_backbone(model, name)

@@ -243,7 +243,8 @@ def test_bad_input_is_refused_and_nothing_written(detector, boxes, teacher, tmp_
     out = tmp_path / "x.safetensors"
     assert_refused(dpl("teach", *SCENES, "--arch", "cnn-s", *FAST, "-o", out), "classifier", "frcnn-")
     assert_refused(dpl("teach", *SCENES[:2], "--canvas", "12", "--object-size", "1,1", "--objects", "1,1",
-                       "--scenes", "8", "--arch", "frcnn-cnn-s", *FAST, "-o", out), "cannot serve anchors")
+                       "--scenes", "8", "--arch", "frcnn-cnn-s", *FAST, "-o", out), "cannot serve anchors",
+                   "anchor_min=A", "--min-confidence")
     assert_refused(dpl("hint", "--teacher", detector, "-o", out), "detector")           # a detector as a classifier
     assert_refused(dpl("distill", "--teacher", teacher, "--labels", boxes, "-o", out), "one box label folder")
     assert_refused(dpl("eval", detector, teacher), "not a detector")                    # a classifier as a detector
