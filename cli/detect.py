@@ -140,7 +140,7 @@ def label(o: dict) -> None:
     """dpl label with a detector: pseudo-boxes of the unlabeled part (of the teacher's --labeled split; else of all
     its training images) into box shards, with precision/recall against the ground truth."""
     given = [flag for flag, on in (("--ensemble", o["ensemble"]), ("--head", o["head"]), ("--hard", not o["soft"]),
-                                   ("--topk", o["topk"]), ("--tau", o["tau"] != 1.0), ("--resume", o["resume"]),
+                                   ("--topk", o["topk"]), ("--tau", o["tau"] != 1.0),
                                    ("--labeled-per-class", o["labeled_per_class"]), ("--stream", o["stream"]))
              if on]
     if len(o["teacher"]) > 1:
@@ -155,8 +155,10 @@ def label(o: dict) -> None:
     # Alone, the folder is this run's; one of N jobs (--shard, torchrun) owns its rank's shards only.
     pattern = "shard-*.safetensors" if world == 1 else f"shard-{rank:05d}-*.safetensors"
     stale = sorted(folder.glob(pattern)) if folder.is_dir() else []
-    if stale and not o["force"]:
-        raise DplError(f"{folder} exists with shards; pass --force to replace them")
+    if stale and not (o["force"] or o["resume"]):
+        raise DplError(f"{folder} exists with shards; pass --force to replace them or --resume to complete them")
+    if o["resume"]:
+        stale = []          # kept where they match this run, overwritten where they do not
     artifacts.check_writable(folder)
     model, ckpt = detect.load_detector(path)
     record = ckpt.meta["data"]
@@ -177,7 +179,8 @@ def label(o: dict) -> None:
     model = rt.prepare(model)
     with common.TrainingProgress("label boxes") as progress:
         found, index = detect.label_boxes(model, ckpt.meta, pool.images, torch.arange(len(pool)), folder, meta, rt,
-                                          rank, world, o["shard_size"], min(o["batch_size"], 256), progress)
+                                          rank, world, o["shard_size"], min(o["batch_size"], 256), progress,
+                                          resume=o["resume"])
     quality = precision_recall(found, pool.truth.subset(index)) if len(pool.truth.boxes) else None
     if o["as_json"]:
         return common.print_json({"path": str(folder), "images": len(index), "boxes": len(found.boxes),

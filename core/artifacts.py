@@ -469,6 +469,19 @@ def shard_meta(meta: dict, rank: int, seq: int, rank_shards: int, count: int) ->
     return {**meta, "rank": rank, "seq": seq, "rank_shards": rank_shards, "count": count}
 
 
+def same_shard(path: Path, kind: str, expected: dict) -> bool:
+    """Whether `path` is a readable `kind` shard whose metadata is `expected` (a shard_meta, its count aside):
+    what `dpl label --resume` keeps."""
+    if not path.exists():
+        return False
+    try:
+        found = read_header(path, kind=kind).meta
+    except DplError:
+        return False
+    plain = lambda v: json.loads(json.dumps(v, default=str))       # noqa: E731  (tuples were stored as lists)
+    return all(found.get(k) == plain(v) for k, v in expected.items() if k != "count")
+
+
 def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     """Read and check a whole label folder. `allow_partial` accepts a folder that misses shards (an
     interrupted or still running `dpl label`): its rows are then the samples its shards hold."""

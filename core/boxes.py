@@ -266,6 +266,22 @@ def write_box_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: 
     return path
 
 
+def read_box_shard(h: artifacts.Header, num_classes: int) -> tuple[torch.Tensor, Boxes]:
+    """One box shard's image positions and boxes, its tensors checked against each other and its count."""
+    tensors = artifacts.load_tensors(h)
+    for name, (dtype, ndim) in BOX_TENSORS.items():
+        t = tensors.get(name)
+        if t is None or t.dtype != dtype or t.ndim != ndim:
+            raise DplError(f"{h.path}: box shard tensor {name!r} is missing or not {ndim}-d {dtype}")
+    n, m, offsets = len(tensors["index"]), len(tensors["box_label"]), tensors["box_offsets"]
+    if (n != h.meta["count"] or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != m
+            or (offsets.diff() < 0).any() or tensors["boxes"].shape != (m, 4) or len(tensors["box_score"]) != m):
+        raise DplError(f"{h.path}: its box tensors do not match each other or its count")
+    if ((tensors["box_label"] < 0) | (tensors["box_label"] >= num_classes)).any():
+        raise DplError(f"{h.path}: box classes outside 0..{num_classes - 1}")
+    return tensors["index"], Boxes(offsets, tensors["boxes"], tensors["box_label"], tensors["box_score"])
+
+
 def read_box_labels(folder: Path) -> BoxLabels:
     """Read and check a whole box label folder: its kind, each shard's tensors, and that the shards cover
     samples 0..total-1 exactly once."""
@@ -276,19 +292,9 @@ def read_box_labels(folder: Path) -> BoxLabels:
     c = meta["num_classes"]
     index, parts = [], []
     for h in headers:
-        tensors = artifacts.load_tensors(h)
-        for name, (dtype, ndim) in BOX_TENSORS.items():
-            t = tensors.get(name)
-            if t is None or t.dtype != dtype or t.ndim != ndim:
-                raise DplError(f"{h.path}: box shard tensor {name!r} is missing or not {ndim}-d {dtype}")
-        n, m, offsets = len(tensors["index"]), len(tensors["box_label"]), tensors["box_offsets"]
-        if (n != h.meta["count"] or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != m
-                or (offsets.diff() < 0).any() or tensors["boxes"].shape != (m, 4) or len(tensors["box_score"]) != m):
-            raise DplError(f"{h.path}: its box tensors do not match each other or its count")
-        if ((tensors["box_label"] < 0) | (tensors["box_label"] >= c)).any():
-            raise DplError(f"{h.path}: box classes outside 0..{c - 1}")
-        index.append(tensors["index"])
-        parts.append(Boxes(offsets, tensors["boxes"], tensors["box_label"], tensors["box_score"]))
+        shard_index, shard_boxes = read_box_shard(h, c)
+        index.append(shard_index)
+        parts.append(shard_boxes)
     index_all = torch.cat(index)
     total = meta["total"]
     if len(index_all) != total or not torch.equal(index_all.sort().values, torch.arange(total)):

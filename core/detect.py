@@ -426,10 +426,12 @@ def confident(pred: Boxes, min_confidence: float) -> Boxes:
 
 def label_boxes(model: nn.Module, meta: dict, images: torch.Tensor, index: torch.Tensor, folder: Path,
                 folder_meta: dict, rt: Runtime, rank: int = 0, world: int = 1, shard_size: int = 10_000,
-                batch_size: int = 64, on_progress: Progress | None = None) -> tuple[Boxes, torch.Tensor]:
+                batch_size: int = 64, on_progress: Progress | None = None, resume: bool = False
+                ) -> tuple[Boxes, torch.Tensor]:
     """Detect on this rank's contiguous part of `images` (whose positions in the data are `index`) and write it as
-    box shards of `shard_size` images (`boxes.write_box_shard`, each atomic). Returns the rank's boxes and positions."""
-    from .boxes import write_box_shard
+    box shards of `shard_size` images (`boxes.write_box_shard`, each atomic); with `resume`, a shard already in
+    the folder with this run's metadata is read back, not recomputed. Returns the rank's boxes and positions."""
+    from .boxes import KIND, read_box_shard, write_box_shard
 
     start, stop = rank * len(images) // world, (rank + 1) * len(images) // world
     emit = on_progress or (lambda event: None)
@@ -438,8 +440,13 @@ def label_boxes(model: nn.Module, meta: dict, images: torch.Tensor, index: torch
     starts = list(range(start, stop, shard_size)) or [start]
     for seq, lo in enumerate(starts):
         hi = min(lo + shard_size, stop)
-        pred = detect(model, images[lo:hi], meta["input"], rt, batch_size, emit)
-        write_box_shard(folder, folder_meta, rank, seq, len(starts), index[lo:hi], pred)
+        path = folder / artifacts.shard_name(rank, seq)
+        if resume and artifacts.same_shard(path, KIND, artifacts.shard_meta(folder_meta, rank, seq, len(starts), hi - lo)):
+            pred = read_box_shard(artifacts.read_header(path, kind=KIND), folder_meta["num_classes"])[1]
+            emit({"event": "advance", "n": hi - lo})
+        else:
+            pred = detect(model, images[lo:hi], meta["input"], rt, batch_size, emit)
+            write_box_shard(folder, folder_meta, rank, seq, len(starts), index[lo:hi], pred)
         parts.append(pred)
     return Boxes.cat(parts), index[start:stop]
 

@@ -194,7 +194,8 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
     for seq, start in enumerate(starts):
         stop = min(start + opts.shard_size, last)
         paths = [o.folder / artifacts.shard_name(rank, seq) for o in outputs]
-        kept = [resume and _same_shard(p, artifacts.shard_meta(o.meta, rank, seq, len(starts), stop - start))
+        kept = [resume and artifacts.same_shard(p, "labels", artifacts.shard_meta(o.meta, rank, seq, len(starts),
+                                                                                   stop - start))
                 for p, o in zip(paths, outputs)]
         keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
         if all(kept):
@@ -234,16 +235,6 @@ def write_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int,
     shard = artifacts.shard_meta(meta, rank, seq, rank_shards, len(tensors["index"]))
     artifacts.save(path, tensors, "labels", {**shard, "skipped_files": list(skipped_files)[:MAX_LISTED]})
     return path
-
-
-def _same_shard(path: Path, expected: dict) -> bool:
-    if not path.exists():
-        return False
-    try:
-        found = artifacts.read_header(path, kind="labels").meta
-    except DplError:
-        return False
-    return all(found.get(k) == v for k, v in expected.items() if k != "count")
 
 
 def shard_files(folder: Path, rank: int | None = None) -> list[Path]:

@@ -67,6 +67,20 @@ def test_eval_seeds_groups_repeated_detector_runs(detector, tmp_path):
     assert r.code == 0 and "mean ± std over seeds" in r.stderr and "map50" in r.stderr, r
 
 
+def test_label_resume_keeps_finished_box_shards_and_completes_the_rest(detector, boxes, tmp_path):
+    out = tmp_path / "b"
+    assert dpl("label", detector, "-o", out, "--shard-size", "8").code == 0
+    first, second = sorted(out.glob("shard-*.safetensors"))
+    kept = first.stat().st_mtime_ns
+    second.unlink()
+    assert_refused(dpl("label", detector, "-o", out), "--force", "--resume")
+    r = dpl("label", detector, "-o", out, "--shard-size", "8", "--resume")
+    assert r.code == 0, r
+    assert first.stat().st_mtime_ns == kept and second.exists()
+    resumed, whole = read_box_labels(out), read_box_labels(boxes)
+    assert torch.equal(resumed.index, whole.index) and torch.allclose(resumed.boxes.boxes, whole.boxes.boxes)
+
+
 class Oracle(nn.Module):
     """A perfect detector: each image's true boxes (found by its pixels), score 1, torchvision's labels."""
 
