@@ -28,21 +28,7 @@ CLASSIFIER_ONLY = (("--labeled-per-class", "labeled_per_class", None), ("--val",
 
 def is_detector(path: Path) -> bool:
     """Whether a path is a detector checkpoint (anything unreadable is left to the command's own checks)."""
-    try:
-        return Path(path).is_file() and artifacts.read_header(Path(path), kind="checkpoint").meta.get("task") == detect.TASK
-    except DplError:
-        return False
-
-
-def is_box_folder(path: Path | None) -> bool:
-    """Whether a folder holds box shards (pseudo-boxes), not label shards."""
-    if path is None or not Path(path).is_dir():
-        return False
-    first = next(iter(sorted(Path(path).glob("shard-*.safetensors"))), None)
-    try:
-        return first is not None and artifacts.read_header(first).meta.get("dpl.kind") == "boxes"
-    except DplError:
-        return False
+    return artifacts.checkpoint_task(path) == detect.TASK
 
 
 def _refuse(o: dict, options, what: str) -> None:

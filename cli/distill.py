@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import common, detect
-from ..core import DplError, artifacts, data, experts, losses, train
+from ..core import DplError, artifacts, boxes, data, experts, losses, train
 from ..core.distill import DistillOptions, distill, source_meta
 from ..core.features import FeatureOptions
 
@@ -84,7 +84,7 @@ def distill_command(
 ):
     """Train a student on labeled data plus pseudo-labels (--labels) or a live teacher (--teacher)."""
     options = dict(locals())
-    if any(detect.is_detector(t) for t in teacher or []) or any(detect.is_box_folder(f) for f in labels_dir or []):
+    if any(detect.is_detector(t) for t in teacher or []) or any(boxes.is_box_folder(f) for f in labels_dir or []):
         return detect.distill(options)
     if scale_jitter is not None or bound_weight is not None or bound_margin is not None or background_weight is not None:
         raise DplError("--scale-jitter, --bound-weight, --bound-margin and --background-weight are for detectors "

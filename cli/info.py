@@ -67,8 +67,7 @@ def info_command(
 
 def _read_folder(path: Path) -> tuple[dict, int]:
     """A label folder's or a box label folder's (pseudo-boxes) common metadata and its number of samples."""
-    first = min(path.glob("shard-*.safetensors"), default=None)
-    if first is not None and artifacts.read_header(first).meta["dpl.kind"] == boxes.KIND:
+    if boxes.is_box_folder(path):
         found = boxes.read_box_labels(path)
         return found.meta, len(found)
     labels = artifacts.read_labels(path)

@@ -101,6 +101,17 @@ def read_header(path: Path, kind: str | None = None) -> Header:
     return Header(path, _decode_metadata(path, stored), header)
 
 
+def checkpoint_task(path: Path) -> str | None:
+    """The `task` a checkpoint file records (None: a classifier, or not a readable checkpoint: its reader will say
+    why), for commands that route a model to the code of its task."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_header(Path(path), kind="checkpoint").meta.get("task")
+    except DplError:
+        return None
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """The JSON header of a safetensors file (checked to be an object that fits the file), and the size of
     the data after it."""

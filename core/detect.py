@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, artifacts, augment, distributed, images as image_files, losses, models
+from . import DplError, artifacts, augment, images as image_files, losses, models
 from .boxes import BoxLabels, Boxes
 from .scenes import BoxData
 from .runs import ModelOptions, Trained, parent, train_record, weights_record, ValOptions
-from .train import (Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything,
+from .train import (Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything,
                     steps_per_epoch)
 
 TASK = "detector"
@@ -397,18 +397,15 @@ def distill_pseudo(train: BoxData, n_labeled: int, test: BoxData | None, model_o
     mean, std = image_files.normalization(train.images)
     input_meta = artifacts.input_meta(train.images.shape[1], train.images.shape[2], mean, std)
     n_pseudo = len(train) - n_labeled
-    # A step's images of each part, as distill's Mix (objectives do not borrow from each other): an epoch is one
-    # pass over the pseudo-labeled part; the labeled part recurs.
-    b_l = min(cfg.batch_size, n_labeled)
-    b_u = max(1, round((3.0 if opts.ratio is None else opts.ratio) * b_l)) if b_l else min(cfg.batch_size, n_pseudo)
-    steps = max(1, n_pseudo // b_u // distributed.rank_world()[1])
+    # An epoch is one pass over the pseudo-labeled part; the labeled part recurs.
+    mix = Mix.plan(n_labeled, n_pseudo, cfg.batch_size, 3.0 if opts.ratio is None else opts.ratio)
     feed, gather = rt.place(train.images), partial(_gather_parts, n_labeled=n_labeled)
-    batches = lambda epoch: feed(paired_indices(n_labeled, b_l, n_pseudo, b_u, steps, cfg.seed, epoch,  # noqa: E731
-                                                rt.device), gather)
+    batches = lambda epoch: feed(paired_indices(n_labeled, mix.labeled, n_pseudo, mix.pseudo, mix.steps,  # noqa: E731
+                                                cfg.seed, epoch, rt.device), gather)
     history = fit(model, pseudo_objective(model, train.truth, n_labeled, input_meta, noise, opts, rt), batches,
-                  steps, cfg, rt, on_progress, resume, batch_images=b_l + b_u)
-    return _trained(model, spec, train, test, input_meta, [*own, *parents], cfg, b_l + b_u, noise, history, rt,
-                    **sections)
+                  mix.steps, cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo)
+    return _trained(model, spec, train, test, input_meta, [*own, *parents], cfg, mix.labeled + mix.pseudo, noise,
+                    history, rt, **sections)
 
 
 def _gather_parts(batch, images: torch.Tensor, n_labeled: int) -> torch.Tensor:

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import DplError, artifacts, augment, distributed, label, losses, models
+from . import DplError, artifacts, augment, label, losses, models
 from .features import FeatureOptions, FeatureTerm
 from .data import Dataset
 from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
                    make_model, parent, test_metrics, train_record)
-from .train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
+from .train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,30 +196,6 @@ class Teachers:
             logits = net(augment.to_input(x_uint8, inp["mean"], inp["std"], self.rt.cuda))
             total = total + (logits.float() / tau).softmax(dim=1)
         return total / len(self.nets)
-
-
-@dataclass(frozen=True)
-class Mix:
-    """How each step's batch is made: `labeled` samples of the labeled part, then `pseudo` of the
-    pseudo-labeled part, for `steps` steps an epoch (per rank: --batch-size is per rank)."""
-
-    labeled: int
-    pseudo: int
-    steps: int
-
-    @staticmethod
-    def plan(n_labeled: int, n_pseudo: int, batch_size: int, ratio: float) -> Mix:
-        if n_labeled and n_pseudo:
-            b_l = min(batch_size, n_labeled)
-            b_u = max(1, round(ratio * b_l))
-            steps = n_pseudo // b_u
-        elif n_labeled:
-            b_l, b_u = min(batch_size, n_labeled), 0
-            steps = n_labeled // b_l
-        else:
-            b_l, b_u = 0, min(batch_size, n_pseudo)
-            steps = n_pseudo // b_u
-        return Mix(b_l, b_u, max(1, steps // distributed.rank_world()[1]))
 
 
 def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.Tensor:

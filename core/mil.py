@@ -226,10 +226,7 @@ def bag_entries(pooling: str, bags: Bags, which: torch.Tensor, probs: torch.Tens
 
 def is_mil(path: Path) -> bool:
     """Whether a file is a MIL checkpoint (False for anything unreadable: its reader will say why)."""
-    try:
-        return artifacts.read_header(path, kind="checkpoint").meta.get("task") == TASK
-    except DplError:
-        return False
+    return artifacts.checkpoint_task(path) == TASK
 
 
 def load_model(path: Path) -> tuple[MilNet, artifacts.Checkpoint]:

@@ -222,6 +222,30 @@ def paired_indices(n_first: int, first: int, n_second: int, second: int, steps: 
             for s in range(steps)]
 
 
+@dataclass(frozen=True)
+class Mix:
+    """How each step's batch is made (distill, experts, a detector's balanced offline steps): `labeled` samples of the labeled part, then `pseudo` of the
+    pseudo-labeled part, for `steps` steps an epoch (per rank: --batch-size is per rank)."""
+
+    labeled: int
+    pseudo: int
+    steps: int
+
+    @staticmethod
+    def plan(n_labeled: int, n_pseudo: int, batch_size: int, ratio: float) -> Mix:
+        if n_labeled and n_pseudo:
+            b_l = min(batch_size, n_labeled)
+            b_u = max(1, round(ratio * b_l))
+            steps = n_pseudo // b_u
+        elif n_labeled:
+            b_l, b_u = min(batch_size, n_labeled), 0
+            steps = n_labeled // b_l
+        else:
+            b_l, b_u = 0, min(batch_size, n_pseudo)
+            steps = n_pseudo // b_u
+        return Mix(b_l, b_u, max(1, steps // distributed.rank_world()[1]))
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     n //= distributed.rank_world()[1]
     return n // batch_size if n >= batch_size else math.ceil(n / batch_size)

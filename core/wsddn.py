@@ -425,10 +425,7 @@ def measure(net: Wsddn, train_data: BoxData | None, test: BoxData | None, input_
 
 def is_wsddn(path: Path) -> bool:
     """Whether a file is a WSDDN checkpoint (False for anything unreadable: its reader will say why)."""
-    try:
-        return artifacts.read_header(path, kind="checkpoint").meta.get("task") == TASK
-    except DplError:
-        return False
+    return artifacts.checkpoint_task(path) == TASK
 
 
 def options_of(meta: dict, path: Path) -> WsddnOptions:
