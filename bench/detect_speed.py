@@ -27,9 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import epoch_times  # noqa: E402
 
-from dpl.core import artifacts, augment, detect, scenes  # noqa: E402
-from dpl.core.runs import ModelOptions  # noqa: E402
-from dpl.core.train import TrainConfig, runtime  # noqa: E402
+from dpl.core import artifacts
+from dpl.core.data import augment, scenes
+from dpl.core.methods import detect
+from dpl.core.methods.common import ModelOptions
+from dpl.core.engine.train import TrainConfig, runtime
 
 
 def bare_forward(model, meta, images, rt, batch_size) -> float:

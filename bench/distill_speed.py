@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from dpl.core import artifacts, augment, data, label, models
-from dpl.core.distill import DistillOptions, distill
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.teach import teach
-from dpl.core.train import TrainConfig, runtime
+from dpl.core import artifacts, data, models
+from dpl.core.data import augment
+from dpl.core.methods import label
+from dpl.core.methods.distill import DistillOptions, distill
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import TrainConfig, runtime
 from timing import epoch_times
 
 PLAIN = NoiseOptions(crop=False, flip=False)

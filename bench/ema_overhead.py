@@ -13,9 +13,10 @@ import time
 
 import torch
 
-from dpl.core import data, models, train
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.teach import teach
+from dpl.core import data, models
+from dpl.core.engine import train
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
 
 
 def load(per_class: int) -> data.Dataset:

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dpl.core import artifacts, augment, label, models
+from dpl.core import artifacts, models
+from dpl.core.data import augment
+from dpl.core.methods import label
 from dpl.core.data import Dataset
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.teach import teach
-from dpl.core.train import TrainConfig, runtime
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import TrainConfig, runtime
 
 
 def synthetic(n, size, classes=10) -> Dataset:

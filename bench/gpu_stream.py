@@ -46,8 +46,10 @@ def main() -> None:
 
     import torch
 
-    from dpl.core import artifacts, data, images, models, train
-    from dpl.core.label import LabelOptions, label
+    from dpl.core import artifacts, data, models
+    from dpl.core.data import images
+    from dpl.core.engine import train
+    from dpl.core.methods.label import LabelOptions, label
 
     rt = train.runtime(args.device, workers=args.workers)
     work = Path(tempfile.mkdtemp())

@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpl.core import artifacts, augment, data, label, losses, models           # noqa: E402
-from dpl.core.distill import DistillOptions, Teachers, distill                 # noqa: E402
-from dpl.core.runs import ModelOptions, NoiseOptions                           # noqa: E402
-from dpl.core.teach import teach                                               # noqa: E402
-from dpl.core.train import TrainConfig, runtime                                # noqa: E402
+from dpl.core import artifacts, data, losses, models
+from dpl.core.data import augment
+from dpl.core.methods import label
+from dpl.core.methods.distill import DistillOptions, Teachers, distill
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import TrainConfig, runtime
 from timing import epoch_times                                                 # noqa: E402
 
 PLAIN = NoiseOptions(crop=False, flip=False)

@@ -10,10 +10,11 @@ import statistics
 
 import torch
 
-from dpl.core import bags, data
-from dpl.core.mil import MilOptions, train_mil
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.train import TrainConfig, runtime
+from dpl.core.data import bags
+from dpl.core import data
+from dpl.core.methods.mil import MilOptions, train_mil
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.engine.train import TrainConfig, runtime
 from timing import epoch_times
 
 

@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from dpl.core import augment, train
-from dpl.core.teach import supervised_objective
-from dpl.core.train import TrainConfig, fit
+from dpl.core.data import augment
+from dpl.core.engine import train
+from dpl.core.methods.teach import supervised_objective
+from dpl.core.engine.train import TrainConfig, fit
 
 
 def timed(arch: str, steps: int, rt, every_step: bool, batch: int = 128) -> float:

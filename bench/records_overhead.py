@@ -16,10 +16,12 @@ import time
 import torch
 from pathlib import Path
 
-from dpl.core import data, records, train
-from dpl.core.runs import ModelOptions, NoiseOptions, ValOptions
-from dpl.core.teach import teach
-from dpl.core.train import TrainConfig
+from dpl.core import data
+from dpl.core.reporting import records
+from dpl.core.engine import train
+from dpl.core.methods.common import ModelOptions, NoiseOptions, ValOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import TrainConfig
 
 
 def load(name: str, per_class: int) -> data.Dataset:

@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from dpl.core import data
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.teach import teach
-from dpl.core.train import ResumeSpec, TrainConfig, runtime
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import ResumeSpec, TrainConfig, runtime
 from timing import epoch_times
 
 

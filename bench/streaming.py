@@ -32,7 +32,8 @@ DPL = Path(sys.executable).with_name("dpl")
 def export(work: Path, tile: int) -> None:
     from PIL import Image
 
-    from dpl.core import data, images
+    from dpl.core import data
+    from dpl.core.data import images
 
     ds = data.load("fashion-mnist")
     pool, big, labeled = work / "pool60k", work / "pool600k", work / "labeled12k"
@@ -139,9 +140,10 @@ def memory(work: Path) -> None:
 def teach_speed(work: Path, rounds: int) -> None:
     import torch
 
-    from dpl.core import data, train
-    from dpl.core.runs import ModelOptions, NoiseOptions
-    from dpl.core.teach import teach
+    from dpl.core import data
+    from dpl.core.engine import train
+    from dpl.core.methods.common import ModelOptions, NoiseOptions
+    from dpl.core.methods.teach import teach
     sys.path.insert(0, str(Path(__file__).parent))
     from timing import epoch_times
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from dpl.core import data, models
 from timing import epoch_times
-from dpl.core.runs import ModelOptions, NoiseOptions
-from dpl.core.teach import teach
-from dpl.core.train import TrainConfig, runtime
+from dpl.core.methods.common import ModelOptions, NoiseOptions
+from dpl.core.methods.teach import teach
+from dpl.core.engine.train import TrainConfig, runtime
 
 
 def hand_written(ds, arch, epochs, batch_size, lr, rt) -> list[float]:

@@ -14,8 +14,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..core import DplError, Interrupted, RunError, artifacts, augment, data, distributed, models, records, runs, train
-from ..core.train import ResumeSpec
+from ..core import DplError, Interrupted, RunError, artifacts, data, models
+from ..core.data import augment
+from ..core.engine import distributed, train
+from ..core.reporting import records
+from ..core.methods.common import ModelOptions, NoiseOptions, ValOptions
+from ..core.engine.train import ResumeSpec
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -168,8 +172,8 @@ def holdout(o: dict) -> data.Holdout:
     return data.Holdout(per_class=o["val_per_class"], total=o["val"], seed=o["split_seed"])
 
 
-def val_options(o: dict) -> runs.ValOptions:
-    return runs.ValOptions(every=o["val_every"], keep=o["keep"])
+def val_options(o: dict) -> ValOptions:
+    return ValOptions(every=o["val_every"], keep=o["keep"])
 
 
 def run_records(output: Path, tensorboard: Path | None) -> list:
@@ -192,13 +196,13 @@ def train_config(o: dict) -> train.TrainConfig:
     return cfg
 
 
-def model_options(o: dict) -> runs.ModelOptions:
-    return runs.ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
+def model_options(o: dict) -> ModelOptions:
+    return ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
                              init=o.get("init"), pretrained=o.get("pretrained", False))
 
 
-def noise_options(o: dict) -> runs.NoiseOptions:
-    return runs.NoiseOptions(randaugment=augment.parse_randaugment(o["randaugment"]), crop=o["crop"], flip=o["flip"])
+def noise_options(o: dict) -> NoiseOptions:
+    return NoiseOptions(randaugment=augment.parse_randaugment(o["randaugment"]), crop=o["crop"], flip=o["flip"])
 
 
 def partition(o: dict) -> data.Partition:
@@ -475,7 +479,7 @@ def int_range(text: str, flag: str) -> tuple[int, int]:
 def scene_spec(ctx: typer.Context, data_spec: str, o: dict):
     """The SceneSpec of scenes:SOURCE from the scene options in `o` (a command's locals); None for coco:PATH,
     which refuses any scene option given."""
-    from ..core import scenes
+    from ..core.data import scenes
 
     kind, source, _ = scenes.parse_box_spec(data_spec)
     if kind != scenes.SCENES:

@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, artifacts, augment, distributed, scenes, train
-from ..core import detect
-from ..core.boxes import precision_recall, read_box_labels
-from ..core.evaluate import seed_groups
+from ..core import DplError, artifacts
+from ..core.data import augment, scenes
+from ..core.engine import distributed, train
+from ..core.methods import detect
+from ..core.data.boxes import precision_recall, read_box_labels
+from ..core.reporting.evaluate import seed_groups
 
 ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.")]

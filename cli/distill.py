@@ -8,9 +8,12 @@ from typing import Annotated
 import typer
 
 from . import common, detect
-from ..core import DplError, artifacts, boxes, data, experts, losses, train
-from ..core.distill import DistillOptions, distill, source_meta
-from ..core.features import FeatureOptions
+from ..core import DplError, artifacts, data, losses
+from ..core.data import boxes
+from ..core.methods import experts
+from ..core.engine import train
+from ..core.methods.distill import DistillOptions, distill, source_meta
+from ..core.methods.features import FeatureOptions
 
 
 @common.guarded

@@ -10,8 +10,12 @@ from rich.table import Table
 
 from . import common, detect
 from .measure import MeasureOptions, label_truth, measure_heads, model_name, run_identity
-from ..core import DplError, artifacts, boxes, evaluate, mil, scenes, train, wsddn
-from ..core.detect import part_of
+from ..core import DplError, artifacts
+from ..core.data import boxes, scenes
+from ..core.reporting import evaluate
+from ..core.methods import mil, wsddn
+from ..core.engine import train
+from ..core.methods.detect import part_of
 
 SEED_VARIANTS = common.SEED_VARIANTS
 

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import artifacts, data, train
-from ..core.hint import HintOptions, hint
+from ..core import artifacts, data
+from ..core.engine import train
+from ..core.methods.hint import HintOptions, hint
 
 
 @common.guarded

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, artifacts, boxes, data, models
+from ..core import DplError, artifacts, data, models
+from ..core.data import boxes
 
 
 @common.guarded

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 from . import common, detect
-from ..core import DplError, artifacts, data, distributed, train, wsddn
-from ..core.label import LabelOptions, label, label_heads, shard_files
+from ..core import DplError, artifacts, data
+from ..core.engine import distributed, train
+from ..core.methods import wsddn
+from ..core.methods.label import LabelOptions, label, label_heads, shard_files
 
 
 @common.guarded

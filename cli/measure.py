@@ -8,8 +8,11 @@ from pathlib import Path
 import torch
 
 from . import common
-from ..core import DplError, artifacts, data, evaluate, experts, label, models, train
-from ..core.runs import check_input
+from ..core import DplError, artifacts, data, models
+from ..core.reporting import evaluate
+from ..core.methods import experts, label
+from ..core.engine import train
+from ..core.methods.common import check_input
 
 
 @dataclass(frozen=True, kw_only=True)

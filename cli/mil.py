@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, bags as bag_data, data, train
-from ..core.mil import POOLINGS, MilOptions, train_mil
+from ..core import DplError, data
+from ..core.data import bags as bag_data
+from ..core.engine import train
+from ..core.methods.mil import POOLINGS, MilOptions, train_mil
 
 # Options that build bags from a classification source: a bag folder has its own bags.
 BUILD_OPTIONS = ("target_class", "bags", "test_bags", "bag_size", "bag_size_std", "bag_seed", "download")

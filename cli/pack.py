@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, artifacts, images
+from ..core import DplError, artifacts
+from ..core.data import images
 
 
 @common.guarded

@@ -10,7 +10,10 @@ import typer
 
 from . import common
 from .measure import MeasureOptions, label_truth, measure, measure_checkpoint
-from ..core import DplError, artifacts, figures, mil, records, train
+from ..core import DplError, artifacts
+from ..core.reporting import figures, records
+from ..core.methods import mil
+from ..core.engine import train
 
 plot_app = typer.Typer(
     name="plot",

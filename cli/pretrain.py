@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import data, train
-from ..core.pretext import TASKS, PretextOptions, Views, pretrain
+from ..core import data
+from ..core.engine import train
+from ..core.methods.pretext import TASKS, PretextOptions, Views, pretrain
 
 
 @common.guarded

@@ -10,7 +10,9 @@ import typer
 
 from . import common
 from .measure import label_truth, measure_checkpoint
-from ..core import DplError, artifacts, evaluate, records, report, train
+from ..core import DplError, artifacts
+from ..core.reporting import evaluate, records, report
+from ..core.engine import train
 
 
 @common.guarded

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, augment, data, train
-from ..core.semi import ALGORITHMS, SemiOptions, semi
+from ..core import DplError, data
+from ..core.data import augment
+from ..core.engine import train
+from ..core.methods.semi import ALGORITHMS, SemiOptions, semi
 
 
 @common.guarded

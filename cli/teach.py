@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from . import common, detect
-from ..core import DplError, artifacts, data, train
-from ..core.scenes import is_box_spec
-from ..core.teach import TeachOptions, teach
+from ..core import DplError, artifacts, data
+from ..core.engine import train
+from ..core.data.scenes import is_box_spec
+from ..core.methods.teach import TeachOptions, teach
 
 
 @common.guarded

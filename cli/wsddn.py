@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, train
-from ..core.scenes import BoxData, load_boxes, parse_box_spec
-from ..core.wsddn import WsddnOptions, train_wsddn
+from ..core import DplError
+from ..core.engine import train
+from ..core.data.scenes import BoxData, load_boxes, parse_box_spec
+from ..core.methods.wsddn import WsddnOptions, train_wsddn
 
 
 def float_list(text: str, flag: str) -> tuple[float, ...]:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dpl.core import DplError, augment
+from dpl.core import DplError
+from dpl.core.data import augment
 
 
 def batch(n=64, c=1, size=16):

@@ -8,8 +8,9 @@ import torch
 from conftest import assert_refused, dpl
 
 from dpl.core import DplError, artifacts
-from dpl.core.boxes import (Boxes, check_boxes, corloc, mean_average_precision, precision_recall,
-                            read_box_labels, write_box_shard)
+from dpl.core.data.boxes import (
+    Boxes, check_boxes, corloc, mean_average_precision, precision_recall, read_box_labels, write_box_shard
+)
 
 CLASSES = ["a", "b", "c"]
 

@@ -9,7 +9,7 @@ from torch import nn
 from conftest import assert_refused, dpl, write_imagefolder
 from dpl.core import DplError, artifacts, models
 from dpl.core.models import make_regressor
-from dpl.core.train import seed_everything
+from dpl.core.engine.train import seed_everything
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl, write_imagefolder
-from dpl.core import artifacts, data, evaluate, label, train
+from dpl.core import artifacts, data
+from dpl.core.reporting import evaluate
+from dpl.core.methods import label
+from dpl.core.engine import train
 
 PER_CLASS = ["--labeled-per-class", "10"]
 

@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, detect, scenes, train
-from dpl.core.boxes import read_box_labels, write_box_shard
-from dpl.core.runs import ModelOptions
+from dpl.core import artifacts
+from dpl.core.methods import detect
+from dpl.core.data import scenes
+from dpl.core.engine import train
+from dpl.core.data.boxes import read_box_labels, write_box_shard
+from dpl.core.methods.common import ModelOptions
 
 SCENES = ("--data", "scenes:digits", "--canvas", "32", "--objects", "1,2", "--object-size", "10,16", "--scenes", "32",
           "--test-scenes", "16")

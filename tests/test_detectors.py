@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from conftest import assert_refused, cache_imagenet_weights, dpl
-from dpl.core import artifacts, detect, models, scenes
-from dpl.core.boxes import read_box_labels
-from dpl.core.runs import ModelOptions
+from dpl.core import artifacts, models
+from dpl.core.methods import detect
+from dpl.core.data import scenes
+from dpl.core.data.boxes import read_box_labels
+from dpl.core.methods.common import ModelOptions
 
 SCENES = ("--data", "scenes:digits", "--canvas", "32", "--objects", "1,2", "--object-size", "10,16", "--scenes", "16",
           "--test-scenes", "8")

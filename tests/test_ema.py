@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, data, evaluate, train
+from dpl.core import artifacts, data
+from dpl.core.reporting import evaluate
+from dpl.core.engine import train
 from test_resume import log_without_timing, max_weight_difference, wait_for
 
 TEACH = ["teach", "--data", "digits", "--arch", "cnn-s", "--epochs", "2", "--val-per-class", "4", "--keep", "best",

@@ -11,7 +11,9 @@ import torch
 from conftest import assert_refused, dpl, write_photos
 from dpl.cli.evaluate import SEED_VARIANTS
 from dpl.cli.measure import label_truth, measure_checkpoint
-from dpl.core import artifacts, data, evaluate, train
+from dpl.core import artifacts, data
+from dpl.core.reporting import evaluate
+from dpl.core.engine import train
 
 
 def teach(*args) -> None:

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl, write_imagefolder
-from dpl.core import artifacts, data, evaluate, train
+from dpl.core import artifacts, data
+from dpl.core.reporting import evaluate
+from dpl.core.engine import train
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from conftest import assert_refused, dpl
-from dpl.core import DplError, artifacts, features, losses, models
+from dpl.core import DplError, artifacts, losses, models
+from dpl.core.methods import features
 
 RELATIONAL = ("sp", "pkt", "rkd")
 

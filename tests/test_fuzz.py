@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_refused, dpl
-from dpl.core import DplError, artifacts, data, label, models
+from dpl.core import DplError, artifacts, data, models
+from dpl.core.methods import label
 
 SCALE = float(os.environ.get("DPL_FUZZ_SCALE", "1"))
 CASE_SECONDS = 20          # a case that takes longer is a hang

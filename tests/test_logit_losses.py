@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, augment, losses, train
-from dpl.core.distill import DistillOptions, distill_objective
+from dpl.core import artifacts, losses
+from dpl.core.data import augment
+from dpl.core.engine import train
+from dpl.core.methods.distill import DistillOptions, distill_objective
 
 LOSSES = sorted(losses.LOGIT_LOSSES)
 ONE_EPOCH = ["--arch", "cnn-s", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]

@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, bags, data, mil, models, train
+from dpl.core import artifacts, data, models
+from dpl.core.data import bags
+from dpl.core.methods import mil
+from dpl.core.engine import train
 
 SMALL = ["--data", "digits", "--target-class", "3", "--bags", "8", "--test-bags", "12", "--bag-size", "4",
          "--arch", "cnn-s", "--epochs", "2", "--bag-batch", "4", "--device", "cpu"]

@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl, write_photos
-from dpl.core import artifacts, data, images
+from dpl.core import artifacts, data
+from dpl.core.data import images
 
 CPU = ("--device", "cpu")
 

@@ -178,7 +178,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(runs, tmp_path):
 
 
 def test_a_large_colour_bag_draws_its_highest_weights(tmp_path):
-    from dpl.core import figures
+    from dpl.core.reporting import figures
 
     weights = [(i % 7) / 100 for i in range(40)]
     bag = {"bag": "slide-3", "label": 1, "prob": 0.9, "attention": weights,

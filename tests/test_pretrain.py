@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl, write_imagefolder
-from dpl.core import artifacts, data, models, pretext
-from dpl.core.runs import ModelOptions, make_model
+from dpl.core import artifacts, data, models
+from dpl.core.methods import pretext
+from dpl.core.methods.common import ModelOptions, make_model
 
 SMALL = ("--arch", "cnn-s", "--batch-size", "64", "--device", "cpu")
 

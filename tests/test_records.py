@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, data, evaluate, records, train
+from dpl.core import artifacts, data
+from dpl.core.reporting import evaluate, records
+from dpl.core.engine import train
 
 TEACH = ["teach", "--data", "digits", "--arch", "cnn-s", "--device", "cpu"]
 

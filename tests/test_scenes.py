@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dpl.core import DplError, data
-from dpl.core.scenes import SceneSpec, is_box_spec, load_boxes, scene_spec_of
+from dpl.core.data.scenes import SceneSpec, is_box_spec, load_boxes, scene_spec_of
 
 SPEC = SceneSpec(source="digits", canvas=40, objects=(1, 3), scale=(8, 16), max_overlap=0.1, scenes=60,
                  test_scenes=20, seed=3)

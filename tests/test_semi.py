@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, semi
+from dpl.core import artifacts
+from dpl.core.methods import semi
 
 SMALL = ["--labeled-per-class", "10", "--arch", "cnn-s", "--batch-size", "32", "--mu", "4", "--device", "cpu"]
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import assert_usage_error, dpl
-from dpl.core import artifacts, train
+from dpl.core import artifacts
+from dpl.core.engine import train
 
 PER_CLASS = ["--labeled-per-class", "10"]
 

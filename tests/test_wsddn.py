@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl
-from dpl.core import artifacts, wsddn
-from dpl.core.boxes import read_box_labels
+from dpl.core import artifacts
+from dpl.core.methods import wsddn
+from dpl.core.data.boxes import read_box_labels
 
 TINY = ["--data", "scenes:digits", "--canvas", "32", "--object-size", "8,14", "--scenes", "24", "--test-scenes", "12",
         "--arch", "cnn-s", "--hidden", "32", "--refine", "1", "--spatial", "1", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
@@ -201,7 +202,7 @@ def test_eval_of_a_box_label_folder_measures_it_against_the_truth_rebuilt_from_i
     assert_refused(dpl("eval", out, "--data", "scenes:digits"), "--data", "cannot apply")
     assert_refused(dpl("eval", out, "--allow-partial"), "--allow-partial")
     # a folder whose images are not those its metadata rebuilds
-    from dpl.core.boxes import write_box_shard
+    from dpl.core.data.boxes import write_box_shard
 
     other = tmp_path / "other"
     meta = {**labels.meta, "data": {**labels.meta["data"], "fingerprint": "0" * 64}}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dpl.core import artifacts
-from dpl.core.boxes import read_box_labels
+from dpl.core.data.boxes import read_box_labels
 
 
 def mean_std(values: list[float]) -> str:

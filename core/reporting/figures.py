@@ -19,7 +19,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import artifacts
+from .. import artifacts
 
 WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag)
 DPI = 120

@@ -30,12 +30,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import DplError, artifacts, augment, label, losses, models
+from .. import DplError, artifacts, losses, models
+from ..data import augment
+from . import label
 from .features import FeatureOptions, FeatureTerm
-from .data import Dataset
-from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
-                   make_model, parent, test_metrics, train_record)
-from .train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
+from ..data import Dataset
+from .common import (
+    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
+    make_model, parent, test_metrics, train_record
+)
+from ..engine.train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
 
 
 @dataclass(frozen=True, kw_only=True)

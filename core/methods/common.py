@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import DplError, artifacts, augment, evaluate, models
-from .data import Dataset
-from .train import Runtime, TrainConfig, Validation, best_epoch
+from .. import DplError, artifacts, models
+from ..data import augment
+from ..reporting import evaluate
+from ..data import Dataset
+from ..engine.train import Runtime, TrainConfig, Validation, best_epoch
 
 
 @dataclass(frozen=True, kw_only=True)

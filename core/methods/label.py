@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import DplError, artifacts, augment, evaluate, images as image_files
-from .data import MAX_LISTED, Dataset
-from .runs import load_teachers
-from .train import Progress, Runtime
+from .. import DplError, artifacts
+from ..data import augment, images as image_files
+from ..reporting import evaluate
+from ..data import MAX_LISTED, Dataset
+from .common import load_teachers
+from ..engine.train import Progress, Runtime
 
 MODES = ("hard", "soft", "topk")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from . import DplError
+from .. import DplError
 
 MAX_MAGNITUDE = 30  # RandAugment's M runs from 0 to 30, as in the paper and torchvision
 

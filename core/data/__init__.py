@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DplError, images as image_files
+from .. import DplError
+from . import images as image_files
 from .images import ImageStore
 
 SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH", "tar:PATH")

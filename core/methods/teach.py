@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import DplError, augment, losses
-from .data import Dataset
-from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
-                   test_metrics, train_record)
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from .. import DplError, losses
+from ..data import augment
+from ..data import Dataset
+from .common import (
+    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, test_metrics,
+    train_record
+)
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, distributed, losses, models
-from .models import make_regressor, middle_layer
-from .train import Runtime
+from .. import DplError, losses, models
+from ..engine import distributed
+from ..models import make_regressor, middle_layer
+from ..engine.train import Runtime
 
 # RepDistiller's CIFAR-100 weights of each term (its -b), CE and the term alone (KD off). hint: RepDistiller's
 # 100 weighs the plain mean squared error; losses.hint_mse is half of it (FitNets' form), hence 200.

@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from . import DplError, artifacts
+from .. import DplError, artifacts
 
 TIMING_FIELDS = ("seconds", "images_per_s", "val_seconds")
 LOG_SUFFIX = ".metrics.jsonl"

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, augment, losses, models
-from .data import Dataset
-from .runs import ModelOptions, Trained, checkpoint_meta, make_model, train_record
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from .. import DplError, losses, models
+from ..data import augment
+from ..data import Dataset
+from .common import ModelOptions, Trained, checkpoint_meta, make_model, train_record
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 GRID = 3                 # jigsaw and context cut a 3x3 grid of cells
 MIN_TILE = 6             # smallest tile (or patch) side, in pixels, that still shows something

@@ -24,11 +24,15 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import DplError, augment, distributed, losses
-from .data import Dataset
-from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
-                   test_metrics, train_record)
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
+from .. import DplError, losses
+from ..data import augment
+from ..engine import distributed
+from ..data import Dataset
+from .common import (
+    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, test_metrics,
+    train_record
+)
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
 
 ALGORITHMS = ("fixmatch", "flexmatch")
 

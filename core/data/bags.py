@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DplError, data, images
-from .data import Dataset
+from .. import DplError, data
+from . import images
+from . import Dataset
 
 FOLDER = "bagfolder"
 LABELS_FILE = "labels.csv"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from . import DplError, artifacts
+from .. import DplError, artifacts
 
 KIND = "boxes"
 BOX_KEYS = ("teachers", "data", "classes", "num_classes", "image_size", "total", "world")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import DplError
+from .. import DplError
 
 
 def rank_world() -> tuple[int, int]:

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import DplError, data, images as image_files
+from .. import DplError, data
+from . import images as image_files
 from .boxes import Boxes
 
 SCENES, COCO = "scenes", "coco"

@@ -9,7 +9,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, figures
+from .. import __version__
+from . import figures
 
 # The page may load nothing but its own inline style and data: images, whatever a browser is asked to do.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from . import DplError
+from .. import DplError
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -29,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, artifacts, augment, images as image_files, losses, models
-from .boxes import BoxLabels, Boxes
-from .scenes import BoxData
-from .runs import ModelOptions, Trained, parent, train_record, weights_record, ValOptions
-from .train import (Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything,
-                    steps_per_epoch)
+from .. import DplError, artifacts, losses, models
+from ..data import augment, images as image_files
+from ..data.boxes import BoxLabels, Boxes
+from ..data.scenes import BoxData
+from .common import ModelOptions, Trained, parent, train_record, weights_record, ValOptions
+from ..engine.train import (
+    Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything, steps_per_epoch
+)
 
 TASK = "detector"
 TERMS = models.DETECTOR_TERMS      # each family's loss names -> dpl's terms (models.DETECTOR_FAMILIES)
@@ -273,7 +275,7 @@ def detect(model: nn.Module, images: torch.Tensor, input_meta: dict, rt: Runtime
 def measure(model: nn.Module, images: torch.Tensor, truth: Boxes, classes: list[str], input_meta: dict,
             rt: Runtime, batch_size: int = 64) -> dict:
     """COCO mAP (pycocotools, through boxes.mean_average_precision) and detection speed (images/s)."""
-    from .boxes import mean_average_precision
+    from ..data.boxes import mean_average_precision
 
     started = time.perf_counter()
     pred = detect(model, images, input_meta, rt, batch_size)
@@ -428,7 +430,7 @@ def label_boxes(model: nn.Module, meta: dict, images: torch.Tensor, index: torch
     """Detect on this rank's contiguous part of `images` (whose positions in the data are `index`) and write it as
     box shards of `shard_size` images (`boxes.write_box_shard`, each atomic); with `resume`, a shard already in
     the folder with this run's metadata is read back, not recomputed. Returns the rank's boxes and positions."""
-    from .boxes import KIND, read_box_shard, write_box_shard
+    from ..data.boxes import KIND, read_box_shard, write_box_shard
 
     start, stop = rank * len(images) // world, (rank + 1) * len(images) // world
     emit = on_progress or (lambda event: None)

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, augment, images as image_files, models
-from .train import Runtime
+from .. import DplError, models
+from ..data import augment, images as image_files
+from ..engine.train import Runtime
 
 
 def device_batches(images, rt: Runtime, batch_size: int, workers: int | None = None):

@@ -53,11 +53,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou
 
-from . import DplError, artifacts, augment, data, images as image_files, models
-from .boxes import Boxes, corloc, mean_average_precision, precision_recall, write_box_shard
-from .runs import ModelOptions, NoiseOptions, Trained, checkpoint_meta, make_model, train_record
-from .scenes import BoxData, load_boxes, scene_spec_of
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from .. import DplError, artifacts, data, models
+from ..data import augment, images as image_files
+from ..data.boxes import Boxes, corloc, mean_average_precision, precision_recall, write_box_shard
+from .common import ModelOptions, NoiseOptions, Trained, checkpoint_meta, make_model, train_record
+from ..data.scenes import BoxData, load_boxes, scene_spec_of
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 TASK = "wsddn"
 EPS = 1e-6

@@ -31,11 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DplError, artifacts, augment, models
-from .bags import BagSpec, Bags, bag_rows
-from .bags import load as load_bags
-from .runs import ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, make_model, train_record
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+from .. import DplError, artifacts, models
+from ..data import augment
+from ..data.bags import BagSpec, Bags, bag_rows
+from ..data.bags import load as load_bags
+from .common import ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, make_model, train_record
+from ..engine.train import (
+    Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
+)
 
 TASK = "mil"
 POOLINGS = ("attention", "gated", "max", "mean")

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import DplError, Interrupted, RunError, artifacts, distributed, images
+from .. import DplError, Interrupted, RunError, artifacts
+from . import distributed
+from ..data import images
 
 Objective = Callable[[object], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import DplError, __version__, models
+from .. import DplError, __version__, models
 
 FORMAT = "1"
 PLAIN_KEYS = {"dpl.kind", "dpl.format", "dpl.version", "created"}   # stored as-is; every other key is JSON

@@ -21,12 +21,17 @@ from pathlib import Path
 
 import torch
 
-from . import DplError, artifacts, augment, data, evaluate, label, losses
-from .data import Dataset
+from .. import DplError, artifacts, data, losses
+from ..data import augment
+from ..reporting import evaluate
+from . import label
+from ..data import Dataset
 from .distill import DistillOptions, floored, logit_loss_of, mixed_batches, pseudo_figures, pseudo_loss
-from .runs import (ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
-                   parent, train_record)
-from .train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
+from .common import (
+    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, parent,
+    train_record
+)
+from ..engine.train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import DplError, augment, losses, models
-from .models import make_regressor, middle_layer
-from .data import Dataset
-from .runs import (ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, load_teachers, make_model, parent,
-                   train_record)
-from .train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
+from .. import DplError, losses, models
+from ..data import augment
+from ..models import make_regressor, middle_layer
+from ..data import Dataset
+from .common import (
+    ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, load_teachers, make_model, parent, train_record
+)
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 
 @dataclass(frozen=True, kw_only=True)
 class HintOptions:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DplError
+from .. import DplError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SUFFIXES = {os.fsencode(s) for s in IMAGE_SUFFIXES}
@@ -541,7 +541,7 @@ def shard_key(relative: str) -> str:
 def pack(listing: Listing, out: Path, shard_size: int) -> list[Path]:
     """Write the listed images, bytes unchanged, into plain tar shards `shard-NNNNNN.tar` (`KEY.EXT`, and
     `KEY.cls` where the class is known) plus `classes.txt`; each shard written whole, then renamed."""
-    from .artifacts import atomic_write
+    from ..artifacts import atomic_write
 
     keys = [shard_key(k.decode()) for k in listing.keys]
     if len(set(keys)) != len(keys):

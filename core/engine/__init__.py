@@ -1,0 +1,1 @@
+"""The training engine: the one loop, runtime and feeding, sampling, distributed."""

@@ -1,0 +1,1 @@
+"""The training objectives and labeling: one module per method."""

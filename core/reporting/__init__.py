@@ -1,0 +1,1 @@
+"""Measuring and showing: metrics, records, figures, the HTML report."""
