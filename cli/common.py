@@ -1,8 +1,19 @@
-"""What every subcommand shares: options, --config files, error handling, progress, output checks."""
+"""What every subcommand shares: options, --config files, error handling, progress, output checks.
+
+Imports: `dpl -h`, `dpl COMMAND -h` and shell completion load every command module, so no cli/ module imports
+torch, torchvision, matplotlib or numpy when it is loaded (tests/test_startup.py checks it). A dpl.core module
+that imports them is bound with `lazy` instead of `from`-imported: `train = lazy("dpl.core.engine.train")` stands
+for the module and imports it on the first attribute access, so call sites stay `train.runtime(...)`; its classes
+and functions are reached through it, never imported by name at module level (a function may import them inside).
+What help and completion show (architectures, sources, losses, ...) comes from the torch-free dpl.core.catalog;
+dpl.core itself and dpl.core.tasks import as usual.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -11,15 +22,51 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..core import DplError, Interrupted, RunError, artifacts, data, models
-from ..core.data import augment
-from ..core.engine import distributed, train
-from ..core.reporting import records
-from ..core.methods.common import ModelOptions, NoiseOptions, ValOptions
-from ..core.engine.train import ResumeSpec
+from ..core import DplError, Interrupted, RunError, catalog
+
+
+class _Lazy:
+    """Stands for a module until its first attribute is read (or set: a test's monkeypatch reaches the module).
+    Not a sys.modules entry (importlib.util.LazyLoader's are, and `inspect.getmodule`, which torch calls while it
+    imports, would then load them all in the middle of that import)."""
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_module", None)
+
+    def _load(self):
+        if self._module is None:
+            object.__setattr__(self, "_module", importlib.import_module(self._name))
+        return self._module
+
+    def __getattr__(self, attr: str):
+        return getattr(self._load(), attr)
+
+    def __setattr__(self, attr: str, value) -> None:
+        setattr(self._load(), attr, value)
+
+    def __delattr__(self, attr: str) -> None:
+        delattr(self._load(), attr)
+
+    def __dir__(self):
+        return dir(self._load())
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"
+
+
+def lazy(name: str):
+    """The module `name` (absolute), imported on its first use: see the note at the top."""
+    return _Lazy(name)
+
+
+artifacts, data, models = lazy("dpl.core.artifacts"), lazy("dpl.core.data"), lazy("dpl.core.models")
+augment, records = lazy("dpl.core.data.augment"), lazy("dpl.core.reporting.records")
+distributed, train = lazy("dpl.core.engine.distributed"), lazy("dpl.core.engine.train")
+methods_common = lazy("dpl.core.methods.common")     # ModelOptions, NoiseOptions, ValOptions
+progress_bar, tables = lazy("rich.progress"), lazy("rich.table")
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -53,6 +100,37 @@ def guarded(func):
     return wrapper
 
 
+# ---- help panels -----------------------------------------------------------------------------------
+
+class Panel:
+    """The panels that `dpl COMMAND -h` groups options in (typer's rich_help_panel), shown in the order of each
+    panel's first option in the signature. An option names its panel where it is declared: here for the shared
+    options, in place for a command's own."""
+    OUTPUT = "Output"
+    DATA = "Data"
+    SCENES = "Scenes"               # scenes:SOURCE, data with boxes built from a classification source
+    BAGS = "Bags"                   # bags built from a classification source (dpl mil)
+    MODEL = "Model"
+    OPTIMIZATION = "Optimization"
+    NOISE = "Noise"
+    VALIDATION = "Validation"
+    RECORDS = "Records"
+    RUN = "Run"
+    # a command's own
+    TEACHERS = "Teachers"           # label, distill, hint
+    LABELS = "Labels"               # what dpl label stores
+    LOSS = "Loss"                   # distill's loss between student and teacher
+    FEATURE_LOSS = "Feature loss"   # distill's term between layers
+    PSEUDO_LABELS = "Pseudo-labels" # distill, semi: how pseudo-labeled samples are kept and weighed
+    HINTS = "Hints"
+    PRETEXT = "Pretext"
+    SIMCLR = "SimCLR"
+    MIL = "MIL"
+    WSDDN = "WSDDN"
+    DETECTORS = "Detectors"
+    MEASURES = "Measures"           # dpl eval's figures beyond the default ones
+
+
 # ---- --config -------------------------------------------------------------------------------------
 
 def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
@@ -81,71 +159,77 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
 
 
 Config = Annotated[Path | None, typer.Option(
-    "--config", is_eager=True, callback=load_config, help="YAML file of option values (keys are option names); explicit flags override it.")]
+    "--config", is_eager=True, callback=load_config, help="YAML file of option values (keys are option names); explicit flags override it.", rich_help_panel=Panel.RUN)]
 
 # ---- data options ---------------------------------------------------------------------------------
 
 def complete_data(incomplete: str) -> list[str]:
     """--data NAME[:SPLIT]: the built-in sources, and the prefixes of image files."""
-    names = [s for s in data.SOURCES if ":" not in s] + [f"{k}:" for k in data.FILE_SOURCES]
+    names = [s for s in catalog.SOURCES if ":" not in s] + [f"{k}:" for k in catalog.FILE_SOURCES]
     return [n for n in names if n.startswith(incomplete)]
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    return [name for name in models.REGISTRY if name.startswith(incomplete)]
+    return [name for name in catalog.ARCHS if name.startswith(incomplete)]
 
 
-DataSpec = Annotated[str, typer.Option("--data", autocompletion=complete_data, help="Training data: NAME[:SPLIT] (digits, fashion-mnist, cifar10, imagefolder:PATH, tar:PATH, ...).")]
-InheritedData = Annotated[str | None, typer.Option("--data", autocompletion=complete_data, help="Data: NAME[:SPLIT]. \\[default: the data the teacher (or the labels) was made from]")]
+def completer(choices):
+    """A shell-completion function offering the `choices` (names from dpl.core.catalog) that start with what was
+    typed."""
+    return lambda incomplete: [c for c in choices if c.startswith(incomplete)]
+
+
+DataSpec = Annotated[str, typer.Option("--data", autocompletion=complete_data, help="Training data: NAME[:SPLIT] (digits, fashion-mnist, cifar10, imagefolder:PATH, tar:PATH, ...).", rich_help_panel=Panel.DATA)]
+InheritedData = Annotated[str | None, typer.Option("--data", autocompletion=complete_data, help="Data: NAME[:SPLIT]. \\[default: the data the teacher (or the labels) was made from]", rich_help_panel=Panel.DATA)]
 Resize = Annotated[int | None, typer.Option(
     min=1, help="Resize the images to SxS once, before anything else (e.g. digits' 8x8 for a pretext grid, or for a "
                 "backbone pretrained at S); image files are decoded with their shorter side at S, centre-cropped. "
                 "Recorded in the checkpoint. \\[default: the size of the checkpoint or labels the command reads; "
-                "else, image files: the median shorter side of a sample of them, at most 224]")]
+                "else, image files: the median shorter side of a sample of them, at most 224]", rich_help_panel=Panel.DATA)]
 
 LabeledPerClass = Annotated[int | None, typer.Option(
-    min=1, help="Labeled/unlabeled partition: this many labeled samples per class (stratified, from --split-seed).")]
+    min=1, help="Labeled/unlabeled partition: this many labeled samples per class (stratified, from --split-seed).", rich_help_panel=Panel.DATA)]
 Labeled = Annotated[int | None, typer.Option(
-    min=1, help="Labeled/unlabeled partition: this many labeled samples in all, spread evenly over the classes.")]
-SplitSeed = Annotated[int, typer.Option(help="Seed of the labeled/unlabeled partition.")]
+    min=1, help="Labeled/unlabeled partition: this many labeled samples in all, spread evenly over the classes.", rich_help_panel=Panel.DATA)]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the labeled/unlabeled partition.", rich_help_panel=Panel.DATA)]
 Part = Annotated[str | None, typer.Option(
-    help="Which part of a partitioned split to use: labeled, unlabeled or all. \\[default: the command's own]")]
-Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).")]
+    help="Which part of a partitioned split to use: labeled, unlabeled or all. \\[default: the command's own]", rich_help_panel=Panel.DATA)]
+Download = Annotated[bool, typer.Option(help="Allow torchvision to download a dataset that is not on disk.", rich_help_panel=Panel.DATA)]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.", rich_help_panel=Panel.RUN)]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the trained model (worth it for long GPU runs).", rich_help_panel=Panel.RUN)]
 Workers = Annotated[int | None, typer.Option(
     min=0, help="DataLoader worker processes that gather training batches from host memory, a few batches ahead "
                 "(into pinned memory on CUDA), and that decode streamed image files. 0: the images live on the device "
                 "and batches are gathered there; streamed files are decoded inline. \\[default: 0, or up to 4 when "
                 "the images would fill more than half of the GPU's free memory; streamed files: the cores less one "
                 "(at most 8) with a GPU, none on a CPU of 2 cores, else a quarter of the cores]",
-    show_default=False)]
+    show_default=False, rich_help_panel=Panel.RUN)]
 Stream = Annotated[bool | None, typer.Option(
     "--stream/--in-memory", help="Image files (imagefolder:, tar:): decode them on demand in DataLoader workers, or "
-    "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False)]
+    "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False, rich_help_panel=Panel.DATA)]
 # ---- training options (teach, distill, hint, pretrain) ----------------------------------------------
 
-Arch = Annotated[str, typer.Option(autocompletion=complete_arch, help="Architecture from the registry (dpl info --archs lists them).")]
-Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Batch size.")]
-Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (after warmup; cosine decay to 0).")]
-Optimizer = Annotated[str, typer.Option(help="sgd (Nesterov momentum) or adamw.")]
-Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="SGD momentum.")]
-WeightDecay = Annotated[float, typer.Option(min=0.0, help="Weight decay (not applied to biases and norms).")]
-Warmup = Annotated[float, typer.Option(min=0.0, help="Linear learning-rate warmup, in epochs; at most a fifth of the run (said when shortened).")]
-Seed = Annotated[int, typer.Option(help="Random seed of the run.")]
+Arch = Annotated[str, typer.Option(autocompletion=complete_arch, help="Architecture from the registry (dpl info --archs lists them).", rich_help_panel=Panel.MODEL)]
+Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.", rich_help_panel=Panel.OPTIMIZATION)]
+BatchSize = Annotated[int, typer.Option(min=1, help="Batch size.", rich_help_panel=Panel.OPTIMIZATION)]
+Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (after warmup; cosine decay to 0).", rich_help_panel=Panel.OPTIMIZATION)]
+Optimizer = Annotated[str, typer.Option(help="sgd (Nesterov momentum) or adamw.", rich_help_panel=Panel.OPTIMIZATION)]
+Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="SGD momentum.", rich_help_panel=Panel.OPTIMIZATION)]
+WeightDecay = Annotated[float, typer.Option(min=0.0, help="Weight decay (not applied to biases and norms).", rich_help_panel=Panel.OPTIMIZATION)]
+Warmup = Annotated[float, typer.Option(min=0.0, help="Linear learning-rate warmup, in epochs; at most a fifth of the run (said when shortened).", rich_help_panel=Panel.OPTIMIZATION)]
+Seed = Annotated[int, typer.Option(help="Random seed of the run.", rich_help_panel=Panel.OPTIMIZATION)]
 Ema = Annotated[float | None, typer.Option(
     help="Keep an exponential moving average of the weights with this decay (e.g. 0.999): it is what validation "
-         "measures and what the checkpoint holds.")]
-RandAugment = Annotated[str | None, typer.Option(help="RandAugment noise as N,M: N ops per image at magnitude M (0-30).")]
-Crop = Annotated[bool, typer.Option(help="Random crop after padding by 1/8 of the image side.")]
-Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data whose classes survive it).")]
-Dropout = Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout before the classifier.")]
-StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop probability of the last residual block (linear from the first).")]
-Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")]
+         "measures and what the checkpoint holds.", rich_help_panel=Panel.OPTIMIZATION)]
+RandAugment = Annotated[str | None, typer.Option(help="RandAugment noise as N,M: N ops per image at magnitude M (0-30).", rich_help_panel=Panel.NOISE)]
+Crop = Annotated[bool, typer.Option(help="Random crop after padding by 1/8 of the image side.", rich_help_panel=Panel.NOISE)]
+Flip = Annotated[bool, typer.Option(help="Random horizontal flip (only for data whose classes survive it).", rich_help_panel=Panel.NOISE)]
+Dropout = Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout before the classifier.", rich_help_panel=Panel.NOISE)]
+StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop probability of the last residual block (linear from the first).", rich_help_panel=Panel.NOISE)]
+Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.", rich_help_panel=Panel.MODEL)]
 Pretrained = Annotated[bool, typer.Option(
     "--pretrained", help="Start from torchvision's ImageNet weights for this architecture, read from the torch hub "
-                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).")]
+                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).", rich_help_panel=Panel.MODEL)]
 
 
 # ---- records: the metrics log, TensorBoard, validation -----------------------------------------------
@@ -153,27 +237,30 @@ Pretrained = Annotated[bool, typer.Option(
 LogEvery = Annotated[int, typer.Option(
     min=1, help="Steps between the running-mean records of the metrics log (OUT.metrics.jsonl, written beside the "
                 "output with a record per epoch) and of the progress bar; on a GPU also how often the loss is "
-                "checked for NaN.")]
+                "checked for NaN.", rich_help_panel=Panel.RECORDS)]
 TensorBoard = Annotated[Path | None, typer.Option(
     "--tensorboard", help="Also write the metrics log's figures to this folder for TensorBoard "
-                          "(needs the tensorboard package: pip install 'dpl[tensorboard]').")]
+                          "(needs the tensorboard package: pip install 'dpl\\[tensorboard]').", rich_help_panel=Panel.RECORDS)]
 Val = Annotated[int | None, typer.Option(
-    "--val", min=1, help="Hold out this many labeled samples (stratified, from --split-seed; never trained on) and "
-                         "measure the model on them in eval mode every --val-every epochs.")]
-ValPerClass = Annotated[int | None, typer.Option(min=1, help="Like --val, with this many samples of each class.")]
-ValEvery = Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch is always validated).")]
+    "--val", min=1, help="Hold out this many labeled samples (images; bags for dpl mil; stratified by class where "
+                         "there are classes; never trained on) and measure the model on them in eval mode every "
+                         "--val-every epochs.", rich_help_panel=Panel.VALIDATION)]
+ValPerClass = Annotated[int | None, typer.Option(min=1, help="Like --val, with this many samples of each class.", rich_help_panel=Panel.VALIDATION)]
+ValEvery = Annotated[int, typer.Option(min=1, help="Epochs between validations (the last epoch is always validated).", rich_help_panel=Panel.VALIDATION)]
 Keep = Annotated[str, typer.Option(
     help="The weights written: last (the default: where the cosine schedule ends, the same with or without a "
-         "validation set) or best (the epoch of the best validation top-1; needs --val or --val-per-class). "
-         "The checkpoint records both epochs' validation figures.")]
+         "validation set) or best (the epoch of the best validation figure: top-1; a detector's mAP, a MIL "
+         "model's bag AUC, WSDDN's CorLoc; needs --val or --val-per-class). "
+         "The checkpoint records both epochs' validation figures.", rich_help_panel=Panel.VALIDATION)]
 
 
 def holdout(o: dict) -> data.Holdout:
     return data.Holdout(per_class=o["val_per_class"], total=o["val"], seed=o["split_seed"])
 
 
-def val_options(o: dict) -> ValOptions:
-    return ValOptions(every=o["val_every"], keep=o["keep"])
+def val_options(o: dict, metric: str = "top1") -> methods_common.ValOptions:
+    """--val-every and --keep; `metric`: the task's figure that --keep best maximizes (core.tasks.Task.best)."""
+    return methods_common.ValOptions(every=o["val_every"], keep=o["keep"], metric=metric)
 
 
 def run_records(output: Path, tensorboard: Path | None) -> list:
@@ -196,13 +283,13 @@ def train_config(o: dict) -> train.TrainConfig:
     return cfg
 
 
-def model_options(o: dict) -> ModelOptions:
-    return ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
+def model_options(o: dict) -> methods_common.ModelOptions:
+    return methods_common.ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
                              init=o.get("init"), pretrained=o.get("pretrained", False))
 
 
-def noise_options(o: dict) -> NoiseOptions:
-    return NoiseOptions(randaugment=augment.parse_randaugment(o["randaugment"]), crop=o["crop"], flip=o["flip"])
+def noise_options(o: dict) -> methods_common.NoiseOptions:
+    return methods_common.NoiseOptions(randaugment=augment.parse_randaugment(o["randaugment"]), crop=o["crop"], flip=o["flip"])
 
 
 def partition(o: dict) -> data.Partition:
@@ -275,27 +362,100 @@ def test_split(ds: data.Dataset) -> data.Dataset | None:
 
 def given(ctx: typer.Context, *names: str) -> list[str]:
     """The options among `names` (parameter names) that the command line or a --config file set, as flags."""
-    flags = {p.name: p.opts[0] for p in ctx.command.params}
-    return [flags[n] for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"]
+    set_ = given_options(ctx)
+    return [set_[n] for n in names if n in set_]
+
+
+def given_options(ctx: typer.Context) -> dict[str, str]:
+    """Every option the command line or a --config file set: parameter name -> flag (--no-crop for a False
+    --crop/--no-crop)."""
+    def flag(p) -> str:
+        off = getattr(p, "secondary_opts", None) and ctx.params.get(p.name) is False
+        return p.secondary_opts[0] if off else p.opts[0]
+    return {p.name: flag(p) for p in ctx.command.params
+            if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT"}
+
+
+def own_shards(output: Path, rank: int, world: int, force: bool, resume: bool, check: bool = True) -> list[Path]:
+    """The shards of this rank (of every rank, alone) already in the output folder, which must be writable
+    (`check`; a head's folder is made inside the output folder, checked once)."""
+    from ..core import artifacts
+    from ..core.methods.label import shard_files
+
+    if output.exists() and not output.is_dir():
+        raise DplError(f"{output} is a file, not a label folder")
+    mine = shard_files(output, None if world == 1 else rank) if output.is_dir() else []
+    if mine and not (force or resume):
+        raise DplError(f"{output} exists with label shards; pass --force to replace them or --resume to complete them")
+    if check:
+        artifacts.check_writable(output)
+    return mine
 
 
 # ---- output options ---------------------------------------------------------------------------------
 
-Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.")]
-Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
-AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the artifact.", rich_help_panel=Panel.OUTPUT)]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.", rich_help_panel=Panel.OUTPUT)]
+AllowPartial = Annotated[bool, typer.Option("--allow-partial", help="Accept a label folder that misses shards (an unfinished dpl label): use the shards it has.", rich_help_panel=Panel.DATA)]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.", rich_help_panel=Panel.OUTPUT)]
 
 
-ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the resume state beside the output (OUT.resume).")]
-SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).")]
-KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.")]
+ResumeFlag = Annotated[bool, typer.Option("--resume", help="Continue from the resume state beside the output (OUT.resume).", rich_help_panel=Panel.RUN)]
+SaveEvery = Annotated[int, typer.Option(min=1, help="Write a resume state every N epochs (and on SIGINT/SIGTERM).", rich_help_panel=Panel.RUN)]
+KeepState = Annotated[bool, typer.Option("--keep-state", help="Keep the resume state once the run completes.", rich_help_panel=Panel.RUN)]
 # Options that do not change what a run computes: a resume state may continue under other values.
 NOT_IDENTITY = {"output", "resume", "save_every", "keep_state", "force", "device", "compile", "workers", "config", "ctx",
                 "tensorboard"}
 
 
-def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> ResumeSpec:
+# ---- the block of options every training command takes -------------------------------------------------
+
+TRAINING_OPTIONS = {        # parameter name -> (declaration, default)
+    "epochs": (Epochs, 30), "batch_size": (BatchSize, 128), "lr": (Lr, 0.05), "optimizer": (Optimizer, "sgd"),
+    "momentum": (Momentum, 0.9), "weight_decay": (WeightDecay, 5e-4), "warmup_epochs": (Warmup, 1.0),
+    "ema": (Ema, None), "seed": (Seed, 0), "log_every": (LogEvery, 10), "tensorboard": (TensorBoard, None),
+    "device": (Device, "auto"), "compile": (Compile, False), "workers": (Workers, None), "force": (Force, False),
+    "resume": (ResumeFlag, False), "save_every": (SaveEvery, 1), "keep_state": (KeepState, False),
+    "config": (Config, None),
+}
+
+
+def training_options(*, without: tuple[str, ...] = (), **defaults):
+    """Give a training command the block of TRAINING_OPTIONS, declared here once. The block is appended to the
+    command's signature (typer reads `inspect.signature`) after its own parameters, which replace the block's of
+    the same name; `without` leaves options out, keywords set the command's defaults. typer hands the block's
+    values to the command's `**shared`; `options_of(locals())`, first thing in its body, gives every option::
+
+        @common.guarded
+        @common.training_options(epochs=10, without=("compile",))
+        def hint_command(output: common.Output, ..., **shared):
+            options = common.options_of(locals())
+    """
+    unknown = (set(defaults) | set(without)) - set(TRAINING_OPTIONS)
+    if unknown:
+        raise TypeError(f"not training options: {', '.join(sorted(unknown))}")
+
+    def declare(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        taken = {p.name for p in own} | set(without)
+        block = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=declared,
+                                   default=defaults.get(name, default))
+                 for name, (declared, default) in TRAINING_OPTIONS.items() if name not in taken]
+        command.__signature__ = signature.replace(parameters=[*own, *block])
+        return command
+    return declare
+
+
+def options_of(local: dict) -> dict:
+    """A command's options by parameter name, from its locals() at the start of its body: its own parameters and
+    the block of training options in `shared` (see training_options)."""
+    options = dict(local)
+    shared = options.pop("shared", {})
+    return {**options, **shared}
+
+
+def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> train.ResumeSpec:
     """The run's resume state: OUT.resume beside the output, tied to the command and its options."""
     output = Path(options["output"])
     kept = {k: v for k, v in options.items() if k not in NOT_IDENTITY}
@@ -305,10 +465,10 @@ def resume_spec(command: str, options: dict, resume: bool, save_every: int) -> R
         raise DplError(f"{path}: no resume state to continue from")
     if not resume and path.exists() and not options.get("force"):
         raise DplError(f"{path} exists from an unfinished run: pass --resume to continue it or --force to start over")
-    return ResumeSpec(path, run, save_every, resume)
+    return train.ResumeSpec(path, run, save_every, resume)
 
 
-def write_result(output: Path, result, state: ResumeSpec, keep_state: bool) -> None:
+def write_result(output: Path, result, state: train.ResumeSpec, keep_state: bool) -> None:
     """Rank 0 writes the checkpoint (with the command line), then drops the resume state; stdout gets the path."""
     if not distributed.is_main():
         return
@@ -386,10 +546,11 @@ class TrainingProgress:
     def __init__(self, description: str, sinks: list = ()):
         self.description = description
         self.sinks = list(sinks)
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=stderr, disable=not sys.stderr.isatty() or not distributed.is_main(),
-                            transient=False)
+        p = progress_bar
+        self.bar = p.Progress(p.TextColumn("[bold]{task.description}"), p.BarColumn(), p.MofNCompleteColumn(),
+                              p.TextColumn("{task.fields[stats]}"), p.TimeElapsedColumn(), p.TimeRemainingColumn(),
+                              console=stderr, disable=not sys.stderr.isatty() or not distributed.is_main(),
+                              transient=False)
         self.task = None
 
     def __enter__(self):
@@ -420,9 +581,9 @@ class TrainingProgress:
             self.bar.update(self.task, advance=event["n"])
 
 
-def box_quality_table(rows: list[dict], title: str) -> Table:
+def box_quality_table(rows: list[dict], title: str) -> tables.Table:
     """Precision and recall of pseudo-boxes per score threshold (core.boxes.precision_recall's rows)."""
-    table = Table(title=title + ": precision and recall at IoU 0.5")
+    table = tables.Table(title=title + ": precision and recall at IoU 0.5")
     for col in ("score >=", "precision", "recall", "tp", "fp", "fn"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -431,8 +592,8 @@ def box_quality_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def quality_table(quality: dict, title: str) -> Table:
-    table = Table(title=title + f": accuracy {quality['accuracy']:.4f}")
+def quality_table(quality: dict, title: str) -> tables.Table:
+    table = tables.Table(title=title + f": accuracy {quality['accuracy']:.4f}")
     for col in ("confidence >=", "coverage", "accuracy", "n"):
         table.add_column(col, justify="right")
     for row in quality["thresholds"]:
@@ -445,7 +606,7 @@ def quality_table(quality: dict, title: str) -> Table:
 
 def complete_box_data(incomplete: str) -> list[str]:
     """--data of the commands that take boxes: scenes:SOURCE and coco:PATH."""
-    names = [f"scenes:{s}" for s in data.SOURCES if ":" not in s] + ["coco:"]
+    names = [f"scenes:{s}" for s in catalog.SOURCES if ":" not in s] + ["coco:"]
     return [n for n in names if n.startswith(incomplete)]
 
 
@@ -453,15 +614,17 @@ BoxDataSpec = Annotated[str, typer.Option(
     "--data", autocompletion=complete_box_data,
     help="Data with boxes: scenes:SOURCE[:SPLIT] (scenes built from a classification source, e.g. "
          "scenes:fashion-mnist; see --canvas, --objects) or coco:PATH[:SPLIT] (COCO-style JSON: a .json file, or a "
-         "folder with annotations.json, or train/ and test/ sub-folders each with one; file_names relative to it).")]
-Canvas = Annotated[int, typer.Option(help="Scenes: the square canvas side, pixels.")]
-Objects = Annotated[str, typer.Option(help="Scenes: objects per scene, LO,HI (inclusive, drawn uniformly).")]
+         "folder with annotations.json, or train/ and test/ sub-folders each with one; file_names relative to it).", rich_help_panel=Panel.DATA)]
+Canvas = Annotated[int, typer.Option(help="Scenes: the square canvas side, pixels.", rich_help_panel=Panel.SCENES)]
+Objects = Annotated[str, typer.Option(help="Scenes: objects per scene, LO,HI (inclusive, drawn uniformly).", rich_help_panel=Panel.SCENES)]
 ObjectSize = Annotated[str, typer.Option(help="Scenes: an object's side in pixels, LO,HI (inclusive, drawn uniformly); "
-                                              "its box is the tight extent of its pixels.")]
-MaxOverlap = Annotated[float, typer.Option(help="Scenes: the largest IoU between two objects' squares in a scene.")]
-Scenes = Annotated[int, typer.Option(help="Scenes: training scenes, from the source's train split.")]
-TestScenes = Annotated[int, typer.Option(help="Scenes: test scenes, from the source's test split.")]
-SceneSeed = Annotated[int, typer.Option(help="Scenes: seed of the scenes (each split its own stream of it).")]
+                                              "its box is the tight extent of its pixels.", rich_help_panel=Panel.SCENES)]
+MaxOverlap = Annotated[float, typer.Option(help="Scenes: the largest IoU between two objects' squares in a scene.", rich_help_panel=Panel.SCENES)]
+Scenes = Annotated[int, typer.Option(help="Scenes: training scenes, from the source's train split.", rich_help_panel=Panel.SCENES)]
+TestScenes = Annotated[int, typer.Option(help="Scenes: test scenes, from the source's test split.", rich_help_panel=Panel.SCENES)]
+SceneSeed = Annotated[int, typer.Option(help="Scenes: seed of the scenes (each split its own stream of it).", rich_help_panel=Panel.SCENES)]
+ScaleJitter = Annotated[str | None, typer.Option(
+    help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.", rich_help_panel=Panel.DETECTORS)]
 # The option names of a scene spec (a COCO source has its own boxes: they cannot apply to it).
 SCENE_OPTIONS = ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes", "scene_seed")
 
@@ -499,9 +662,9 @@ SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True,
                  "--keep-state": False, "--resume": False}
 
 
-def seed_table(groups: list[dict], data_spec: str, metrics: tuple[str, ...]) -> Table:
+def seed_table(groups: list[dict], data_spec: str, metrics: tuple[str, ...]) -> tables.Table:
     """A row per group of runs that differ only in their seed (core.evaluate.seed_groups): mean ± sample std."""
-    table = Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
+    table = tables.Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
     for col in ("command", "n", "seeds", *metrics):
         table.add_column(col, justify="left" if col in ("command", "seeds") else "right")
     for g in groups:

@@ -9,8 +9,12 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, artifacts, data, models
-from ..core.data import boxes
+from ..core import DplError, tasks
+
+artifacts = common.lazy("dpl.core.artifacts")
+boxes = common.lazy("dpl.core.data.boxes")
+data = common.lazy("dpl.core.data")
+models = common.lazy("dpl.core.models")
 
 
 @common.guarded
@@ -18,7 +22,7 @@ def info_command(
     target: Annotated[str | None, typer.Argument(help="An artifact (checkpoint), or with --layers an architecture name.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="List the model's layers by module path, with output shapes.")] = False,
     archs: Annotated[bool, typer.Option("--archs", help="List the registered architectures.")] = False,
-    data_spec: Annotated[str, typer.Option("--data", help="With --layers ARCH: the data whose input shape and classes to assume.")] = "digits",
+    data_spec: Annotated[str, typer.Option("--data", help="With --layers ARCH: the data whose input shape and classes to assume.", rich_help_panel=common.Panel.DATA)] = "digits",
     as_json: common.Json = False,
 ):
     """Show what an artifact is and where it came from, or the layers of a model."""
@@ -68,10 +72,7 @@ def info_command(
 
 def _read_folder(path: Path) -> tuple[dict, int]:
     """A label folder's or a box label folder's (pseudo-boxes) common metadata and its number of samples."""
-    if boxes.is_box_folder(path):
-        found = boxes.read_box_labels(path)
-        return found.meta, len(found)
-    labels = artifacts.read_labels(path)
+    labels = (boxes.read_box_labels if tasks.of_folder(path).name == tasks.BOX_LABELS else artifacts.read_labels)(path)
     return labels.meta, len(labels)
 
 
@@ -168,10 +169,12 @@ def _render(meta: dict) -> str:
                                               for k, v in meta["metrics"].items()))
     if "weights" in meta:
         w = meta["weights"]
-        best = w.get("best") or {}
+        key = f"val_{w.get('metric', 'top1')}"                   # the task's figure --keep best maximizes
+        best = (key, w["best"][key]) if (w.get("best") or {}).get(key) is not None else None
         lines.append(f"weights   {w['kept']} (epoch {w['epoch']} of {w['epochs']})"
                      + (f", exponential moving average (decay {w['ema']})" if w.get("ema") else "") + (
-            f"; best validation top-1 {best['val_top1']:.4f} at epoch {w['best_epoch']}" if "val_top1" in best else ""))
+            f"; best validation {best[0].removeprefix('val_').replace('top1', 'top-1')} {best[1]:.4f} at epoch "
+            f"{w['best_epoch']}" if best else ""))
     if meta.get("val"):
         v = meta["val"]
         lines.append(f"val       {v.get('n')} samples held out of {v.get('spec')} ({v.get('part')}), every {v.get('every')} epochs")

@@ -2,30 +2,123 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from importlib import metadata
+from collections.abc import Mapping
+from importlib import import_module
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from .distill import distill_command
-from .evaluate import eval_command
-from .hint import hint_command
-from .info import info_command
-from .label import label_command
-from .mil import mil_command
-from .pack import pack_command
-from .plot import plot_app
-from .pretrain import pretrain_command
-from .report import report_command
-from .semi import semi_command
-from .teach import teach_command
-from .wsddn import wsddn_command
+# The commands as `dpl -h` lists them: name -> (module of this package, its command function or, for plot, its
+# Typer app). A command's module is imported, and its options read from the function's signature, only when that
+# command is run, completed or asked for its help (see Commands).
+COMMANDS = {
+    "teach": ("teach", "teach_command"), "label": ("label", "label_command"), "distill": ("distill", "distill_command"),
+    "hint": ("hint", "hint_command"), "pretrain": ("pretrain", "pretrain_command"), "semi": ("semi", "semi_command"),
+    "mil": ("mil", "mil_command"), "wsddn": ("wsddn", "wsddn_command"), "eval": ("evaluate", "eval_command"),
+    "info": ("info", "info_command"), "pack": ("pack", "pack_command"), "report": ("report", "report_command"),
+    "plot": ("plot", "plot_app"),
+}
+
+
+def command_object(name: str):
+    module, attr = COMMANDS[name]
+    return getattr(import_module(f".{module}", __package__), attr)
+
+
+def summary(name: str) -> str:
+    """A command's first docstring paragraph (plot: its app's), which `dpl -h` lists."""
+    obj = command_object(name)
+    doc = obj.info.help if isinstance(obj, typer.Typer) else inspect.getdoc(obj)
+    return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+
+
+def unwrapped(doc: str) -> str:
+    """A docstring with each paragraph on one line, for rich to wrap at the terminal's width (it keeps a
+    docstring's own line breaks, which then cut its lines in two)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+def build(name: str):
+    """The click command of `name`, as typer makes it from the function's signature."""
+    obj = command_object(name)
+    if isinstance(obj, typer.Typer):
+        obj.info.epilog = epilog(name)
+        return typer.main.get_group(obj)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    one.command(name, help=unwrapped(inspect.getdoc(obj) or ""), epilog=epilog(name))(obj)
+    return typer.main.get_command(one)
+
+
+class Built(Mapping):
+    """Command name -> click command, built on its first lookup."""
+
+    def __init__(self):
+        self.built = {}
+
+    def __getitem__(self, name: str):
+        if name not in self.built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self.built[name] = build(name)
+        return self.built[name]
+
+    def __iter__(self):
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class Commands(TyperGroup):
+    """dpl's group of commands, each built only when it is looked up (typer reads up to 66 options from a
+    command's signature: building all thirteen took some 40 ms, half of what `dpl -h` may cost). Its own help and
+    the completion of a command name list the commands by their summaries alone."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        self.commands = Built()
+        self.listing = False
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(self.commands)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        # typer imports pydantic (some 60 ms) to coerce the first option value that is not a bool, and the group's
+        # own flags (--help, --install-completion, --show-completion) default to None: every `dpl COMMAND -h` would
+        # pay for it. False means the same to their callbacks.
+        for param in self.get_params(ctx):
+            if getattr(param, "is_flag", False) and param.default is None:
+                param.default = False
+        return super().parse_args(ctx, args)
+
+    def get_command(self, ctx, name: str):
+        if self.listing and name in COMMANDS:
+            return TyperCommand(name=name, help=summary(name))
+        return self.commands.get(name)
+
+    def format_help(self, ctx, formatter) -> None:
+        self.listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
+    def shell_complete(self, ctx, incomplete: str):
+        self.listing = True
+        try:
+            return super().shell_complete(ctx, incomplete)
+        finally:
+            self.listing = False
+
 
 app = typer.Typer(
     name="dpl",
-    help="Distillation and pseudo-labeling pipelines: teach, label, distill, hint, pretrain, eval, plot, report. "
-         "Shell completion: dpl --install-completion (bash, zsh, fish, PowerShell), then open a new shell.",
+    cls=Commands,
+    help="Distillation and pseudo-labeling pipelines from the command line.\n\n"
+         "Shell completion: dpl --install-completion, then open a new shell.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -80,19 +173,11 @@ def epilog(command: str) -> str | None:
     return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines) if lines else None
 
 
-for name, command in (("teach", teach_command), ("label", label_command), ("distill", distill_command),
-                      ("hint", hint_command), ("pretrain", pretrain_command), ("semi", semi_command),
-                      ("mil", mil_command),
-                      ("wsddn", wsddn_command),
-                      ("eval", eval_command), ("info", info_command), ("pack", pack_command),
-                      ("report", report_command)):
-    app.command(name, epilog=epilog(name))(command)
-plot_app.info.epilog = epilog("plot")
-app.add_typer(plot_app, name="plot")
-
-
 def versions() -> list[str]:
-    """dpl's version and those of the libraries its artifacts and numbers depend on."""
+    """dpl's version and those of the libraries its artifacts and numbers depend on (from the packages' metadata:
+    importing torch would take seconds)."""
+    from importlib import metadata
+
     return [f"{name} {metadata.version(name)}" for name in ("dpl", "torch", "torchvision")]
 
 
@@ -105,7 +190,7 @@ def show_version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=show_version,
-                                          help="Print the versions of dpl, torch and torchvision, and exit.")] = False,
+                                          help="Print the versions of dpl, torch and torchvision.")] = False,
 ):
     pass
 

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import common
-from ..core import DplError, artifacts, data, models
-from ..core.reporting import evaluate
-from ..core.methods import experts, label
-from ..core.engine import train
-from ..core.methods.common import check_input
+from ..core import DplError
+
+artifacts = common.lazy("dpl.core.artifacts")
+data = common.lazy("dpl.core.data")
+evaluate = common.lazy("dpl.core.reporting.evaluate")
+experts = common.lazy("dpl.core.methods.experts")
+label = common.lazy("dpl.core.methods.label")
+models = common.lazy("dpl.core.models")
+objectives = common.lazy("dpl.core.methods.common")
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.engine import train
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +104,7 @@ def measure(path: Path, ckpt: artifacts.Checkpoint, o: MeasureOptions, rt: train
                    resize=size, channels=ckpt.input["channels"], stream=o.stream, workers=o.workers)
     common.say_source(ds)
     if head is None:
-        check_input(ckpt, ds, path)
+        objectives.check_input(ckpt, ds, path)
     else:
         experts.check_head_input(ckpt, head, ds)
     model = ckpt.build_model()

@@ -7,54 +7,49 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, data
-from ..core.data import bags as bag_data
-from ..core.engine import train
-from ..core.methods.mil import POOLINGS, MilOptions, train_mil
+from ..core import DplError, catalog
+
+data, train = common.data, common.train
+bag_data, mil = common.lazy("dpl.core.data.bags"), common.lazy("dpl.core.methods.mil")
 
 # Options that build bags from a classification source: a bag folder has its own bags.
 BUILD_OPTIONS = ("target_class", "bags", "test_bags", "bag_size", "bag_size_std", "bag_seed", "download")
 
 
 @common.guarded
+@common.training_options(epochs=50, lr=2e-3, optimizer="adamw", weight_decay=1e-4, without=("batch_size", "compile"))
 def mil_command(
     ctx: typer.Context,
     output: common.Output,
     data_spec: Annotated[str, typer.Option(
-        "--data", autocompletion=lambda incomplete: [s for s in [*common.complete_data(incomplete), "bagfolder:"]
-                                                     if s.startswith(incomplete)],
+        "--data", autocompletion=lambda incomplete: [s for s in [*common.complete_data(incomplete),
+                                                                 f"{catalog.BAG_FOLDER}:"] if s.startswith(incomplete)],
         help="A classification source NAME[:SPLIT] to build bags from (with --target-class), or "
              "bagfolder:PATH[:SPLIT]: a folder of bag folders (image files) with labels.csv (bag,label lines, "
-             "label 0 or 1) and optionally instances.csv (bag,image,label lines, for evaluation only).")] = "digits",
+             "label 0 or 1) and optionally instances.csv (bag,image,label lines, for evaluation only).", rich_help_panel=common.Panel.DATA)] = "digits",
     target_class: Annotated[str | None, typer.Option(
-        help="Built bags: the class (index or name) whose presence makes a bag positive.")] = None,
-    bags: Annotated[int, typer.Option(help="Built bags: training bags from the train split, every other one positive.")] = 200,
+        help="Built bags: the class (index or name) whose presence makes a bag positive.", rich_help_panel=common.Panel.BAGS)] = None,
+    bags: Annotated[int, typer.Option(help="Built bags: training bags from the train split, every other one positive.", rich_help_panel=common.Panel.BAGS)] = 200,
     test_bags: Annotated[int, typer.Option(help="Built bags: test bags from the test split, measured once trained "
-                                                "and by dpl eval.")] = 1000,
+                                                "and by dpl eval.", rich_help_panel=common.Panel.BAGS)] = 1000,
     bag_size: Annotated[float, typer.Option(help="Built bags: mean number of instances per bag (sizes drawn from "
-                                                 "N(mean, std), rounded, at least 1).")] = 10.0,
-    bag_size_std: Annotated[float, typer.Option(help="Built bags: standard deviation of the bag sizes.")] = 2.0,
-    bag_seed: Annotated[int, typer.Option(help="Built bags: seed of the bags (each split its own stream of it).")] = 0,
+                                                 "N(mean, std), rounded, at least 1).", rich_help_panel=common.Panel.BAGS)] = 10.0,
+    bag_size_std: Annotated[float, typer.Option(help="Built bags: standard deviation of the bag sizes.", rich_help_panel=common.Panel.BAGS)] = 2.0,
+    bag_seed: Annotated[int, typer.Option(help="Built bags: seed of the bags (each split its own stream of it).", rich_help_panel=common.Panel.BAGS)] = 0,
     pooling: Annotated[str, typer.Option(
-        help=f"{', '.join(POOLINGS)}: attention weights softmax(w^T tanh(V h)), gated attention "
+        help=f"{', '.join(catalog.POOLINGS)}: attention weights softmax(w^T tanh(V h)), gated attention "
              "softmax(w^T (tanh(V h) * sigm(U h))) (Ilse et al. 2018), or the max or mean of instance logits.",
-        autocompletion=lambda incomplete: [p for p in POOLINGS if p.startswith(incomplete)])] = "attention",
-    attention_dim: Annotated[int, typer.Option(help="attention, gated: hidden width of the attention (V, U).")] = 128,
+        autocompletion=common.completer(catalog.POOLINGS), rich_help_panel=common.Panel.MIL)] = "attention",
+    attention_dim: Annotated[int, typer.Option(help="attention, gated: hidden width of the attention (V, U).", rich_help_panel=common.Panel.MIL)] = 128,
     download: common.Download = False,
     resize: common.Resize = None,
     arch: common.Arch = "cnn-m",
-    epochs: common.Epochs = 50,
     bag_batch: Annotated[int, typer.Option(
         help="Bags per step (per rank): their instances go through the encoder together, and the bags' scores are "
-             "padded to the largest with a mask.")] = 16,
-    lr: common.Lr = 2e-3,
-    optimizer: common.Optimizer = "adamw",
-    momentum: common.Momentum = 0.9,
-    weight_decay: common.WeightDecay = 1e-4,
-    warmup_epochs: common.Warmup = 1.0,
-    log_every: common.LogEvery = 10,
-    ema: common.Ema = None,
-    tensorboard: common.TensorBoard = None,
+             "padded to the largest with a mask.", rich_help_panel=common.Panel.OPTIMIZATION)] = 16,
+    val: common.Val = None,
+    val_every: common.ValEvery = 1,
+    keep: common.Keep = "last",
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
     flip: common.Flip = True,
@@ -62,20 +57,15 @@ def mil_command(
     stochastic_depth: common.StochasticDepth = 0.0,
     init: common.Init = None,
     pretrained: common.Pretrained = False,
-    seed: common.Seed = 0,
-    device: common.Device = "auto",
-    workers: common.Workers = None,
-    force: common.Force = False,
-    resume: common.ResumeFlag = False,
-    save_every: common.SaveEvery = 1,
-    keep_state: common.KeepState = False,
-    config: common.Config = None,
+    **shared,
 ):
-    """Learn a bag classifier from bag labels alone: an instance encoder from the registry, an attention (or max,
-    mean) pooling over each bag's instances, and a binary cross-entropy on the bag labels (Ilse et al. 2018).
-    Bags are built from a classification source (positive: holds the target class) or read from a bag folder;
-    dpl eval measures bag AUC and accuracy, and the instance AUC of the attention weights."""
-    options = dict(locals())
+    """Learn a bag classifier from bag labels alone (attention-based MIL).
+
+    An instance encoder from the registry, an attention (or max, mean) pooling over each bag's instances,
+    and a binary cross-entropy on the bag labels (Ilse et al. 2018). Bags are built from a classification
+    source (positive: holds the target class) or read from a bag folder; dpl eval measures bag AUC and
+    accuracy, and the instance AUC of the attention weights."""
+    options = common.options_of(locals())
     folder = bag_data.is_folder(data_spec)
     if folder:
         refused = common.given(ctx, *BUILD_OPTIONS)
@@ -87,20 +77,24 @@ def mil_command(
     else:
         spec = bag_data.BagSpec(target=target_class, bags=bags, test_bags=test_bags, size=bag_size,
                                 size_std=bag_size_std, seed=bag_seed)
-    opts = MilOptions(pooling=pooling, attention_dim=attention_dim)
-    state = common.resume_spec("mil", options, resume, save_every)
+    opts = mil.MilOptions(pooling=pooling, attention_dim=attention_dim)
+    state = common.resume_spec("mil", options, shared["resume"], shared["save_every"])
     cfg = common.train_config({**options, "batch_size": bag_batch})
     model_opts, noise = common.model_options(options), common.noise_options(options)
-    common.check_output(output, force)
-    sinks = common.run_records(output, tensorboard)
-    rt = train.runtime(device, workers=workers)
+    common.check_output(output, shared["force"])
+    sinks = common.run_records(output, shared["tensorboard"])
+    workers = shared["workers"]
+    rt = train.runtime(shared["device"], workers=workers)
     train_bags = bag_data.load(data_spec, spec, resize=resize, download=download, workers=workers)
     test_bags = _test_bags(data_spec, spec, train_bags, download, workers)
+    train_bags, val_bags = train_bags.held_out(val, bag_seed)
     _say_bags(train_bags, "training ")
+    _say_bags(val_bags, "validation ")
     _say_bags(test_bags, "test ")
     with common.TrainingProgress(f"mil {pooling}", sinks) as progress:
-        result = train_mil(train_bags, model_opts, noise, opts, cfg, rt, test_bags, on_progress=progress, resume=state)
-    common.write_result(output, result, state, keep_state)
+        result = mil.train_mil(train_bags, model_opts, noise, opts, cfg, rt, test_bags, on_progress=progress,
+                               resume=state, val=val_bags, val_opts=common.val_options(options, "bag_auc"))
+    common.write_result(output, result, state, shared["keep_state"])
 
 
 def _test_bags(data_spec: str, spec: bag_data.BagSpec | None, train_bags: bag_data.Bags, download: bool,

@@ -8,19 +8,22 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, artifacts
-from ..core.data import images
+from ..core import DplError
+
+artifacts, images = common.lazy("dpl.core.artifacts"), common.lazy("dpl.core.data.images")
 
 
 @common.guarded
 def pack_command(
     folder: Annotated[Path, typer.Argument(help="An image folder: class sub-folders (labeled) or image files alone (an unlabeled pool).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write the shards into (created).")],
-    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = 10_000,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write the shards into (created).", rich_help_panel=common.Panel.OUTPUT)],
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.", rich_help_panel=common.Panel.OUTPUT)] = 10_000,
     force: common.Force = False,
 ):
-    """Pack an image folder into plain tar shards in the WebDataset layout (KEY.jpg/KEY.png, KEY.cls with the
-    class index, classes.txt), the image bytes unchanged. Read them back with --data tar:DIR."""
+    """Pack an image folder into WebDataset tar shards (read them with --data tar:DIR).
+
+    Plain tar shards in the WebDataset layout (KEY.jpg/KEY.png, KEY.cls with the class index,
+    classes.txt), the image bytes unchanged."""
     listing = images.list_folder(images.split_folder(folder, "train"))
     if output.exists() and not output.is_dir():
         raise DplError(f"{output} is a file, not a folder of shards")

@@ -9,25 +9,25 @@ from typing import Annotated
 import typer
 
 from . import common
-from .measure import MeasureOptions, label_truth, measure, measure_checkpoint
-from ..core import DplError, artifacts
-from ..core.reporting import figures, records
-from ..core.methods import mil
-from ..core.engine import train
+from ..core import DplError, catalog
+
+artifacts, records, train = common.artifacts, common.records, common.train
+figures, mil = common.lazy("dpl.core.reporting.figures"), common.lazy("dpl.core.methods.mil")
+measuring = common.lazy("dpl.cli.measure")
 
 plot_app = typer.Typer(
     name="plot",
-    help="Figures of runs, checkpoints and label folders. Each KIND writes STEM.png and STEM.svg (-o STEM) "
-         "and prints their paths; --json prints {\"files\": [...], \"data\": {...}}, the numbers plotted.",
-    short_help="Figures (PNG and SVG): training curves, reliability, confusion, labels, lineage, probe, MIL bags.",
+    help="Figures (PNG and SVG) of runs, checkpoints, label folders and MIL bags.\n\n"
+         "Each KIND writes STEM.png and STEM.svg (-o STEM) and prints their paths; --json prints "
+         "{\"files\": [...], \"data\": {...}}, the numbers plotted.",
     no_args_is_help=True,
     subcommand_metavar="KIND [ARGS]...",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-Stem = Annotated[Path, typer.Option("--output", "-o", help="Output stem: writes STEM.png and STEM.svg (a .png or .svg suffix is dropped).")]
+Stem = Annotated[Path, typer.Option("--output", "-o", help="Output stem: writes STEM.png and STEM.svg (a .png or .svg suffix is dropped).", rich_help_panel=common.Panel.OUTPUT)]
 Checkpoint = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint.")]
-MeasureData = Annotated[str | None, typer.Option("--data", help="Data to measure on, as dpl eval --data. \\[default: the test split of the checkpoint's own data source]")]
+MeasureData = Annotated[str | None, typer.Option("--data", help="Data to measure on, as dpl eval --data. \\[default: the test split of the checkpoint's own data source]", rich_help_panel=common.Panel.DATA)]
 
 
 def output_stem(stem: Path, force: bool) -> Path:
@@ -95,7 +95,7 @@ def reliability_command(
     Accuracy per confidence bin against the diagonal, the gap shaded, the confidence histogram below: the 15
     bins of dpl eval --json."""
     stem = output_stem(output, force)
-    result = measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
+    result = measuring.measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
     finish(*figures.reliability(result["reliability"]["bins"], result["ece"], f"{checkpoint.name} on {result['data']}"),
            stem, as_json)
 
@@ -114,7 +114,7 @@ def confusion_command(
 
     Row = true class, normalized to sum 1; numbers in the cells up to 20 classes."""
     stem = output_stem(output, force)
-    result = measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
+    result = measuring.measure_checkpoint(checkpoint_file(checkpoint), train.runtime(device), data_spec)
     classes = artifacts.read_header(checkpoint, kind="checkpoint").meta.get("classes") or []
     title = f"{checkpoint.name} on {result['data']}: top-1 {result['top1']:.4f}"
     finish(*figures.confusion(result["confusion"], classes, title), stem, as_json)
@@ -135,7 +135,7 @@ def labels_command(
     The confidence histogram per predicted class and, where the data has ground truth, the accuracy and
     coverage of the labels kept at confidence >= t for t in 0..1 (101 steps)."""
     stem = output_stem(output, force)
-    labels, truth, ds = label_truth(folder, download, allow_partial)
+    labels, truth, ds = measuring.label_truth(folder, download, allow_partial)
     fig, data = figures.label_confidence(labels.confidence, labels.label, labels.meta.get("classes") or [], truth)
     if data.get("skipped"):
         sys.stderr.write(f"dpl: skipped the accuracy/coverage curve: {folder} labels {ds.spec}, "
@@ -164,13 +164,13 @@ def lineage_command(
 def probe_command(
     checkpoint: Checkpoint,
     output: Stem,
-    layer: Annotated[list[str] | None, typer.Option(help="Probe this layer (module path; repeatable; dpl info --layers lists them), average-pooled to at most 2048 values. The final feature vector is always probed.")] = None,
+    layer: Annotated[list[str] | None, typer.Option(help="Probe this layer (module path; repeatable; dpl info --layers lists them), average-pooled to at most 2048 values. The final feature vector is always probed.", rich_help_panel=common.Panel.MEASURES)] = None,
     data_spec: MeasureData = None,
     labeled_per_class: common.LabeledPerClass = None,
     labeled: common.Labeled = None,
     split_seed: common.SplitSeed = 0,
     download: common.Download = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.")] = 512,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.", rich_help_panel=common.Panel.RUN)] = 512,
     device: common.Device = "auto",
     force: common.Force = False,
     as_json: common.Json = False,
@@ -181,10 +181,10 @@ def probe_command(
     data."""
     stem = output_stem(output, force)
     ckpt = artifacts.load_checkpoint(checkpoint_file(checkpoint))
-    options = MeasureOptions(data_spec=data_spec, labeled_per_class=labeled_per_class, labeled=labeled,
-                             split_seed=split_seed, download=download, batch_size=batch_size, linear_probe=True,
-                             layer=tuple(layer or ()))
-    result, dims, fit_on = measure(checkpoint, ckpt, options, train.runtime(device))
+    options = measuring.MeasureOptions(data_spec=data_spec, labeled_per_class=labeled_per_class, labeled=labeled,
+                                       split_seed=split_seed, download=download, batch_size=batch_size,
+                                       linear_probe=True, layer=tuple(layer or ()))
+    result, dims, fit_on = measuring.measure(checkpoint, ckpt, options, train.runtime(device))
     title = f"{checkpoint.name}: fit on {fit_on}, top-1 on {result['data']}"
     finish(*figures.probe(result["linear_probe"], dims, title), stem, as_json)
 
@@ -196,10 +196,10 @@ def bag_command(
     output: Stem,
     bag: Annotated[list[int], typer.Option("--bag", help=f"Draw this bag: its position in the bags measured, "
                                            f"0-based, as in dpl eval --json's per_bag (repeatable, at most "
-                                           f"{mil.MAX_PLOTTED_BAGS}).", show_default=False)],
-    data_spec: Annotated[str | None, typer.Option("--data", help="Bags to draw from, as dpl eval --data. \\[default: the checkpoint's test bags]")] = None,
+                                           f"{catalog.MAX_PLOTTED_BAGS}).", show_default=False, rich_help_panel=common.Panel.BAGS)],
+    data_spec: Annotated[str | None, typer.Option("--data", help="Bags to draw from, as dpl eval --data. \\[default: the checkpoint's test bags]", rich_help_panel=common.Panel.DATA)] = None,
     download: common.Download = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size (instances).")] = 512,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size (instances).", rich_help_panel=common.Panel.RUN)] = 512,
     device: common.Device = "auto",
     force: common.Force = False,
     as_json: common.Json = False,

@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 
 from . import common
-from .measure import label_truth, measure_checkpoint
-from ..core import DplError, artifacts
-from ..core.reporting import evaluate, records, report
-from ..core.engine import train
+from ..core import DplError
+
+artifacts, records, train = common.artifacts, common.records, common.train
+evaluate, report = common.lazy("dpl.core.reporting.evaluate"), common.lazy("dpl.core.reporting.report")
+measuring = common.lazy("dpl.cli.measure")
 
 
 @common.guarded
@@ -21,14 +22,16 @@ def report_command(
         metavar="FOLDER_OR_ARTIFACT...",
         help="A pipeline's output folder (its checkpoints and label folders are found in it), or checkpoints "
              "and label folders named one by one.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML page.")],
-    title: Annotated[str | None, typer.Option(help="Title of the page. \\[default: dpl report of the first path]")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML page.", rich_help_panel=common.Panel.OUTPUT)],
+    title: Annotated[str | None, typer.Option(help="Title of the page. \\[default: dpl report of the first path]", rich_help_panel=common.Panel.OUTPUT)] = None,
     device: common.Device = "auto",
     force: common.Force = False,
 ):
-    """An HTML page of a pipeline's outputs: the comparison table of every checkpoint on its test data (the
-    figures of dpl eval --json), the lineage of the last model, the training curves, the pseudo-label quality
-    of each label folder and calibration. Self-contained: figures are embedded, nothing is fetched."""
+    """One self-contained HTML page of a pipeline's outputs.
+
+    The comparison table of every checkpoint on its test data (the figures of dpl eval --json), the lineage
+    of the last model, the training curves, the pseudo-label quality of each label folder and calibration.
+    Figures are embedded, nothing is fetched."""
     common.check_output(output, force)
     checkpoints, folders = find_artifacts(paths)
     if not checkpoints and not folders:
@@ -77,7 +80,10 @@ def _is_checkpoint(file: Path) -> bool:
     if kind != "checkpoint":
         common.say(f"dpl: skipped {file}: a dpl {kind!r} artifact, not a checkpoint")
     elif task != "classifier":
-        common.say(f"dpl: skipped {file}: {artifacts.TASKS.get(task, f'a {task} model')}, which the report does not measure")
+        from ..core.tasks import TASKS
+
+        title = TASKS[task].title if task in TASKS else f"a {task} model"
+        common.say(f"dpl: skipped {file}: {title}, which the report does not measure")
     return kind == "checkpoint" and task == "classifier"
 
 
@@ -96,7 +102,7 @@ def model_of(path: Path, rt: train.Runtime) -> report.Model:
         history = records.history_of(path)
     except DplError:
         history = None
-    return report.Model(path=path, result=measure_checkpoint(path, rt), classes=meta.get("classes") or [],
+    return report.Model(path=path, result=measuring.measure_checkpoint(path, rt), classes=meta.get("classes") or [],
                         command=meta.get("command"), history=history)
 
 
@@ -112,7 +118,7 @@ def last_model(models: list[report.Model]) -> report.Model | None:
 
 
 def label_folder_of(folder: Path) -> report.LabelFolder:
-    labels, truth, ds = label_truth(folder)
+    labels, truth, ds = measuring.label_truth(folder)
     known = bool((truth >= 0).any())
     teachers = labels.meta.get("teachers") or []
     return report.LabelFolder(

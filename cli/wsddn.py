@@ -10,9 +10,8 @@ import typer
 
 from . import common
 from ..core import DplError
-from ..core.engine import train
-from ..core.data.scenes import BoxData, load_boxes, parse_box_spec
-from ..core.methods.wsddn import WsddnOptions, train_wsddn
+
+train, scenes_data, wsddn = common.train, common.lazy("dpl.core.data.scenes"), common.lazy("dpl.core.methods.wsddn")
 
 
 def float_list(text: str, flag: str) -> tuple[float, ...]:
@@ -23,6 +22,7 @@ def float_list(text: str, flag: str) -> tuple[float, ...]:
 
 
 @common.guarded
+@common.training_options(epochs=20, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=1e-4, without=("compile",))
 def wsddn_command(
     ctx: typer.Context,
     output: common.Output,
@@ -37,95 +37,85 @@ def wsddn_command(
     download: common.Download = False,
     resize: common.Resize = None,
     proposal_sizes: Annotated[str, typer.Option(
-        help="Proposals: square sides as fractions of the image side (a fixed sliding grid, blind to the image).")]
+        help="Proposals: square sides as fractions of the image side (a fixed sliding grid, blind to the image).", rich_help_panel=common.Panel.WSDDN)]
         = "0.25,0.375,0.5",
-    proposal_ratios: Annotated[str, typer.Option(help="Proposals: aspect ratios h/w of each size (area kept).")]
+    proposal_ratios: Annotated[str, typer.Option(help="Proposals: aspect ratios h/w of each size (area kept).", rich_help_panel=common.Panel.WSDDN)]
         = "0.5,1,2",
-    proposal_stride: Annotated[float, typer.Option(help="Proposals: grid step, a fraction of the image side.")] = 0.125,
-    roi: Annotated[int, typer.Option(help="RoIAlign output side (on the backbone's last feature map).")] = 4,
-    hidden: Annotated[int, typer.Option(help="Width of the two fully connected layers on each region.")] = 256,
+    proposal_stride: Annotated[float, typer.Option(help="Proposals: grid step, a fraction of the image side.", rich_help_panel=common.Panel.WSDDN)] = 0.125,
+    roi: Annotated[int, typer.Option(help="RoIAlign output side (on the backbone's last feature map).", rich_help_panel=common.Panel.WSDDN)] = 4,
+    hidden: Annotated[int, typer.Option(help="Width of the two fully connected layers on each region.", rich_help_panel=common.Panel.WSDDN)] = 256,
     feature_layer: Annotated[str | None, typer.Option(
         help="The backbone layer (module path, dpl info --layers) whose feature map the regions are pooled from. "
              "\\[default: the deepest block at stride <= smallest proposal side / --roi: stride 4 on 64 px]",
-        show_default=False)] = None,
+        show_default=False, rich_help_panel=common.Panel.WSDDN)] = None,
     context: Annotated[float, typer.Option(
         help="Also pool each region enlarged by this factor about its centre and give both to the streams (its "
-             "surround tells whether the object goes on past the region); 0: the region alone.")] = 0.0,
+             "surround tells whether the object goes on past the region); 0: the region alone.", rich_help_panel=common.Panel.WSDDN)] = 0.0,
     spatial: Annotated[float, typer.Option(
         help="Weight of WSDDN's spatial regulariser (Bilen & Vedaldi 2016, sec. 3.3): the features of regions "
-             "overlapping a class's top region by IoU >= 0.6 are pulled towards its features. 0: none.")] = 0.0,
+             "overlapping a class's top region by IoU >= 0.6 are pulled towards its features. 0: none.", rich_help_panel=common.Panel.WSDDN)] = 0.0,
     vote: Annotated[float, typer.Option(
         help="Read-out box voting: each top box (and detection) becomes the score-weighted mean of the proposals "
              "overlapping it by at least this IoU, placing it between the grid's positions; 1: the top proposal "
-             "as it is. Applies alike to the objectness baseline.")] = 0.2,
+             "as it is. Applies alike to the objectness baseline.", rich_help_panel=common.Panel.WSDDN)] = 0.2,
     refine: Annotated[int, typer.Option(
         help="OICR-style refinement streams (Tang et al. 2017) on top of WSDDN's two: each learns per-region classes "
              "(background included) from the previous stream's top region of each class present; the read-out is "
-             "their mean. 0: WSDDN alone.")] = 0,
+             "their mean. 0: WSDDN alone.", rich_help_panel=common.Panel.WSDDN)] = 0,
     arch: common.Arch = "cnn-s",
-    epochs: common.Epochs = 20,
-    batch_size: common.BatchSize = 32,
-    lr: common.Lr = 2e-3,
-    optimizer: common.Optimizer = "adamw",
-    momentum: common.Momentum = 0.9,
-    weight_decay: common.WeightDecay = 1e-4,
-    warmup_epochs: common.Warmup = 1.0,
-    log_every: common.LogEvery = 10,
-    ema: common.Ema = None,
-    tensorboard: common.TensorBoard = None,
+    val: common.Val = None,
+    val_every: common.ValEvery = 1,
+    keep: common.Keep = "last",
     randaugment: common.RandAugment = None,
     crop: common.Crop = True,
     flip: common.Flip = True,
     stochastic_depth: common.StochasticDepth = 0.0,
     init: common.Init = None,
     pretrained: common.Pretrained = False,
-    seed: common.Seed = 0,
-    device: common.Device = "auto",
-    workers: common.Workers = None,
-    force: common.Force = False,
-    resume: common.ResumeFlag = False,
-    save_every: common.SaveEvery = 1,
-    keep_state: common.KeepState = False,
-    config: common.Config = None,
+    **shared,
 ):
-    """Learn a detector from image-level class labels alone (WSDDN, Bilen & Vedaldi 2016): a registry backbone's
-    feature map, a fixed multi-scale grid of proposals, RoIAlign, a classification stream (softmax over classes)
-    times a detection stream (softmax over regions), summed over regions into image scores trained with a
-    multi-label binary cross-entropy. The boxes of the data are never trained on: dpl eval measures CorLoc on
-    the training images and mAP on the test images against them, beside the whole-image and objectness-only
-    baselines; dpl label writes the top box of each class predicted present as pseudo-boxes."""
-    options = dict(locals())
+    """Learn a detector from image-level class labels alone (WSDDN).
+
+    WSDDN (Bilen & Vedaldi 2016): a registry backbone's feature map, a fixed multi-scale grid of
+    proposals, RoIAlign, a classification stream (softmax over classes) times a detection stream (softmax
+    over regions), summed over regions into image scores trained with a multi-label binary cross-entropy.
+    The boxes of the data are never trained on: dpl eval measures CorLoc on the training images and mAP on
+    the test images against them, beside the whole-image and objectness-only baselines; dpl label writes
+    the top box of each class predicted present as pseudo-boxes."""
+    options = common.options_of(locals())
     scene = common.scene_spec(ctx, data_spec, options)
-    opts = WsddnOptions(proposal_sizes=float_list(proposal_sizes, "--proposal-sizes"),
-                        proposal_ratios=float_list(proposal_ratios, "--proposal-ratios"),
-                        proposal_stride=proposal_stride, roi=roi, hidden=hidden, refine=refine,
-                        feature_layer=feature_layer, context=context, spatial=spatial, vote=vote)
-    state = common.resume_spec("wsddn", options, resume, save_every)
+    opts = wsddn.WsddnOptions(proposal_sizes=float_list(proposal_sizes, "--proposal-sizes"),
+                              proposal_ratios=float_list(proposal_ratios, "--proposal-ratios"),
+                              proposal_stride=proposal_stride, roi=roi, hidden=hidden, refine=refine,
+                              feature_layer=feature_layer, context=context, spatial=spatial, vote=vote)
+    state = common.resume_spec("wsddn", options, shared["resume"], shared["save_every"])
     cfg = common.train_config(options)
     model_opts, noise = common.model_options({**options, "dropout": 0.0}), common.noise_options(options)
-    common.check_output(output, force)
-    sinks = common.run_records(output, tensorboard)
-    rt = train.runtime(device, workers=workers)
-    train_data = load_boxes(data_spec, "train", scene, resize=resize, download=download)
+    common.check_output(output, shared["force"])
+    sinks = common.run_records(output, shared["tensorboard"])
+    rt = train.runtime(shared["device"], workers=shared["workers"])
+    train_data = scenes_data.load_boxes(data_spec, "train", scene, resize=resize, download=download)
+    train_data, val_data = train_data.held_out(val, scene_seed)
     test = _test_data(data_spec, scene, train_data, download)
     say_boxes(train_data, "training ")
     say_boxes(test, "test ")
     with common.TrainingProgress("wsddn", sinks) as progress:
-        result = train_wsddn(train_data, model_opts, noise, opts, cfg, rt, test, on_progress=progress, resume=state)
-    common.write_result(output, result, state, keep_state)
+        result = wsddn.train_wsddn(train_data, model_opts, noise, opts, cfg, rt, test, on_progress=progress,
+                                   resume=state, val=val_data, val_opts=common.val_options(options, "corloc"))
+    common.write_result(output, result, state, shared["keep_state"])
 
 
-def _test_data(data_spec: str, scene, train_data: BoxData, download: bool) -> BoxData | None:
+def _test_data(data_spec: str, scene, train_data: scenes_data.BoxData, download: bool) -> scenes_data.BoxData | None:
     """The test images measured once trained: the test split's (None where the data has none, or is it)."""
-    kind, where, split = parse_box_spec(data_spec)
+    kind, where, split = scenes_data.parse_box_spec(data_spec)
     if (split or "train") == "test":
         return None
     if kind == "coco" and not (Path(where).is_dir() and (Path(where) / "test").is_dir()):
         return None
-    return load_boxes(f"{kind}:{where}:test", "test", scene, resize=train_data.shape[1], download=download)
+    return scenes_data.load_boxes(f"{kind}:{where}:test", "test", scene, resize=train_data.shape[1], download=download)
 
 
-def say_boxes(box: BoxData | None, role: str = "") -> None:
+def say_boxes(box: scenes_data.BoxData | None, role: str = "") -> None:
     if box is None:
         return
     counts = box.truth.offsets.diff().float()

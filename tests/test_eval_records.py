@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_refused, dpl, write_photos
-from dpl.cli.evaluate import SEED_VARIANTS
+from dpl.cli.common import SEED_VARIANTS
 from dpl.cli.measure import label_truth, measure_checkpoint
 from dpl.core import artifacts, data
 from dpl.core.reporting import evaluate

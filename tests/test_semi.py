@@ -59,15 +59,15 @@ def test_flexmatch_thresholds_follow_the_learning_effects():
 def test_the_mix_of_each_global_step_is_the_same_for_any_number_of_ranks(monkeypatch):
     n_labeled, n_unlabeled, seed = 30, 500, 4
     monkeypatch.setenv("WORLD_SIZE", "1")
-    one_plan = semi.Plan.of(n_labeled, n_unlabeled, 8, 3)
-    one = [semi.index_batches(one_plan, n_labeled, n_unlabeled, seed, "cpu", epoch) for epoch in (0, 1)]
+    one_plan = semi.mix_of(n_labeled, n_unlabeled, 8, 3)
+    one = [one_plan.indices(seed, epoch, "cpu") for epoch in (0, 1)]
     ranks = []
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        plan = semi.Plan.of(n_labeled, n_unlabeled, 4, 3)         # --batch-size is per rank
-        assert plan.steps == one_plan.steps == 500 // 24 and plan.unlabeled == 12
-        ranks.append([semi.index_batches(plan, n_labeled, n_unlabeled, seed, "cpu", epoch) for epoch in (0, 1)])
+        plan = semi.mix_of(n_labeled, n_unlabeled, 4, 3)          # --batch-size is per rank
+        assert plan.steps == one_plan.steps == 500 // 24 and plan.pseudo == 12
+        ranks.append([plan.indices(seed, epoch, "cpu") for epoch in (0, 1)])
     for epoch in (0, 1):
         for step, (il, iu) in enumerate(one[epoch]):
             for part, whole in enumerate((il, iu)):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from conftest import assert_refused, dpl
 from dpl.core import artifacts
@@ -52,7 +53,7 @@ def test_region_scores_are_the_class_softmax_times_the_region_softmax():
 
 def test_refinement_teaches_the_seed_class_around_the_top_region_and_background_elsewhere():
     proposals = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])     # 0 and 1 overlap (IoU 0.82)
-    overlaps = wsddn.box_iou(proposals, proposals)
+    overlaps = box_iou(proposals, proposals)
     previous = torch.tensor([[[0.6, 0.0], [0.1, 0.0], [0.0, 0.2]]])                  # class 0's seed: region 0
     present = torch.tensor([[1.0, 0.0]])
     right = torch.full((1, 3, 3), -9.0)
@@ -69,7 +70,7 @@ def test_refinement_teaches_the_seed_class_around_the_top_region_and_background_
 
 def test_the_spatial_regulariser_pulls_the_neighbours_of_the_top_region_towards_it():
     proposals = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])     # 0 and 1 overlap (IoU 0.82)
-    overlaps = wsddn.box_iou(proposals, proposals)
+    overlaps = box_iou(proposals, proposals)
     region = torch.tensor([[[0.8, 0.0], [0.1, 0.0], [0.0, 0.4]]])                    # class 0's top: region 0
     features = torch.tensor([[[1.0, 1.0], [1.0, 3.0], [9.0, 9.0]]])
     present = torch.tensor([[1.0, 0.0]])

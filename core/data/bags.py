@@ -101,6 +101,27 @@ class Bags:
             h.update(t.numpy().tobytes())
         return h.hexdigest()
 
+    def subset(self, index: torch.Tensor) -> Bags:
+        """The bags at `index`, in that order."""
+        sizes = self.sizes[index]
+        rows = bag_rows(self.offsets[:-1][index], sizes)
+        return replace(self, instances=data.rows(self.instances, rows), offsets=offsets_of(sizes),
+                       labels=self.labels[index], names=[self.names[i] for i in index.tolist()],
+                       instance_labels=None if self.instance_labels is None else self.instance_labels[rows])
+
+    def held_out(self, n: int | None, seed: int) -> tuple[Bags, Bags | None]:
+        """(the rest, `n` bags drawn stratified by bag label, as a labeled partition is) for --val; (self, None)
+        when n is None."""
+        if n is None:
+            return self, None
+        if not 2 <= n <= len(self) - 2:
+            raise DplError(f"--val must be between 2 and {len(self) - 2} (the training split has {len(self)} bags), "
+                           f"got {n}")
+        val = data.labeled_indices(self.labels, 2, data.Partition(labeled=n, seed=seed))
+        rest = torch.ones(len(self), dtype=torch.bool)
+        rest[val] = False
+        return self.subset(rest.nonzero().squeeze(1)), self.subset(val)
+
     def describe(self) -> dict:
         """The `data` entry of a MIL checkpoint: the instances' source, and the bags."""
         d = self.instances.describe()

@@ -1,4 +1,5 @@
-"""Data with boxes: synthetic scenes built from a classification source, and COCO-style JSON over image files.
+"""Data with boxes (`BoxData`, `load_boxes`: synthetic scenes built from a classification source here, COCO-style
+JSON over image files in coco.py) and the scenes themselves.
 
 Scenes, `scenes:SOURCE[:SPLIT]` (SOURCE any in-memory classification source: digits, fashion-mnist, cifar10,
 ...). Each scene is a black square canvas of `canvas` pixels holding K objects, K drawn uniformly in the
@@ -12,26 +13,12 @@ ground-truth box of an object is the tight extent of its non-zero pixels within 
 for an object without any), so every canvas pixel outside all boxes is zero; its class is the source label.
 Training scenes (`scenes` of them) come from the source's train split, test scenes (`test_scenes`) from its
 test split, each split from its own random stream of (seed, source, split): the same spec gives the same scenes.
-
-COCO-style JSON, `coco:PATH[:SPLIT]`: PATH is a JSON file (its `file_name`s relative to the JSON's folder), or a
-folder holding `annotations.json` beside the image files, or `train/` and `test/` sub-folders each with its own
-(a folder without them is the train split). The JSON holds `images` ({id, file_name, width, height}),
-`annotations` ({image_id, category_id, bbox: [x, y, w, h] in pixels}) and `categories` ({id, name}); classes
-are the categories in ascending id order. Boxes are converted to (x1, y1, x2, y2); each image is decoded (grey
-when every image is grey) and stretched to one square side (`resize`, by default the median longer side of
-the images, at most images.DEFAULT_MAX_SIZE) with its boxes scaled alike. Passed over, and said (the record
-counts them and names the first): annotations with a non-finite or zero-area box, or one outside the image
-(beyond a pixel of slack, which is clipped off), an unknown category or image id, or marked iscrowd;
-images whose file is missing or cannot be decoded or whose decoded size differs from the JSON's; images left
-with no annotation. Nothing left is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +34,6 @@ from .boxes import Boxes
 SCENES, COCO = "scenes", "coco"
 ANNOTATIONS_FILE = "annotations.json"
 PLACE_TRIES = 100        # positions drawn for an object before it is left out of its scene
-CLIP_SLACK = 1.0         # COCO boxes may overshoot the image by this many pixels (rounding); clipped off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +102,17 @@ class BoxData:
         record = {**self.record, "n": len(index), "fingerprint": fingerprint(self.record, self.images[index], truth)}
         return BoxData(self.images[index], truth, self.classes, record, self.notes)
 
+    def held_out(self, n: int | None, seed: int) -> tuple[BoxData, BoxData | None]:
+        """(the rest, `n` images drawn by a permutation seeded `seed`) for --val; (self, None) when n is None."""
+        if n is None:
+            return self, None
+        if not 1 <= n < len(self):
+            raise DplError(f"--val must be between 1 and {len(self) - 1} (the training part has {len(self)} images), "
+                           f"got {n}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        rest, val = self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
+        return BoxData(rest.images, rest.truth, rest.classes, {**rest.record, "val_images": n}, rest.notes), val
+
     def image_labels(self) -> torch.Tensor:
         """float32 (N, C) multi-hot of the classes present: the training target of WSDDN."""
         return self.truth.image_labels(len(self.classes))
@@ -157,6 +154,8 @@ def load_boxes(spec: str, split: str, scene: SceneSpec | None = None, *, resize:
     if resize is not None and not 1 <= resize <= image_files.MAX_SIZE:
         raise DplError(f"--resize must be between 1 and {image_files.MAX_SIZE}, got {resize}")
     if kind == COCO:
+        from .coco import read_coco      # coco builds on this module's BoxData
+
         return read_coco(Path(where), split, resize)
     if scene is not None and scene.source != where:
         scene = replace(scene, source=where)
@@ -181,7 +180,7 @@ def fingerprint(record: dict, images: torch.Tensor, truth: Boxes) -> str:
     return h.hexdigest()
 
 
-def _finish(images: torch.Tensor, truth: Boxes, classes: list[str], record: dict, resize: int | None,
+def finish(images: torch.Tensor, truth: Boxes, classes: list[str], record: dict, resize: int | None,
             notes: tuple[str, ...] = ()) -> BoxData:
     if resize is not None and resize != images.shape[-1]:
         images, truth = _stretched(images, truth, resize)
@@ -277,172 +276,4 @@ def build_scenes(spec: SceneSpec, split: str, resize: int | None = None, downloa
               "source": ds.describe(), "dropped_objects": dropped}
     notes = (f"{dropped} objects found no place within --max-overlap {spec.max_overlap:g} and were left out",) \
         if dropped else ()
-    return _finish(canvas, truth, list(ds.classes), record, resize, notes)
-
-
-# ---- COCO-style JSON -------------------------------------------------------------------------------------
-
-def coco_file(root: Path, split: str) -> Path:
-    """The annotation file of `coco:PATH` for a split (the module docstring's layout)."""
-    if root.is_file():
-        if split != "train":
-            raise DplError(f"{root}: one JSON file is the train split; give a folder with {split}/{ANNOTATIONS_FILE}")
-        return root
-    if not root.exists():
-        raise DplError(f"{root}: no such file or folder")
-    path = image_files.split_folder(root, split) / ANNOTATIONS_FILE
-    if not path.is_file():
-        raise DplError(f"{path.parent}: no {ANNOTATIONS_FILE} (COCO-style JSON: images, annotations, categories)")
-    return path
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DplError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DplError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "categories")):
-        raise DplError(f"{path}: COCO-style JSON needs lists 'images' and 'categories' (and 'annotations')")
-    if not isinstance(doc.get("annotations", []), list):
-        raise DplError(f"{path}: 'annotations' must be a list")
-    return doc
-
-
-def _field(path: Path, what: str, entry, key: str, kind):
-    value = entry.get(key) if isinstance(entry, dict) else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DplError(f"{path}: {what} {json.dumps(entry)[:120]} has no valid {key!r}")
-    return value
-
-
-class _Skips:
-    """What reading a COCO file passed over: counted by reason, the first of each named."""
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-        self.first: dict[str, str] = {}
-
-    def add(self, reason: str, example: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.first.setdefault(reason, example)
-
-    def notes(self) -> tuple[str, ...]:
-        return tuple(f"skipped {n} {reason} (first: {self.first[reason]})" for reason, n in self.counts.items())
-
-    def record(self) -> dict:
-        return {reason: {"count": n, "first": self.first[reason]} for reason, n in self.counts.items()}
-
-
-def _decode_stretched(path: Path, size: tuple[int, int], side: int, channels: int) -> np.ndarray:
-    """An image file -> uint8 (channels, side, side), stretched; raises on a bad file or a size not `size` (w, h)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(path.read_bytes())) as im:
-        im.load()
-        if im.size != size:
-            raise ValueError(f"its size {im.size[0]}x{im.size[1]} is not the JSON's {size[0]}x{size[1]}")
-        im = image_files.convert_mode(im, channels).resize((side, side), Image.BILINEAR)
-        pixels = np.array(im, dtype=np.uint8)
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-
-
-def _is_grey(path: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.mode in image_files.GREY_MODES
-
-
-def read_coco(root: Path, split: str, resize: int | None = None) -> BoxData:
-    """The images and boxes of `coco:PATH`, as the module docstring says."""
-    path = coco_file(root, split)
-    folder = path.parent
-    doc = _read_json(path)
-    categories = sorted(((_field(path, "category", c, "id", int), str(_field(path, "category", c, "name", str)))
-                         for c in doc["categories"]))
-    ids = [i for i, _ in categories]
-    if len(set(ids)) != len(ids):
-        raise DplError(f"{path}: category id {next(i for i in ids if ids.count(i) > 1)} appears twice")
-    if not categories:
-        raise DplError(f"{path}: no categories")
-    class_of = {cid: k for k, (cid, _) in enumerate(categories)}
-    skips = _Skips()
-    entries: dict[int, dict] = {}
-    for im in doc["images"]:
-        iid = _field(path, "image", im, "id", int)
-        if iid in entries:
-            raise DplError(f"{path}: image id {iid} appears twice")
-        entries[iid] = {"file": str(_field(path, "image", im, "file_name", str)),
-                        "w": _field(path, "image", im, "width", int), "h": _field(path, "image", im, "height", int),
-                        "boxes": [], "labels": []}
-    for a in doc.get("annotations", []):
-        aid = a.get("id", "?") if isinstance(a, dict) else "?"
-        iid, cid = _field(path, "annotation", a, "image_id", int), _field(path, "annotation", a, "category_id", int)
-        bbox = a.get("bbox")
-        where = f"annotation {aid} of image {iid}"
-        if iid not in entries:
-            skips.add("annotations of unknown image ids", where)
-            continue
-        if cid not in class_of:
-            skips.add("annotations of unknown category ids", f"{where}, category {cid}")
-            continue
-        if a.get("iscrowd"):
-            skips.add("crowd annotations (iscrowd)", where)
-            continue
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-            skips.add("annotations without a box [x, y, w, h]", where)
-            continue
-        e = entries[iid]
-        x, y, w, h = (float(v) for v in bbox)
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            skips.add("boxes that are NaN, infinite or of zero area", f"{where} {bbox}")
-            continue
-        if x < -CLIP_SLACK or y < -CLIP_SLACK or x + w > e["w"] + CLIP_SLACK or y + h > e["h"] + CLIP_SLACK:
-            skips.add("boxes outside their image", f"{where} {bbox} in {e['w']}x{e['h']}")
-            continue
-        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, e["w"]), min(y + h, e["h"])
-        if x2 <= x1 or y2 <= y1:
-            skips.add("boxes that are NaN, infinite or of zero area", f"{where} {bbox}")
-            continue
-        e["boxes"].append([x1, y1, x2, y2])
-        e["labels"].append(class_of[cid])
-    kept = []
-    for iid, e in entries.items():
-        if not e["boxes"]:
-            skips.add("images with no annotation", e["file"])
-        elif not (folder / e["file"]).is_file():
-            skips.add("images whose file is missing", e["file"])
-        else:
-            kept.append(e)
-    if not kept:
-        raise DplError(f"{path}: no image with a valid annotation and a file is left"
-                       + (f" ({'; '.join(skips.notes())})" if skips.counts else ""))
-    side = resize or min(int(np.median([max(e["w"], e["h"]) for e in kept])), image_files.DEFAULT_MAX_SIZE)
-    channels = 1 if all(_safe_grey(folder / e["file"]) for e in kept[:image_files.PROBE]) else 3
-    pixels, good = [], []
-    for e in kept:
-        try:
-            pixels.append(_decode_stretched(folder / e["file"], (e["w"], e["h"]), side, channels))
-            good.append(e)
-        except Exception as err:       # noqa: BLE001  any failure to decode one file skips it
-            skips.add("images that cannot be decoded", f"{e['file']} ({str(err).splitlines()[0][:80]})")
-    if not good:
-        raise DplError(f"{path}: none of its image files can be decoded ({'; '.join(skips.notes())})")
-    counts = torch.tensor([len(e["boxes"]) for e in good])
-    scale = lambda e: torch.tensor([side / e["w"], side / e["h"]] * 2)       # noqa: E731
-    truth = Boxes(torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)]),
-                  torch.cat([torch.tensor(e["boxes"], dtype=torch.float32) * scale(e) for e in good]).float(),
-                  torch.tensor([k for e in good for k in e["labels"]], dtype=torch.int64))
-    record = {"spec": f"{COCO}:{root}:{split}", "split": split, "coco": str(path), "resize": side,
-              "files": [e["file"] for e in good][:data.MAX_LISTED], "skipped": skips.record()}
-    return _finish(torch.from_numpy(np.stack(pixels)), truth, [n for _, n in categories], record, None, skips.notes())
-
-
-def _safe_grey(path: Path) -> bool:
-    try:
-        return _is_grey(path)
-    except Exception:                  # noqa: BLE001  an unreadable file is skipped when decoded
-        return True
+    return finish(canvas, truth, list(ds.classes), record, resize, notes)

@@ -1,1 +1,1 @@
-"""The training engine: the one loop, runtime and feeding, sampling, distributed."""
+"""The training engine: the one loop (train), runtime and feeding, sampling, EMA, resume state, distributed."""

@@ -2,29 +2,36 @@
 what the loss is: each passes an objective and a batch maker to `fit`. An objective maps a batch to its
 loss terms, already weighted ({"ce": ..., "kd": ...}: the loss is their sum) and statistics to average
 that are not part of the loss ({"acc": ...}).
+
+`fit` owns the optimizer, the schedule, the NaN guard, validation and the run's records; what it builds on
+lives beside it in the engine: `runtime` (Runtime, Feed), `sampling` (batch orders), `ema`, `resume`
+(resume state, RNG, signals). Their public names are re-exported here, so `train.X` reaches all of the engine
+a training objective uses.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
 import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from .. import DplError, Interrupted, RunError, artifacts
+from .. import DplError, Interrupted, RunError
 from . import distributed
-from ..data import images
+from .ema import Ema
+from .resume import ObjectiveState, ResumeSpec, StopRequests, load_resume_state, rng_states, save_resume_state
+from .runtime import Runtime
+
+# The rest of the engine's public names, re-exported: the objectives and the CLI reach the engine as `train.X`.
+from .ema import ema_decay  # noqa: F401
+from .resume import seed_everything  # noqa: F401
+from .runtime import Feed, runtime, take_rows  # noqa: F401
+from .sampling import index_stream, paired_indices, shuffled_batches, steps_per_epoch  # noqa: F401
 
 Objective = Callable[[object], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 Progress = Callable[[dict], None]
@@ -66,193 +73,6 @@ class TrainConfig:
         return min(self.warmup_epochs, self.epochs * WARMUP_SHARE)
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where the work runs and how: CUDA gets bf16 autocast and channels_last.
-
-    Training images live on the device and batches are gathered there by indexing, unless `workers` > 0:
-    then they stay in host memory and DataLoader workers gather each batch, into pinned memory on CUDA,
-    a few batches ahead of the step. `workers=None` chooses: 0, unless the images would take more than
-    half of the GPU's free memory.
-    """
-
-    device: torch.device
-    compile: bool = False     # torch.compile the trained model's forward
-    workers: int | None = None
-    prefetch: int = 4         # batches each worker prepares ahead
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.cuda else model
-
-    def compiled(self, model: nn.Module) -> nn.Module:
-        """The forward to train through; the caller keeps `model` itself for its state_dict."""
-        return torch.compile(model) if self.compile else model
-
-    def loader_workers(self, nbytes: int, streamed: bool = False) -> int:
-        if self.workers is not None:
-            return self.workers
-        if streamed:                 # image files: workers decode them
-            return images.default_workers(model_on_cpu=not self.cuda)
-        if self.cuda and nbytes > torch.cuda.mem_get_info(self.device)[0] // 2:
-            return min(4, images.usable_cores())
-        return 0
-
-    def place(self, *tensors: torch.Tensor) -> Feed:
-        """A feed of batches from these tensors (the training images and the index maps into them)."""
-        streamed = any(isinstance(t, images.ImageStore) for t in tensors)
-        workers = self.loader_workers(sum(t.nbytes for t in tensors), streamed)
-        return Feed(self, workers, tuple(t if workers or not torch.is_tensor(t) else t.to(self.device)
-                                         for t in tensors))
-
-
-@dataclass(frozen=True)
-class Feed:
-    """Tensors on the device (workers == 0) or in host memory for DataLoader workers to gather from.
-    An `images.ImageStore` among them is decoded where the gathering happens."""
-
-    rt: Runtime
-    workers: int
-    tensors: tuple[torch.Tensor, ...]
-
-    def __call__(self, batches: Iterable, gather: Callable) -> Iterator[tuple[object, torch.Tensor]]:
-        """(batch, gather(batch, *tensors) on the device) for each batch of indices, in order."""
-        if not self.workers:
-            for batch in batches:
-                yield batch, gather(batch, *self.tensors).to(self.rt.device)
-            return
-        batches = [_to(b, torch.device("cpu")) for b in batches]
-        # Its own generator: the loader's seed draw must not move the global RNG that the noise comes from.
-        loader = DataLoader(_Gathered(batches, gather, self.tensors), batch_size=None, num_workers=self.workers,
-                            pin_memory=self.rt.cuda, prefetch_factor=self.rt.prefetch, generator=torch.Generator())
-        with images.frozen_heap():
-            gathered = iter(loader)
-        try:
-            for batch, x in zip(batches, gathered):
-                yield _to(batch, self.rt.device), x.to(self.rt.device, non_blocking=True)
-        except DplError as e:        # raised in a worker: its message is the last line of the report
-            raise DplError(str(e).strip().splitlines()[-1].removeprefix("dpl.core.DplError: ")) from None
-
-    def shuffled(self, batch_size: int, seed: int) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-        """`batches(epoch)` for fit: (indices, images) from the first tensor, in shuffled_batches' order."""
-        n = len(self.tensors[0])
-        return lambda epoch: self(shuffled_batches(n, batch_size, seed, epoch, self.rt.device), take_rows)
-
-
-def take_rows(idx: torch.Tensor, images: torch.Tensor, *_) -> torch.Tensor:
-    return images[idx]
-
-
-class _Gathered(torch.utils.data.Dataset):
-    def __init__(self, batches: list, gather: Callable, tensors: tuple[torch.Tensor, ...]):
-        self.batches, self.gather, self.tensors = batches, gather, tensors
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.gather(self.batches[i], *self.tensors)
-
-
-def _to(batch, device: torch.device):
-    """An index batch (a tensor, None, or a tuple of them) moved to `device`."""
-    if batch is None:
-        return None
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    return type(batch)(_to(b, device) for b in batch)
-
-
-def runtime(device: str = "auto", compile: bool = False, workers: int | None = None) -> Runtime:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and distributed.rank_world()[1] > 1:
-        device = f"cuda:{distributed.local_rank()}"     # one GPU per rank
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DplError(f"unknown device {device!r}; valid: auto, cpu, cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DplError("--device cuda, but no CUDA device is available")
-    if workers is not None and workers < 0:
-        raise DplError(f"--workers must be >= 0, got {workers}")
-    return Runtime(torch.device(device), compile, workers)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Index batches of one epoch, the last partial batch dropped (a whole one when n < batch_size); the order
-    depends only on (seed, epoch). Under torchrun each rank takes its own slice of the epoch's order (equal
-    sizes, no sample twice): --batch-size is per rank."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    rank, world = distributed.rank_world()
-    order = order[: n - n % world][rank::world].to(device)
-    n = len(order)
-    stop = n - n % batch_size if n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        yield order[start: start + batch_size]
-
-
-def index_stream(n: int, count: int, seed: int, epoch: int, device) -> torch.Tensor:
-    """`count` indices of 0..n-1: successive seeded permutations, so every sample recurs evenly (a part
-    smaller than the epoch's draw from it). Under torchrun, each rank takes its own slice of the one stream
-    all ranks share, so what a global step sees does not depend on the world size."""
-    rank, world = distributed.rank_world()
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 7919 + 1)
-    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(count * world / n))]
-    return torch.cat(perms)[: count * world][rank::world].to(device)
-
-
-def paired_indices(n_first: int, first: int, n_second: int, second: int, steps: int, seed: int, epoch: int,
-                   device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """(first part's indices, second part's indices) of each of `steps` steps, `first` and `second` a step (this
-    rank's), from the index streams of the two parts (seeded `seed` and `seed + 1`); None for a part a step
-    takes none of. The labeled/unlabeled mix of `distill` and `semi`."""
-    a = index_stream(n_first, steps * first, seed, epoch, device) if first else None
-    b = index_stream(n_second, steps * second, seed + 1, epoch, device) if second else None
-    return [(a[s * first:(s + 1) * first] if first else None, b[s * second:(s + 1) * second] if second else None)
-            for s in range(steps)]
-
-
-@dataclass(frozen=True)
-class Mix:
-    """How each step's batch is made (distill, experts, a detector's balanced offline steps): `labeled` samples of the labeled part, then `pseudo` of the
-    pseudo-labeled part, for `steps` steps an epoch (per rank: --batch-size is per rank)."""
-
-    labeled: int
-    pseudo: int
-    steps: int
-
-    @staticmethod
-    def plan(n_labeled: int, n_pseudo: int, batch_size: int, ratio: float) -> Mix:
-        if n_labeled and n_pseudo:
-            b_l = min(batch_size, n_labeled)
-            b_u = max(1, round(ratio * b_l))
-            steps = n_pseudo // b_u
-        elif n_labeled:
-            b_l, b_u = min(batch_size, n_labeled), 0
-            steps = n_labeled // b_l
-        else:
-            b_l, b_u = 0, min(batch_size, n_pseudo)
-            steps = n_pseudo // b_u
-        return Mix(b_l, b_u, max(1, steps // distributed.rank_world()[1]))
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    n //= distributed.rank_world()[1]
-    return n // batch_size if n >= batch_size else math.ceil(n / batch_size)
-
-
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and normalization parameters.
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
@@ -288,193 +108,25 @@ class Clock:
         return self.step / self.steps_per_epoch
 
 
-class ObjectiveState(Protocol):
-    """What an objective keeps between steps (FlexMatch's record of the latest predictions): `fit` saves its
-    tensors in the resume state under `objective.` and loads them back. Equal on every rank under torchrun."""
-
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-
 @dataclass(frozen=True)
 class Validation:
-    """Evaluation on held-out data during training: `measure()` returns {"top1", "nll", "ece"} of the model in
-    eval mode, every `every` epochs and after the last; with `keep_best`, `fit` ends with the weights of the
-    epoch of the best top-1 (the earliest among equals) instead of the last."""
+    """Evaluation on held-out data during training: `measure()` returns the task's figures of the model in eval
+    mode (a classifier's top1, nll, ece; a detector's mAP; ...), every `every` epochs and after the last, logged
+    as `val_<name>` for each name in `logged`; with `keep_best`, `fit` ends with the weights of the epoch of the
+    best `best` figure (the earliest among equals) instead of the last."""
 
     measure: Callable[[], dict]
     every: int = 1
     keep_best: bool = False
+    best: str = "top1"
+    logged: tuple[str, ...] = ("top1", "nll", "ece")
 
 
-def best_epoch(history: list[dict]) -> dict | None:
-    """The epoch record of the best validation top-1 (the earliest among equals); None without validation."""
-    validated = [h for h in history if "val_top1" in h]
-    return max(validated, key=lambda h: (h["val_top1"], -h["epoch"])) if validated else None
-
-
-def ema_decay(decay: float, step: int) -> float:
-    """The decay of the EMA update that follows optimizer step `step` (counted from 0): `decay`, ramped up
-    from 0.1 as TensorFlow's ExponentialMovingAverage(num_updates=step) does. Without the ramp the random
-    initial weights keep a share decay**steps of the average (39% after 930 steps at 0.999); with it the
-    average forgets them and weighs roughly the last tenth of a short run."""
-    return min(decay, (1 + step) / (10 + step))
-
-
-class Ema:
-    """The exponential moving average of a module's floating-point parameters and buffers (batch-norm running
-    statistics are averaged like the weights they describe, as timm's ModelEmaV2/V3 do by default; integer
-    buffers such as num_batches_tracked stay the module's). Updated in place after every optimizer step."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        named = [*module.named_parameters(), *module.named_buffers()]     # each shared tensor once
-        named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
-        self.names = [k for k, _ in named]
-        self.live = [t for _, t in named]                     # the module's own storage
-        self.average = [t.clone() for t in self.live]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """average = d * average + (1 - d) * weights, d = ema_decay(decay, step)."""
-        torch._foreach_lerp_(self.average, self.live, 1.0 - ema_decay(self.decay, step))
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        """The module holds the averaged weights inside the block, its own again after it."""
-        raw = [t.clone() for t in self.live]
-        torch._foreach_copy_(self.live, self.average)
-        try:
-            yield
-        finally:
-            torch._foreach_copy_(self.live, raw)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.average))
-
-    def load(self, state: dict[str, torch.Tensor], path: Path) -> None:
-        if sorted(state) != sorted(self.names):
-            raise DplError(f"{path}: the resume state's EMA does not match the model")
-        torch._foreach_copy_(self.average, [state[k].to(t.device) for k, t in zip(self.names, self.average)])
-
-
-@dataclass(frozen=True)
-class ResumeSpec:
-    """Where a run keeps its resume state, how often, and what must match for --resume to use it."""
-
-    path: Path
-    run: dict                 # the command and options that define the run
-    every: int = 1            # epochs between saves
-    resume: bool = False
-
-
-class _StopRequests:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second signal stops at once."""
-
-    def __init__(self):
-        self.signum = None
-        self.previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
-    """Call on every rank at once. Ranks draw their noise from their own torch generators (seeded apart):
-    each rank's torch state (and its CUDA device's) is kept under its rank; numpy's and Python's are rank 0's."""
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64)),
-               "rng.python": torch.tensor(py_state, dtype=torch.int64)}
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    if distributed.rank_world()[1] > 1:
-        for r, s in enumerate(distributed.gather(torch.get_rng_state(), device)):
-            tensors[f"rng.torch.rank{r}"] = s
-        if device.type == "cuda":
-            for r, s in enumerate(distributed.gather(torch.cuda.get_rng_state(device), device)):
-                tensors[f"rng.cuda.rank{r}"] = s
-    meta = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)], "python": [py_version, py_gauss]}
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    devices = sorted(int(k.rsplit(".", 1)[1]) for k in tensors if k.startswith("rng.cuda.") and "rank" not in k)
-    cuda = [tensors[f"rng.cuda.{i}"] for i in devices]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    rank = distributed.rank_world()[0]
-    if f"rng.torch.rank{rank}" in tensors:
-        torch.set_rng_state(tensors[f"rng.torch.rank{rank}"])
-    if f"rng.cuda.rank{rank}" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], distributed.local_rank())
-    kind, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, py_gauss = meta["python"]
-    random.setstate((version, tuple(tensors["rng.python"].tolist()), py_gauss))
-
-
-def save_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule, position: dict,
-                      rng: tuple[dict[str, torch.Tensor], dict], best: dict[str, torch.Tensor] | None = None,
-                      ema: Ema | None = None, objective: dict[str, torch.Tensor] | None = None) -> None:
-    tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
-    tensors.update({f"objective.{k}": v for k, v in (objective or {}).items()})
-    tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
-    tensors.update({f"ema.{k}": v for k, v in (ema.state() if ema is not None else {}).items()})
-    opt = optimizer.state_dict()
-    for index, values in opt["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    rng, rng_meta = rng
-    tensors.update(rng)
-    meta = {"run": spec.run, "position": position, "param_groups": opt["param_groups"],
-            "schedule": schedule.state_dict(), "rng": rng_meta}
-    artifacts.save(spec.path, tensors, "resume", meta)
-
-
-def load_resume_state(spec: ResumeSpec, module: nn.Module, optimizer, schedule,
-                      ema: Ema | None = None, objective: ObjectiveState | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Loads the state into the module, optimizer, schedule, EMA and RNGs; returns the position and the weights
-    of the best epoch so far (empty unless --keep best)."""
-    header = artifacts.read_header(spec.path, kind="resume")
-    artifacts.require(header, "run", "position", "param_groups", "schedule", "rng")
-    saved = header.meta["run"]
-    changed = [k for k in sorted(set(saved) | set(spec.run)) if saved.get(k) != spec.run.get(k)]
-    if changed:
-        k = changed[0]
-        raise DplError(f"{spec.path}: the resume state is from a different run: {k} was {saved.get(k)!r}, "
-                       f"now {spec.run.get(k)!r}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""))
-    tensors = artifacts.load_tensors(header)
-    artifacts.load_state(module, {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")},
-                         spec.path)
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": header.meta["param_groups"]})
-    schedule.load_state_dict(header.meta["schedule"])
-    if ema is not None:
-        ema.load({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}, spec.path)
-    if objective is not None:
-        objective.load_state_dict({k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")})
-    _set_rng_state(tensors, header.meta["rng"])
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-    return header.meta["position"], best
+def best_epoch(history: list[dict], metric: str = "top1") -> dict | None:
+    """The epoch record of the best validation `metric` (the earliest among equals); None without validation."""
+    key = f"val_{metric}"
+    validated = [h for h in history if h.get(key) is not None]
+    return max(validated, key=lambda h: (h[key], -h["epoch"])) if validated else None
 
 
 def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterable], n_steps: int,
@@ -515,31 +167,17 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
         distributed.broadcast_module(module)
         torch.manual_seed(cfg.seed * 1_000 + rank)    # each rank draws its own noise
     run, start_epoch = _Run.start(module, cfg, rt, n_steps, resume, validation, state)
-    history, skip, schedule = run.history, run.count, run.schedule
+    history, schedule = run.history, run.schedule
     emit = on_progress if on_progress is not None and rank == 0 else None
-    step = start_epoch * n_steps + skip
+    step = start_epoch * n_steps + run.count
     if emit:
         emit({"event": "start", "epochs": cfg.epochs, "steps": cfg.epochs * n_steps, "step": step,
               "resumed": bool(resume and resume.resume), "history": list(history)})
-    with _StopRequests() as stop:
+    with StopRequests() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             module.train()
             started, count_at_start = time.perf_counter(), run.count
-            for index, batch in enumerate(batches(epoch)):
-                if index < skip:
-                    continue
-                # The host reads device values only where it must: every step on the CPU (where it costs
-                # nothing), at the log interval on a GPU.
-                check = not rt.cuda or (run.count + 1) % cfg.log_every == 0 or run.count + 1 == n_steps
-                if clock is not None:
-                    clock.epoch, clock.step, clock.steps_per_epoch = epoch, step, n_steps
-                run.step(objective, batch, epoch, index, check, step)
-                step += 1
-                if emit and run.count % cfg.log_every == 0 and run.count < n_steps:
-                    emit({"event": "step", "epoch": epoch + 1, "step": step, "lr": schedule.get_last_lr()[0],
-                          **_means(run.sums, run.count)})
-                if (check or world == 1) and not distributed.all_ranks_agree(stop.signum is None, rt.device):
-                    raise run.interrupted(stop.signum, epoch, index)
+            step = run.epoch(objective, batches(epoch), epoch, step, n_steps, clock, emit, stop)
             record = {"epoch": epoch + 1, "step": step, "lr": schedule.get_last_lr()[0],
                       **_means(run.sums, max(run.count, 1))}
             seconds = time.perf_counter() - started
@@ -549,7 +187,7 @@ def fit(module: nn.Module, objective: Objective, batches: Callable[[int], Iterab
             history.append(record)
             if emit:
                 emit({"event": "epoch", **record})
-            skip, run.sums, run.count = 0, {}, 0
+            run.sums, run.count = {}, 0
             if resume is not None and (epoch + 1) % resume.every == 0 and epoch + 1 < cfg.epochs:
                 run.checkpoint(epoch + 1, 0)
     run.finish(validation)
@@ -609,6 +247,28 @@ class _Run:
         for k, v in {"loss": loss, **terms, **stats}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
 
+    def epoch(self, objective: Objective, batches: Iterable, epoch: int, step: int, n_steps: int,
+              clock: Clock | None, emit: Progress | None, stop: StopRequests) -> int:
+        """The steps of one epoch, less the `count` a resumed run took already; returns the run's step after them.
+        Emits "step" every cfg.log_every steps; a stop request ends the run here (see `interrupted`)."""
+        skip, world = self.count, distributed.rank_world()[1]
+        for index, batch in enumerate(batches):
+            if index < skip:
+                continue
+            # The host reads device values only where it must: every step on the CPU (where it costs
+            # nothing), at the log interval on a GPU.
+            check = not self.rt.cuda or (self.count + 1) % self.cfg.log_every == 0 or self.count + 1 == n_steps
+            if clock is not None:
+                clock.epoch, clock.step, clock.steps_per_epoch = epoch, step, n_steps
+            self.step(objective, batch, epoch, index, check, step)
+            step += 1
+            if emit and self.count % self.cfg.log_every == 0 and self.count < n_steps:
+                emit({"event": "step", "epoch": epoch + 1, "step": step, "lr": self.schedule.get_last_lr()[0],
+                      **_means(self.sums, self.count)})
+            if (check or world == 1) and not distributed.all_ranks_agree(stop.signum is None, self.rt.device):
+                raise self.interrupted(stop.signum, epoch, index)
+        return step
+
     def finish(self, validation: Validation | None) -> None:
         """The module ends with the best epoch's weights (--keep best), else the EMA's, else its own."""
         if validation is not None and validation.keep_best and self.best:
@@ -622,9 +282,9 @@ class _Run:
         started = time.perf_counter()
         with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
             found = validation.measure()
-            record = {f"val_{k}": found[k] for k in ("top1", "nll", "ece")}
-            best = best_epoch(self.history)
-            if validation.keep_best and (best is None or record["val_top1"] > best["val_top1"]):
+            record = {f"val_{k}": found[k] for k in validation.logged}
+            best, key = best_epoch(self.history, validation.best), f"val_{validation.best}"
+            if validation.keep_best and record[key] is not None and (best is None or record[key] > best[key]):
                 self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
         return {**record, "val_seconds": time.perf_counter() - started}
 
@@ -658,7 +318,7 @@ class _Run:
         """Every rank calls this at the same step; rank 0 writes."""
         if self.resume is None:
             return
-        rng = _rng_state(self.rt.device)
+        rng = rng_states(self.rt.device)
         if distributed.rank_world()[0] == 0:
             save_resume_state(self.resume, self.module, self.optimizer, self.schedule, {
                 "epoch": epoch, "batch": batch, "history": self.history,

@@ -15,6 +15,9 @@ value of `dpl distill --feature-loss` (the heads some need, and which layers, ar
 takes (student output, teacher output) of one layer pair; the teacher's side is a target (no gradient flows
 into it, except CRD's, whose teacher head is trained). They run with autocast off: their matrix products would
 otherwise run in bf16.
+
+The losses of detection and weak supervision (Chen et al.'s distillation of a detector, WSDDN, OICR) are
+`losses/detection.py`'s.
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ def tempered_kl(logits: torch.Tensor, targets: torch.Tensor, tau: float) -> torc
 def hard_pseudo_label(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """H(argmax targets, softmax(logits)): a soft target's most likely class as a hard label."""
     return cross_entropy(logits, targets.argmax(1))
+
+
+def masked_pseudo_label(logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FixMatch's unlabeled term: mean over every row of mask * H(pseudo, softmax(logits)), the rows whose
+    pseudo-label was not confident enough (mask 0) counting as 0."""
+    return (F.cross_entropy(logits.float(), pseudo, reduction="none") * mask).mean()
+
+
+def bag_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance learning's loss: the binary cross-entropy of the bag logits against the bag labels
+    (float 0/1)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
 
 
 def hint_mse(guess: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

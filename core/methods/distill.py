@@ -22,7 +22,6 @@ logits from all C probabilities; hard shards only `kd`, which then trains on the
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,10 +35,10 @@ from . import label
 from .features import FeatureOptions, FeatureTerm
 from ..data import Dataset
 from .common import (
-    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, load_teachers,
-    make_model, parent, test_metrics, train_record
+    Mix, ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, hooked, input_of, kept_epoch,
+    load_teachers, make_model, parent, test_metrics, train_record
 )
-from ..engine.train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
+from ..engine.train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +58,10 @@ class DistillOptions:
 
     def __post_init__(self):
         losses.logit_loss(self.loss)
+        self._check_values()
+        self._check_loss_options()
+
+    def _check_values(self) -> None:
         for flag, value in (("--dkd-alpha", self.dkd_alpha), ("--dkd-beta", self.dkd_beta),
                             ("--loss-warmup-epochs", self.loss_warmup_epochs)):
             if value is not None and not 0 <= value < math.inf:
@@ -69,6 +72,8 @@ class DistillOptions:
             raise DplError(f"--tau must be a finite number > 0, got {self.tau}")
         if (self.alpha or 0) < 0 or (self.unlabeled_weight or 0) < 0:
             raise DplError("--alpha and --unlabeled-weight must be >= 0")
+
+    def _check_loss_options(self) -> None:
         if self.unlabeled_ratio is not None and not self.unlabeled_ratio > 0:
             raise DplError(f"--unlabeled-ratio must be > 0, got {self.unlabeled_ratio}")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
@@ -106,30 +111,42 @@ class DistillOptions:
                              known: bool) -> None:
         if (self.min_confidence is not None or self.balance is not None) and labels is None:
             raise DplError("--min-confidence and --balance select among stored labels: give --labels")
-        if self.alpha is not None and labels is not None:
-            if not known or teachers:
-                raise DplError("--alpha with --labels is offline KD on labeled images: it needs labels made for a "
-                               "source's own labeled images, with no partition and no --teacher (pseudo-labels of "
-                               "unlabeled images are weighted by --unlabeled-weight)")
-            if labels.mode == "hard":
-                raise DplError(f"{labels.path}: offline KD (--alpha with --labels) learns the teacher's class "
-                               "distribution, and these labels are hard: label again with --soft or --topk")
-            if self.unlabeled_weight is not None or self.hard:
-                raise DplError("offline KD (--alpha with --labels) weighs the stored targets by --alpha: drop "
-                               f"{'--unlabeled-weight' if self.unlabeled_weight is not None else '--hard'}")
-        elif self.alpha is not None and not (teachers and labeled):
-            raise DplError("--alpha weights a live teacher's term on labeled samples: it needs --teacher and "
-                           "labeled data, or --labels of labeled images (offline KD)")
+        self._refuse_alpha(labels, teachers, labeled, known)
         if self.unlabeled_weight is not None and not pseudo:
             raise DplError("--unlabeled-weight weights the pseudo-labeled samples, and this run has none "
                            "(give --labels, or a partition whose unlabeled part the teacher labels)")
         if self.unlabeled_ratio is not None and not (labeled and pseudo):
             raise DplError("--unlabeled-ratio mixes labeled and pseudo-labeled samples, and this run has "
                            f"only {'labeled' if labeled else 'pseudo-labeled'} ones")
-        if self.loss != "kd" and labels is not None and labels.mode == "hard":
+        if labels is not None:
+            self._refuse_for_shards(labels)
+
+    def _refuse_alpha(self, labels: artifacts.Labels | None, teachers: bool, labeled: bool, known: bool) -> None:
+        """--alpha weighs a live teacher's term on labeled samples, or with --labels, offline KD's."""
+        if self.alpha is None:
+            return
+        if labels is None:
+            if not (teachers and labeled):
+                raise DplError("--alpha weights a live teacher's term on labeled samples: it needs --teacher and "
+                               "labeled data, or --labels of labeled images (offline KD)")
+            return
+        if not known or teachers:
+            raise DplError("--alpha with --labels is offline KD on labeled images: it needs labels made for a "
+                           "source's own labeled images, with no partition and no --teacher (pseudo-labels of "
+                           "unlabeled images are weighted by --unlabeled-weight)")
+        if labels.mode == "hard":
+            raise DplError(f"{labels.path}: offline KD (--alpha with --labels) learns the teacher's class "
+                           "distribution, and these labels are hard: label again with --soft or --topk")
+        if self.unlabeled_weight is not None or self.hard:
+            raise DplError("offline KD (--alpha with --labels) weighs the stored targets by --alpha: drop "
+                           f"{'--unlabeled-weight' if self.unlabeled_weight is not None else '--hard'}")
+
+    def _refuse_for_shards(self, labels: artifacts.Labels) -> None:
+        """What the kind of label shard cannot serve (the module docstring's table)."""
+        if self.loss != "kd" and labels.mode == "hard":
             raise DplError(f"{labels.path}: --loss {self.loss} needs the teacher's class distribution, and these "
                            "labels are hard (label + confidence): label again with --soft or --topk")
-        if labels is not None and labels.mode == "topk":
+        if labels.mode == "topk":
             k = labels.meta["topk"]
             if self.loss in losses.FULL_DISTRIBUTION:
                 raise DplError(f"{labels.path}: --loss {self.loss} recovers the teacher's logits from all its class "
@@ -169,7 +186,8 @@ def _require_targets(labels: artifacts.Labels | None, teacher_paths: list[Path])
 
 class Teachers:
     """Frozen, un-noised teachers (eval mode, not trained); their mean softmax at temperature tau, and with
-    `tap`, a single teacher's layer outputs from the same forward."""
+    `tap`, a single teacher's layer outputs from the same forward. A context manager: its taps come off at the
+    end of the `with`."""
 
     def __init__(self, checkpoints: list[artifacts.Checkpoint], rt: Runtime):
         self.nets = [rt.prepare(c.build_model()).eval().requires_grad_(False) for c in checkpoints]
@@ -201,19 +219,12 @@ class Teachers:
             total = total + (logits.float() / tau).softmax(dim=1)
         return total / len(self.nets)
 
+    def __enter__(self) -> Teachers:
+        return self
 
-def _gather_parts(batch, labeled_images, pseudo_images, sample_of_row) -> torch.Tensor:
-    il, iu = batch
-    parts = [] if il is None else [labeled_images[il]]
-    if iu is not None:
-        parts.append(pseudo_images[sample_of_row[iu]])
-    return torch.cat(parts)
-
-
-def mixed_batches(feed, mix: Mix, n_labeled: int, n_pseudo: int, seed: int, device):
-    """`batches(epoch)` for fit: ((labeled indices, pseudo-label rows), images of both) for each step."""
-    return lambda epoch: feed(paired_indices(n_labeled, mix.labeled, n_pseudo, mix.pseudo, mix.steps, seed, epoch,
-                                             device), _gather_parts)
+    def __exit__(self, *exc) -> None:
+        if self.taps is not None:
+            self.taps.remove()
 
 
 def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,
@@ -296,9 +307,8 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     """`val` is held out of the labeled part (data.hold_out) and measured as `val_opts` says."""
     _require_targets(labels, teacher_paths)
     features = features.resolved(labels is not None, len(teacher_paths))
-    known = (labels is not None and labeled is None and pseudo is not None and pseudo.part == "all"
-             and bool((pseudo.labels >= 0).all()))
-    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs, known)
+    opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs,
+                         _of_labeled_images(labels, labeled, pseudo))
     base = _check_parts(labeled, pseudo)
     teachers_ckpt = load_teachers(teacher_paths, base)
     positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
@@ -311,28 +321,18 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     noise = noise_opts.for_data(base)
 
     rows = label.select(labels, opts.min_confidence, opts.balance) if positions is not None else None
-    n_labeled = 0 if labeled is None else len(labeled)
-    n_pseudo = 0 if pseudo is None else (len(rows) if rows is not None else len(pseudo))
-    empty = torch.empty(0, dtype=torch.uint8)
-    # The images of both parts, and which pseudo-labeled image each selected label row stands for.
-    feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
-                    positions[rows] if rows is not None else torch.arange(n_pseudo))
-    if rows is not None:
-        rows, on_device = rows.to(rt.device), floored(labels, opts.loss).to(rt.device)
-        targets = lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)   # noqa: E731
-    else:
-        targets = lambda iu, t_probs: t_probs                                                          # noqa: E731
-    mix = Mix.plan(n_labeled, n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
+    feed, n_pseudo = _feed(labeled, pseudo, positions, rows, rt)
+    mix = Mix.plan(0 if labeled is None else len(labeled), n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
     term = _feature_term(features, model, teachers, base.shape, mix, opts, labels is not None, rt)
     module = model if term is None else nn.ModuleDict({"student": model, **term.heads})
     clock = Clock()
     objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
-                                  targets, teachers, input_meta, noise, opts, rt, clock, term,
+                                  _targets(labels, rows, opts, rt), teachers, input_meta, noise, opts, rt, clock, term,
                                   pseudo.labels[positions[rows]].to(rt.device) if opts.true_labels else None)
-    with term if term is not None else contextlib.nullcontext():
-        history = fit(module, objective, mixed_batches(feed, mix, n_labeled, n_pseudo, cfg.seed, rt.device),
-                      mix.steps, cfg, rt, on_progress, resume, batch_images=mix.labeled + mix.pseudo,
-                      validation=val_opts.validation(model, val, input_meta, rt), clock=clock, state=term)
+    with hooked(teachers, term):
+        history = fit(module, objective, mix.batches(feed, cfg.seed, rt.device), mix.steps, cfg, rt, on_progress,
+                      resume, batch_images=mix.rows, validation=val_opts.validation(model, val, input_meta, rt),
+                      clock=clock, state=term)
 
     parents += [parent("teacher", p, c.sha256()) for p, c in zip(teacher_paths, teachers_ckpt)]
     if labels is not None:
@@ -345,6 +345,32 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
                            metrics, history, val, val_opts, pseudo=pseudo_record, distill=record)
     heads = {} if term is None else {k: v.cpu() for k, v in term.heads.state_dict().items()}
     return Trained(model.cpu(), meta, history, objective=heads)
+
+
+def _feed(labeled: Dataset | None, pseudo: Dataset | None, positions: torch.Tensor | None, rows: torch.Tensor | None,
+          rt: Runtime):
+    """The images of both parts, and which pseudo-labeled image each selected label row stands for (`Mix`'s three
+    tensors); and how many pseudo-labeled rows there are."""
+    empty = torch.empty(0, dtype=torch.uint8)
+    n_pseudo = 0 if pseudo is None else (len(rows) if rows is not None else len(pseudo))
+    feed = rt.place(labeled.images if labeled is not None else empty, pseudo.images if pseudo is not None else empty,
+                    positions[rows] if rows is not None else torch.arange(n_pseudo))
+    return feed, n_pseudo
+
+
+def _of_labeled_images(labels: artifacts.Labels | None, labeled: Dataset | None, pseudo: Dataset | None) -> bool:
+    """Whether the stored labels are of labeled images: a source's own labels, no partition (offline KD's rows)."""
+    return (labels is not None and labeled is None and pseudo is not None and pseudo.part == "all"
+            and bool((pseudo.labels >= 0).all()))
+
+
+def _targets(labels: artifacts.Labels | None, rows: torch.Tensor | None, opts: DistillOptions, rt: Runtime):
+    """`targets(rows of the batch, live teacher probabilities)`: the selected stored labels' targets at tau, or the
+    live teachers' probabilities."""
+    if rows is None:
+        return lambda iu, t_probs: t_probs
+    rows, on_device = rows.to(rt.device), floored(labels, opts.loss).to(rt.device)
+    return lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)
 
 
 def _feature_term(features: FeatureOptions, model: nn.Module, teachers: Teachers | None, shape, mix: Mix,

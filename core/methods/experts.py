@@ -26,12 +26,12 @@ from ..data import augment
 from ..reporting import evaluate
 from . import label
 from ..data import Dataset
-from .distill import DistillOptions, floored, logit_loss_of, mixed_batches, pseudo_figures, pseudo_loss
+from .distill import DistillOptions, floored, logit_loss_of, pseudo_figures, pseudo_loss
 from .common import (
-    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, parent,
+    Mix, ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, parent,
     train_record
 )
-from ..engine.train import Clock, Mix, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
+from ..engine.train import Clock, Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def distill_experts(pool: Dataset, labels: list[artifacts.Labels], names: list[s
     mix = Mix.plan(0, n, cfg.batch_size, 1.0)
     clock = Clock()
     objective = experts_objective(rt.compiled(model), heads, stored, input_meta, noise, rt, clock)
-    history = fit(model, objective, mixed_batches(feed, mix, 0, n, cfg.seed, rt.device), mix.steps, cfg, rt,
+    history = fit(model, objective, mix.batches(feed, cfg.seed, rt.device), mix.steps, cfg, rt,
                   on_progress, resume, batch_images=mix.pseudo, clock=clock)
 
     records = [h.record() for h in heads]

@@ -200,12 +200,7 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
                                                                                    stop - start))
                 for p, o in zip(paths, outputs)]
         keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
-        if all(kept):
-            emit({"event": "advance", "n": (stop - start) * len(teachers)})
-            probs = [None] * len(outputs)
-        else:
-            probs = head_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)), opts, rt, emit,
-                               [o.columns for o in outputs])
+        probs = _shard_probs(teachers, outputs, ds, start, stop, all(kept), opts, rt, emit)
         for o, path, keep, p, f in zip(outputs, paths, kept, probs, found):
             if keep:
                 done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
@@ -217,16 +212,29 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
             for k in ("label", "confidence", "index"):
                 f[k].append(done[k])
             f["skipped"].append(len(done.get("skipped", ())))
-    summaries = []
-    for o, f in zip(outputs, found):
-        quality = None
-        truth = ds.labels[torch.cat(f["index"])] if f["index"] else ds.labels[:0]
-        if o.measured and len(truth) and (truth >= 0).all():
-            quality = evaluate.label_quality(torch.cat(f["label"]), torch.cat(f["confidence"]), truth)
-        summaries.append({"rank": rank, "world": world, "samples": last - first, "shards": len(starts),
-                          "written": f["written"], "kept": len(starts) - f["written"], "total": len(ds),
-                          "skipped": sum(f["skipped"]) + len(ds.skipped), "quality": quality})
-    return summaries
+    return [_summary(o, f, ds, rank, world, last - first, len(starts)) for o, f in zip(outputs, found)]
+
+
+def _shard_probs(teachers: list[tuple[nn.Module, dict]], outputs: list[_Output], ds: Dataset, start: int, stop: int,
+                 all_kept: bool, opts: LabelOptions, rt: Runtime, emit: Progress) -> list[torch.Tensor | None]:
+    """Each output's probabilities of samples start .. stop - 1, from one pass of the teachers; none where every
+    output keeps its shard (the progress advances all the same)."""
+    if all_kept:
+        emit({"event": "advance", "n": (stop - start) * len(teachers)})
+        return [None] * len(outputs)
+    return head_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)), opts, rt, emit,
+                      [o.columns for o in outputs])
+
+
+def _summary(o: _Output, f: dict, ds: Dataset, rank: int, world: int, samples: int, shards: int) -> dict:
+    """What one output folder got from this rank, and where the data has ground truth, its pseudo-labels' quality."""
+    quality = None
+    truth = ds.labels[torch.cat(f["index"])] if f["index"] else ds.labels[:0]
+    if o.measured and len(truth) and (truth >= 0).all():
+        quality = evaluate.label_quality(torch.cat(f["label"]), torch.cat(f["confidence"]), truth)
+    return {"rank": rank, "world": world, "samples": samples, "shards": shards, "written": f["written"],
+            "kept": shards - f["written"], "total": len(ds), "skipped": sum(f["skipped"]) + len(ds.skipped),
+            "quality": quality}
 
 
 def write_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, tensors: dict[str, torch.Tensor],

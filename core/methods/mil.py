@@ -28,19 +28,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import DplError, artifacts, models
+from .. import DplError, artifacts, losses, models
 from ..data import augment
 from ..data.bags import BagSpec, Bags, bag_rows
 from ..data.bags import load as load_bags
-from .common import ModelOptions, NoiseOptions, Trained, checkpoint_meta, input_of, make_model, train_record
+from .common import (
+    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, make_model, train_record
+)
 from ..engine.train import (
     Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, shuffled_batches, steps_per_epoch
 )
 
 TASK = "mil"
+VAL = ValOptions(metric="bag_auc")      # --keep best: the epoch of the best validation bag AUC
+VAL_FIGURES = ("bag_auc", "bag_acc")
 POOLINGS = ("attention", "gated", "max", "mean")
 ATTENTION = ("attention", "gated")
 
@@ -105,11 +108,26 @@ def gather_bags(idx: torch.Tensor, instances: torch.Tensor, starts: torch.Tensor
 
 # ---- training -------------------------------------------------------------------------------------------
 
+def mil_objective(net: MilNet, labels: torch.Tensor, sizes: torch.Tensor, noise: augment.Noise, input_meta: dict,
+                  rt: Runtime):
+    """Bag-level binary cross-entropy of a batch of bags (their indices, then their instances concatenated)."""
+    y, step_sizes = labels.float().to(rt.device), sizes.to(rt.device)
+    mean, std = input_meta["mean"], input_meta["std"]
+
+    def objective(batch):
+        idx, x = batch
+        logits, _ = net(augment.to_input(augment.apply(x, noise), mean, std, rt.cuda), step_sizes[idx])
+        target = y[idx]
+        return ({"bce": losses.bag_bce(logits, target)},
+                {"acc": ((logits > 0).float() == target).float().mean()})
+    return objective
+
+
 def train_mil(train_bags: Bags, model_opts: ModelOptions, noise_opts: NoiseOptions, opts: MilOptions,
               cfg: TrainConfig, rt: Runtime, test: Bags | None = None, on_progress: Progress | None = None,
-              resume: ResumeSpec | None = None) -> Trained:
-    """Train on the bag labels of `train_bags` (their instance labels are never read); `test` is measured once
-    trained, for the checkpoint's metrics."""
+              resume: ResumeSpec | None = None, val: Bags | None = None, val_opts: ValOptions = VAL) -> Trained:
+    """Train on the bag labels of `train_bags` (their instance labels are never read); `val` is measured during
+    training (bag AUC, --keep best), `test` once trained, for the checkpoint's metrics."""
     check_trainable(train_bags)
     bag_batch = min(cfg.batch_size, len(train_bags))
     seed_everything(cfg.seed)
@@ -119,20 +137,12 @@ def train_mil(train_bags: Bags, model_opts: ModelOptions, noise_opts: NoiseOptio
     noise = noise_opts.for_data(train_bags.instances)
     sizes = train_bags.sizes
     feed = rt.place(train_bags.instances.images, train_bags.offsets[:-1], sizes)
-    y, step_sizes = train_bags.labels.float().to(rt.device), sizes.to(rt.device)
-    mean, std = input_meta["mean"], input_meta["std"]
-
-    def objective(batch):
-        idx, x = batch
-        logits, _ = net(augment.to_input(augment.apply(x, noise), mean, std, rt.cuda), step_sizes[idx])
-        target = y[idx]
-        return ({"bce": F.binary_cross_entropy_with_logits(logits, target)},
-                {"acc": ((logits > 0).float() == target).float().mean()})
-
+    objective = mil_objective(net, train_bags.labels, sizes, noise, input_meta, rt)
     batches = lambda epoch: feed(shuffled_batches(len(train_bags), bag_batch, cfg.seed, epoch, rt.device),  # noqa: E731
                                  gather_bags)
     history = fit(net, objective, batches, steps_per_epoch(len(train_bags), bag_batch), cfg, rt, on_progress, resume,
-                  batch_images=round(bag_batch * float(sizes.float().mean())))
+                  batch_images=round(bag_batch * float(sizes.float().mean())),
+                  validation=validation_of(net, val, input_meta, rt, val_opts))
     last = history[-1]
     metrics = {"train_loss": last["loss"], "train_acc": last["acc"]}
     if test is not None:
@@ -143,9 +153,17 @@ def train_mil(train_bags: Bags, model_opts: ModelOptions, noise_opts: NoiseOptio
               "feature_width": net.width, "bags": train_bags.build, "bag_batch": bag_batch,
               "test": None if test is None else {"spec": test.spec, "bags": len(test)}}
     train = train_record(cfg, bag_batch, noise, unit="bags")
-    meta = checkpoint_meta(spec, train_bags.instances, parents, cfg, train, metrics, history, mil=record)
-    meta.update(task=TASK, classes=["negative", "positive"], data=train_bags.describe())
+    meta = checkpoint_meta(spec, train_bags.instances, parents, cfg, train, metrics, history, val, val_opts,
+                           task=TASK, data=train_bags.describe(), classes=["negative", "positive"], mil=record)
     return Trained(net.cpu(), meta, history)
+
+
+def validation_of(net: MilNet, val: Bags | None, input_meta: dict, rt: Runtime, val_opts: ValOptions):
+    """Bag AUC and accuracy of held-out bags, for --val and --keep best."""
+    def measured() -> dict:
+        found = measure(net, val, input_meta, rt)
+        return {k: found[k] for k in VAL_FIGURES}
+    return val_opts.measured(measured if val is not None else None, VAL_FIGURES)
 
 
 def check_trainable(bags: Bags) -> None:

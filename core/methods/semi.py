@@ -1,8 +1,9 @@
 """Online pseudo-labeling on a labeled/unlabeled partition: FixMatch and FlexMatch (`dpl semi`).
 
-Each step takes B labeled samples and mu * B unlabeled ones. The model sees three views in one forward (one
-batch-norm pass over all, as FixMatch trains): the labeled samples and the unlabeled ones under the weak noise
-(crop and flip), and the unlabeled ones again under the strong noise (RandAugment, then crop and flip). With
+Each step takes B labeled samples and mu * B unlabeled ones (`common.Mix`, the one batch mixer). The model sees
+three views in one forward (one batch-norm pass over all, as FixMatch trains): the labeled samples and the
+unlabeled ones under the weak noise (crop and flip), and the unlabeled ones again under the strong noise
+(RandAugment, then crop and flip). With
 p = softmax of the weak view's logits (no gradient), the pseudo-label is argmax p, kept when max p reaches its
 class's threshold:
 
@@ -22,17 +23,16 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from .. import DplError, losses
 from ..data import augment
 from ..engine import distributed
 from ..data import Dataset
 from .common import (
-    ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model, test_metrics,
-    train_record
+    Mix, ModelOptions, NoiseOptions, Trained, ValOptions, checkpoint_meta, input_of, kept_epoch, make_model,
+    test_metrics, train_record
 )
-from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, paired_indices, seed_everything
+from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything
 
 ALGORITHMS = ("fixmatch", "flexmatch")
 
@@ -135,42 +135,18 @@ def thresholds_for(opts: SemiOptions, num_classes: int, n_unlabeled: int, device
 
 # ---- batches ------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Plan:
-    """Per rank and step: `labeled` samples and `unlabeled` = mu * labeled; `steps` an epoch, an epoch being
-    one pass over the unlabeled part. Per rank (--batch-size is per rank), so that the global step's samples
-    are the same for any number of ranks with the same global batch."""
-
-    labeled: int
-    unlabeled: int
-    steps: int
-
-    @staticmethod
-    def of(n_labeled: int, n_unlabeled: int, batch_size: int, mu: int) -> Plan:
-        world = distributed.rank_world()[1]
-        b_l = min(batch_size, n_labeled)
-        b_u = mu * b_l
-        steps = n_unlabeled // (b_u * world)
-        if steps < 1:
-            raise DplError(f"the unlabeled part has {n_unlabeled} samples, fewer than one step takes "
-                           f"({b_u * world} = --mu {mu} x {b_l} labeled{f' x {world} ranks' if world > 1 else ''}): "
-                           "lower --batch-size or --mu")
-        return Plan(b_l, b_u, steps)
-
-
-def _gather(batch, labeled_images, unlabeled_images) -> torch.Tensor:
-    il, iu = batch
-    return torch.cat([labeled_images[il], unlabeled_images[iu]])
-
-
-def index_batches(plan: Plan, n_labeled: int, n_unlabeled: int, seed: int, device, epoch: int):
-    """(labeled indices, unlabeled indices) of each step of an epoch, this rank's part."""
-    return paired_indices(n_labeled, plan.labeled, n_unlabeled, plan.unlabeled, plan.steps, seed, epoch, device)
-
-
-def semi_batches(feed, plan: Plan, n_labeled: int, n_unlabeled: int, seed: int, device):
-    """`batches(epoch)` for fit: ((labeled indices, unlabeled indices), their images, labeled first)."""
-    return lambda epoch: feed(index_batches(plan, n_labeled, n_unlabeled, seed, device, epoch), _gather)
+def mix_of(n_labeled: int, n_unlabeled: int, batch_size: int, mu: int) -> Mix:
+    """FixMatch's steps, by the one mixer: per rank and step `labeled` samples and `pseudo` = mu * labeled unlabeled
+    ones; an epoch one pass over the unlabeled part. Per rank (--batch-size is per rank), so that the global step's
+    samples are the same for any number of ranks with the same global batch; refused where the unlabeled part is
+    smaller than one step."""
+    mix = Mix.plan(n_labeled, n_unlabeled, batch_size, mu)
+    world = distributed.rank_world()[1]
+    if n_unlabeled < mix.pseudo * world:
+        raise DplError(f"the unlabeled part has {n_unlabeled} samples, fewer than one step takes "
+                       f"({mix.pseudo * world} = --mu {mu} x {mix.labeled} labeled"
+                       f"{f' x {world} ranks' if world > 1 else ''}): lower --batch-size or --mu")
+    return mix
 
 
 # ---- the objective ------------------------------------------------------------------------------------
@@ -196,8 +172,8 @@ def semi_objective(forward, y_labeled: torch.Tensor, y_unlabeled: torch.Tensor |
         mask = pseudo_mask(confidence, pseudo, current)
         thresholds.update(iu, confidence, pseudo)
         y = y_labeled[il]
-        unlabeled = (F.cross_entropy(strong_u.float(), pseudo, reduction="none") * mask).mean()
-        terms = {"ce": losses.cross_entropy(labeled, y), "pseudo": opts.unlabeled_weight * unlabeled}
+        terms = {"ce": losses.cross_entropy(labeled, y),
+                 "pseudo": opts.unlabeled_weight * losses.masked_pseudo_label(strong_u, pseudo, mask)}
         stats = {"acc": losses.accuracy(labeled, y), "mask_ratio": mask.mean(),
                  "mask_class_frac": torch.bincount(pseudo, weights=mask, minlength=len(current)) / n_u}
         if y_unlabeled is not None:
@@ -214,7 +190,7 @@ def semi(labeled: Dataset, unlabeled: Dataset, model_opts: ModelOptions, noise_o
          resume: ResumeSpec | None = None, val: Dataset | None = None, val_opts: ValOptions = ValOptions()) -> Trained:
     """Train on the labeled part and the unlabeled part of one partition; `val` is held out of the labeled part."""
     _check_parts(labeled, unlabeled)
-    plan = Plan.of(len(labeled), len(unlabeled), cfg.batch_size, opts.mu)
+    mix = mix_of(len(labeled), len(unlabeled), cfg.batch_size, opts.mu)
     seed_everything(cfg.seed)
     model, spec, parents = make_model(model_opts, labeled)
     model = rt.prepare(model)
@@ -225,15 +201,15 @@ def semi(labeled: Dataset, unlabeled: Dataset, model_opts: ModelOptions, noise_o
     objective = semi_objective(rt.compiled(model), labeled.labels.to(rt.device), truth, thresholds, input_meta, weak,
                                opts, rt)
     feed = rt.place(labeled.images, unlabeled.images)
-    history = fit(model, objective, semi_batches(feed, plan, len(labeled), len(unlabeled), cfg.seed, rt.device),
-                  plan.steps, cfg, rt, on_progress, resume, batch_images=plan.labeled + 2 * plan.unlabeled,
+    history = fit(model, objective, mix.batches(feed, cfg.seed, rt.device),
+                  mix.steps, cfg, rt, on_progress, resume, batch_images=mix.labeled + 2 * mix.pseudo,
                   validation=val_opts.validation(model, val, input_meta, rt), state=thresholds)
 
     kept = kept_epoch(history, val_opts)
     metrics = {"train_loss": kept["loss"], "train_acc": kept["acc"], **test_metrics(model, test, input_meta, rt)}
     record = {**asdict(opts), "strong": {"randaugment": list(opts.strong), "magnitude": "uniform in 0..M per step"},
-              "unlabeled_per_step": plan.unlabeled, "thresholds": thresholds.current().tolist()}
-    train = train_record(cfg, plan.labeled, weak, steps_per_epoch=plan.steps)
+              "unlabeled_per_step": mix.pseudo, "thresholds": thresholds.current().tolist()}
+    train = train_record(cfg, mix.labeled, weak, steps_per_epoch=mix.steps)
     meta = checkpoint_meta(spec, labeled, parents, cfg, train, metrics, history, val, val_opts,
                            unlabeled=unlabeled.describe(), semi=record)
     return Trained(model.cpu(), meta, history)

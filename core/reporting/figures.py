@@ -4,14 +4,12 @@ plots out.
 Every drawing function returns `(figure, data)`: `data` is a JSON-safe dict of exactly the plotted numbers
 (NaN and infinities as None). Figures use matplotlib's object API (`matplotlib.figure.Figure`), never
 pyplot: no global state, no display. `save` writes a PNG and an SVG atomically; `data_uri` embeds a figure in
-a self-contained HTML page. SVGs are deterministic (fixed hash salt, no date) so regenerated files do not
-churn.
+a self-contained HTML page (both in render.py, re-exported here). SVGs are deterministic (fixed hash salt, no
+date) so regenerated files do not churn.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from pathlib import Path
 
@@ -19,47 +17,10 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .. import artifacts
+from .render import data_uri, files_of, save  # noqa: F401  (re-exported: figures.save writes what figures draws)
 
 WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag)
-DPI = 120
 LOSS_TERMS = ("ce", "kd", "pseudo", "hint", "nt_xent")
-FIXED = {"svg.hashsalt": "dpl", "svg.fonttype": "path"}
-SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
-MIME = {"png": "image/png", "svg": "image/svg+xml"}
-
-
-# ---- writing -------------------------------------------------------------------------------------
-
-def save(fig: Figure, stem: Path) -> list[Path]:
-    """Write STEM.png and STEM.svg (each atomically); return their paths. A .png/.svg suffix on the stem is
-    dropped."""
-    paths = files_of(stem)
-    for path in paths:
-        artifacts.atomic_write(path, lambda tmp, fmt=path.suffix[1:]: _render(fig, tmp, fmt))
-    return paths
-
-
-def files_of(stem: Path) -> list[Path]:
-    """STEM.png and STEM.svg (a .png/.svg suffix on the stem is dropped)."""
-    stem = Path(stem)
-    if stem.suffix in (".png", ".svg"):
-        stem = stem.with_suffix("")
-    return [stem.with_name(f"{stem.name}.{fmt}") for fmt in ("png", "svg")]
-
-
-def data_uri(fig: Figure, fmt: str = "png") -> str:
-    """The figure as a base64 data URI (data:image/png;base64,... or data:image/svg+xml;base64,...)."""
-    if fmt not in MIME:
-        raise ValueError(f"fmt must be png or svg, not {fmt!r}")
-    buffer = io.BytesIO()
-    _render(fig, buffer, fmt)
-    return f"data:{MIME[fmt]};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _render(fig: Figure, target, fmt: str) -> None:
-    with matplotlib.rc_context(FIXED):
-        fig.savefig(target, format=fmt, dpi=DPI, metadata=SAVE_METADATA[fmt])
 
 
 def _figure(width: float = WIDTH, height: float = HEIGHT) -> Figure:
@@ -104,25 +65,8 @@ def curves(runs: dict[str, list[dict]]) -> tuple[Figure, dict]:
     rows = math.ceil(len(panels) / cols)
     fig = _figure(WIDTH, 2.5 * rows + 0.5)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes, panels):
-        fields = [("acc", "-"), ("val_top1", "--")] if panel == "accuracy" else [(panel, "-")]
-        for i, (name, series) in enumerate(data.items()):
-            for field, style in fields:
-                points = [(e, v) for e, v in zip(series["epoch"], series.get(field, [])) if v is not None]
-                if points:
-                    label = name if len(fields) == 1 else f"{name} ({'train' if field == 'acc' else 'val'})"
-                    ax.plot(*zip(*points), style, marker="o", markersize=3, color=colors[i % len(colors)],
-                            label=label)
-        ax.set_title({"loss": "loss (sum of terms)", "lr": "learning rate", "accuracy": "accuracy",
-                      "pseudo_conf": "pseudo-label mean confidence"}.get(panel, f"loss term {panel}"),
-                     fontsize="medium")
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        if panel == "accuracy":
-            ax.set_ylabel("top-1 (train solid, val dashed)" if {"acc", "val_top1"} <= set(keys)
-                          else "train top-1" if "acc" in keys else "validation top-1")
-        _grid(ax)
+        _curve_panel(ax, panel, data, keys)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -130,6 +74,29 @@ def curves(runs: dict[str, list[dict]]) -> tuple[Figure, dict]:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small")
     fig.suptitle("training curves")
     return fig, data
+
+
+CURVE_TITLES = {"loss": "loss (sum of terms)", "lr": "learning rate", "accuracy": "accuracy",
+                "pseudo_conf": "pseudo-label mean confidence"}
+
+
+def _curve_panel(ax, panel: str, data: dict[str, dict], keys: list[str]) -> None:
+    """One panel of `curves`: a field of every run (the accuracy panel: train solid, validation dashed)."""
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    fields = [("acc", "-"), ("val_top1", "--")] if panel == "accuracy" else [(panel, "-")]
+    for i, (name, series) in enumerate(data.items()):
+        for field, style in fields:
+            points = [(e, v) for e, v in zip(series["epoch"], series.get(field, [])) if v is not None]
+            if points:
+                label = name if len(fields) == 1 else f"{name} ({'train' if field == 'acc' else 'val'})"
+                ax.plot(*zip(*points), style, marker="o", markersize=3, color=colors[i % len(colors)], label=label)
+    ax.set_title(CURVE_TITLES.get(panel, f"loss term {panel}"), fontsize="medium")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if panel == "accuracy":
+        ax.set_ylabel("top-1 (train solid, val dashed)" if {"acc", "val_top1"} <= set(keys)
+                      else "train top-1" if "acc" in keys else "validation top-1")
+    _grid(ax)
 
 
 # ---- calibration ---------------------------------------------------------------------------------
@@ -185,15 +152,21 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> tuple[
         ax.set_xticks(range(n), classes, rotation=90 if max(map(len, classes)) > 3 else 0, fontsize=font)
         ax.set_yticks(range(n), classes, fontsize=font)
     if n <= 20:
-        for i, row in enumerate(normalized):
-            for j, v in enumerate(row):
-                if v is not None and counts[i][j]:
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7 if n > 10 else 8,
-                            color="white" if v > 0.5 else "black")
+        _cell_numbers(ax, counts, normalized)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize="medium")
     return fig, {"classes": classes, "counts": counts, "normalized": normalized}
+
+
+def _cell_numbers(ax, counts: list[list[int]], normalized: list[list[float | None]]) -> None:
+    """The normalized value written in every cell that holds samples."""
+    n = len(counts)
+    for i, row in enumerate(normalized):
+        for j, v in enumerate(row):
+            if v is not None and counts[i][j]:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7 if n > 10 else 8,
+                        color="white" if v > 0.5 else "black")
 
 
 # ---- pseudo-labels -------------------------------------------------------------------------------
@@ -215,21 +188,31 @@ def label_confidence(confidence, predicted, classes: list[str], truth=None) -> t
     num_classes = max(len(classes), int(predicted.max(initial=-1)) + 1)
     classes = list(classes) if len(classes) == num_classes else [str(i) for i in range(num_classes)]
     edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
-
-    def histogram(values: np.ndarray) -> list[int]:
-        bins = np.clip((values * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)   # [lo, hi); 1.0 in the last
-        return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
-
     if num_classes <= MAX_CLASS_LINES:
-        groups = {name: histogram(confidence[predicted == k]) for k, name in enumerate(classes)}
+        groups = {name: _histogram(confidence[predicted == k]) for k, name in enumerate(classes)}
     else:
-        groups = {"all classes": histogram(confidence)}
+        groups = {"all classes": _histogram(confidence)}
     data = {"n": len(confidence), "histogram": {"edges": edges, "counts": groups}}
     truth = None if truth is None else np.asarray(truth, dtype=np.int64).ravel()
     curve = truth is not None and bool((truth >= 0).any())
     fig = _figure(WIDTH, 4.0)
     axes = fig.subplots(1, 2 if curve else 1, squeeze=False).ravel()
-    hist = axes[0]
+    _confidence_histograms(axes[0], groups, edges)
+    if not curve:
+        data["skipped"] = ["accuracy/coverage curve"]
+        return fig, data
+    data["curve"] = _kept_curve(confidence, predicted, truth)
+    _kept_panel(axes[1], data["curve"])
+    return fig, data
+
+
+def _histogram(values: np.ndarray) -> list[int]:
+    """Counts of `values` in HISTOGRAM_BINS equal bins of 0..1, each [lo, hi), 1.0 in the last."""
+    bins = np.clip((values * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
+    return np.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
+
+
+def _confidence_histograms(hist, groups: dict[str, list[int]], edges: list[float]) -> None:
     colors = matplotlib.colormaps["tab20" if len(groups) > 10 else "tab10"].colors
     for i, (name, counts) in enumerate(groups.items()):
         hist.stairs(counts, edges, color=colors[i % len(colors)], label=name, linewidth=1.2)
@@ -240,9 +223,10 @@ def label_confidence(confidence, predicted, classes: list[str], truth=None) -> t
     hist.legend(fontsize="x-small", ncol=2 if len(groups) > 10 else 1, loc="best", title="predicted",
                 title_fontsize="x-small")
     _grid(hist)
-    if not curve:
-        data["skipped"] = ["accuracy/coverage curve"]
-        return fig, data
+
+
+def _kept_curve(confidence: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """The coverage and accuracy of the labels of rows with a known class kept at each of THRESHOLDS thresholds."""
     known = truth >= 0
     order = np.argsort(-confidence[known], kind="stable")
     descending = confidence[known][order]
@@ -251,21 +235,22 @@ def label_confidence(confidence, predicted, classes: list[str], truth=None) -> t
     kept = np.searchsorted(-descending, -np.asarray(thresholds), side="right")   # rows with confidence >= t
     coverage = [int(k) / len(descending) for k in kept]
     accuracy = [int(right[k - 1]) / int(k) if k else None for k in kept]
-    data["curve"] = {"thresholds": thresholds, "coverage": coverage, "accuracy": accuracy, "n": len(descending)}
-    ax = axes[1]
-    for series, label, color in ((accuracy, "accuracy of the kept labels", "tab:green"),
-                                 (coverage, "coverage (fraction kept)", "black")):
-        points = [(t, v) for t, v in zip(thresholds, series) if v is not None]
+    return {"thresholds": thresholds, "coverage": coverage, "accuracy": accuracy, "n": len(descending)}
+
+
+def _kept_panel(ax, curve: dict) -> None:
+    for series, label, color in ((curve["accuracy"], "accuracy of the kept labels", "tab:green"),
+                                 (curve["coverage"], "coverage (fraction kept)", "black")):
+        points = [(t, v) for t, v in zip(curve["thresholds"], series) if v is not None]
         if points:
             ax.plot(*zip(*points), color=color, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence threshold")
     ax.set_ylabel("fraction")
-    ax.set_title(f"labels kept at confidence >= threshold\n({len(descending):,} with ground truth)", fontsize="medium")
+    ax.set_title(f"labels kept at confidence >= threshold\n({curve['n']:,} with ground truth)", fontsize="medium")
     ax.legend(fontsize="small", loc="best")
     _grid(ax)
-    return fig, data
 
 
 # ---- lineage and probes --------------------------------------------------------------------------
@@ -333,54 +318,66 @@ def bag_weights(bags: list[dict], pooling: str, title: str, target: str | None =
     drawn}."""
     attention = pooling in ("attention", "gated")
     key, weight = ("attention", "attention weight") if attention else ("scores", "instance probability")
-    entries = []
-    for b in bags:
-        values = [float(v) for v in b[key]]
-        shown = sorted(np.argsort(-np.asarray(values), kind="stable")[:MAX_BAG_INSTANCES].tolist())
-        entries.append({**{k: v for k, v in b.items() if k != "images"}, key: [_number(v) for v in values],
-                        "shown": shown})
+    entries = [_bag_entry(b, key) for b in bags]
     columns = max(len(e["shown"]) for e in entries)
     # Probabilities on 0..1; attention weights (which shrink as bags grow) up to the largest drawn, one scale for all.
     top = 1.15 * (max((e[key][i] or 0.0 for e in entries for i in e["shown"]), default=0.0) if attention else 1.0)
     fig = Figure(figsize=(WIDTH, 1.9 * len(bags) + 0.6), layout="constrained")     # taller than HEIGHT past 2 bags
     bands = fig.subfigures(len(bags), 1, squeeze=False).ravel()
     for band, b, e in zip(bands, bags, entries):
-        axes = band.subplots(2, columns, gridspec_kw={"height_ratios": [1, 1]}, squeeze=False)
-        bar = band.add_subplot(axes[1, 0].get_gridspec()[1, :])
-        for ax in axes[1]:
-            ax.remove()
-        truth = b.get("instance_labels")
-        colors = [TARGET_COLOR if truth is not None and truth[i] else OTHER_COLOR for i in e["shown"]]
-        for ax, i, color in zip(axes[0], e["shown"], colors):
-            image = np.asarray(b["images"][i])
-            grey = image.shape[0] == 1
-            ax.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey else None, vmin=0, vmax=255,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_color(color)
-                spine.set_linewidth(2.5 if color == TARGET_COLOR else 0.5)
-        for ax in axes[0][len(e["shown"]):]:
-            ax.set_visible(False)
-        heights = [e[key][i] or 0.0 for i in e["shown"]]
-        bars = bar.bar(range(len(heights)), heights, color=colors, edgecolor="black", linewidth=0.5)
-        if columns <= 16:
-            bar.bar_label(bars, labels=[f"{v:.2f}" for v in heights], fontsize="x-small", padding=1)
-        bar.set_xlim(-0.5, columns - 0.5)
-        bar.set_ylim(0, max(top, 0.05))
-        bar.set_xticks(range(len(heights)), [str(i) for i in e["shown"]], fontsize="x-small")
-        bar.set_xlabel("instance (position in the bag)", fontsize="x-small")
-        bar.set_ylabel(weight.replace(" ", "\n"), fontsize="x-small")
-        bar.tick_params(axis="y", labelsize="x-small")
-        bar.grid(True, axis="y", alpha=0.3)
-        more = (f", {len(e['shown'])} of {len(e[key])} instances (highest weights)"
-                if len(e["shown"]) < len(e[key]) else "")
-        kind = "positive" if e["label"] else "negative"
-        band.suptitle(f"bag {e['index']} ({e['bag']}): label {e['label']} ({kind}), "
-                      f"predicted P(positive) {e['prob']:.3f}{more}", fontsize="small")
+        _bag_band(band, b, e, key, weight, columns, top)
     marked = f"red: instances of {target!r}" if target else "red: positive instances"
     known = any(e.get("instance_labels") is not None for e in entries)
     fig.suptitle(f"{title}\n{pooling} pooling: {weight} per instance" + (f"; {marked}" if known else ""),
                  fontsize="medium")
     return fig, {"pooling": pooling, "weight": weight, "target": target, "bags": entries}
+
+
+def _bag_entry(b: dict, key: str) -> dict:
+    """A bag's data entry: its fields less the images, its weights JSON-safe, and "shown": the positions drawn (the
+    MAX_BAG_INSTANCES highest weights, in bag order)."""
+    values = [float(v) for v in b[key]]
+    shown = sorted(np.argsort(-np.asarray(values), kind="stable")[:MAX_BAG_INSTANCES].tolist())
+    return {**{k: v for k, v in b.items() if k != "images"}, key: [_number(v) for v in values], "shown": shown}
+
+
+def _bag_band(band, b: dict, e: dict, key: str, weight: str, columns: int, top: float) -> None:
+    """One bag's band of `bag_weights`: its instances' images in a row, a bar of each one's weight below."""
+    axes = band.subplots(2, columns, gridspec_kw={"height_ratios": [1, 1]}, squeeze=False)
+    bar = band.add_subplot(axes[1, 0].get_gridspec()[1, :])
+    for ax in axes[1]:
+        ax.remove()
+    truth = b.get("instance_labels")
+    colors = [TARGET_COLOR if truth is not None and truth[i] else OTHER_COLOR for i in e["shown"]]
+    for ax, i, color in zip(axes[0], e["shown"], colors):
+        _instance_image(ax, np.asarray(b["images"][i]), color)
+    for ax in axes[0][len(e["shown"]):]:
+        ax.set_visible(False)
+    heights = [e[key][i] or 0.0 for i in e["shown"]]
+    bars = bar.bar(range(len(heights)), heights, color=colors, edgecolor="black", linewidth=0.5)
+    if columns <= 16:
+        bar.bar_label(bars, labels=[f"{v:.2f}" for v in heights], fontsize="x-small", padding=1)
+    bar.set_xlim(-0.5, columns - 0.5)
+    bar.set_ylim(0, max(top, 0.05))
+    bar.set_xticks(range(len(heights)), [str(i) for i in e["shown"]], fontsize="x-small")
+    bar.set_xlabel("instance (position in the bag)", fontsize="x-small")
+    bar.set_ylabel(weight.replace(" ", "\n"), fontsize="x-small")
+    bar.tick_params(axis="y", labelsize="x-small")
+    bar.grid(True, axis="y", alpha=0.3)
+    more = (f", {len(e['shown'])} of {len(e[key])} instances (highest weights)"
+            if len(e["shown"]) < len(e[key]) else "")
+    kind = "positive" if e["label"] else "negative"
+    band.suptitle(f"bag {e['index']} ({e['bag']}): label {e['label']} ({kind}), "
+                  f"predicted P(positive) {e['prob']:.3f}{more}", fontsize="small")
+
+
+def _instance_image(ax, image: np.ndarray, color: str) -> None:
+    """An instance's uint8 (C, H, W) image, framed in `color` (thick for the target class)."""
+    grey = image.shape[0] == 1
+    ax.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color(color)
+        spine.set_linewidth(2.5 if color == TARGET_COLOR else 0.5)

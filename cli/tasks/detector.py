@@ -1,43 +1,22 @@
-"""Detectors through teach, label, distill and eval: the branches those commands take when the data has boxes
-(`scenes:SOURCE`, `coco:PATH`) or the checkpoint is a detector (core/detect.py)."""
+"""A detector's paths of teach, label, distill and eval, and a box label folder's of eval: the handlers of the
+task table (cli/tasks/__init__.py) for tasks detector (data with boxes, `scenes:SOURCE` or `coco:PATH`, or a
+detector checkpoint) and box-labels (core/methods/detect.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import torch
 import typer
 from rich.table import Table
 
-from . import common
-from ..core import DplError, artifacts
-from ..core.data import augment, scenes
-from ..core.engine import distributed, train
-from ..core.methods import detect
-from ..core.data.boxes import precision_recall, read_box_labels
-from ..core.reporting.evaluate import seed_groups
-
-ScaleJitter = Annotated[str | None, typer.Option(
-    help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.")]
-
-# Options of teach/distill that only a classifier's training takes (flag, parameter, its default).
-CLASSIFIER_ONLY = (("--labeled-per-class", "labeled_per_class", None), ("--val", "val", None),
-                   ("--val-per-class", "val_per_class", None), ("--keep best", "keep", "last"),
-                   ("--label-smoothing", "label_smoothing", 0.0), ("--no-crop", "crop", True),
-                   ("--stream", "stream", None), ("--dropout", "dropout", 0.0))
-
-
-def is_detector(path: Path) -> bool:
-    """Whether a path is a detector checkpoint (anything unreadable is left to the command's own checks)."""
-    return artifacts.checkpoint_task(path) == detect.TASK
-
-
-def _refuse(o: dict, options, what: str) -> None:
-    given = [flag for flag, name, default in options if name in o and o[name] != default]
-    if given:
-        raise DplError(f"{', '.join(given)} cannot apply to {what}")
-
+from .. import common
+from ...core import DplError, artifacts
+from ...core.data import augment, boxes, scenes
+from ...core.engine import distributed, train
+from ...core.methods import detect
+from ...core.data.boxes import precision_recall, read_box_labels
+from ...core.reporting.evaluate import seed_groups
 
 def _noise(o: dict) -> detect.BoxNoise:
     scale = o.get("scale_jitter")
@@ -77,21 +56,23 @@ def _record_scene(o: dict) -> scenes.SceneSpec | None:
 
 # ---- teach ------------------------------------------------------------------------------------------------
 
-def teach(o: dict) -> None:
+def teach(ctx: typer.Context, o: dict) -> None:
     """dpl teach on data with boxes: a detector (--arch FAMILY-BACKBONE) on the labeled part (--labeled N images)."""
-    _refuse(o, CLASSIFIER_ONLY, "a detector (data with boxes)")
     scene = _record_scene(o)
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
     cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    val_opts = common.val_options(o, detect.VAL.metric)
     common.check_output(o["output"], o["force"])
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     full = scenes.load_boxes(o["data_spec"], "train", scene, resize=o["resize"], download=o["download"])
     data = detect.part_of(full, o["labeled"], o["split_seed"], o["part"] or ("labeled" if o["labeled"] else "all"))
+    data, val = data.held_out(o["val"], o["split_seed"])
     test = _test_of(full, scene, o["resize"], o["download"])
     _say_data(data)
     with common.TrainingProgress("teach detector", sinks) as progress:
-        result = detect.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state)
+        result = detect.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state, val=val,
+                              val_opts=val_opts)
     common.write_result(o["output"], result, state, o["keep_state"])
 
 
@@ -124,17 +105,11 @@ def _split_of(record: dict, data: scenes.BoxData) -> tuple[int | None, int]:
 
 # ---- label --------------------------------------------------------------------------------------------------
 
-def label(o: dict) -> None:
+def label(ctx: typer.Context, o: dict) -> None:
     """dpl label with a detector: pseudo-boxes of the unlabeled part (of the teacher's --labeled split; else of all
     its training images) into box shards, with precision/recall against the ground truth."""
-    given = [flag for flag, on in (("--ensemble", o["ensemble"]), ("--head", o["head"]), ("--hard", not o["soft"]),
-                                   ("--topk", o["topk"]), ("--tau", o["tau"] != 1.0),
-                                   ("--labeled-per-class", o["labeled_per_class"]), ("--stream", o["stream"]))
-             if on]
     if len(o["teacher"]) > 1:
-        given.insert(0, "several teachers")
-    if given:
-        raise DplError(f"{', '.join(given)} cannot apply to a detector's pseudo-boxes")
+        raise DplError(f"{o['teacher'][0]}: a detector labels alone; several teachers cannot apply")
     path = o["teacher"][0]
     rank, world = distributed.shard_of(o["shard"])
     folder = Path(o["output"])
@@ -181,64 +156,81 @@ def label(o: dict) -> None:
 
 # ---- distill ------------------------------------------------------------------------------------------------
 
-DISTILL_REFUSED = (("--labeled-data", "labeled_data", None), ("--loss", "loss", "kd"), ("--dkd-alpha", "dkd_alpha", None),
-                   ("--dkd-beta", "dkd_beta", None), ("--loss-warmup-epochs", "loss_warmup_epochs", None),
-                   ("--student-layer", "student_layer", None), ("--teacher-layer", "teacher_layer", None),
-                   ("--crd-queue", "crd_queue", None), ("--crd-dim", "crd_dim", None), ("--crd-tau", "crd_tau", None),
-                   ("--hard", "hard", False), ("--balance", "balance", None), ("--head-names", "head_names", None),
-                   ("--allow-partial", "allow_partial", False), ("--labeled-per-class", "labeled_per_class", None))
+# Chen et al.'s terms, which only a live --teacher has; stored pseudo-boxes (--labels) have none of them.
+ONLINE_ONLY = ("alpha", "tau", "feature_loss", "feature_weight", "bound_weight", "bound_margin", "background_weight")
 
 
-def distill(o: dict) -> None:
+def distill(ctx: typer.Context, o: dict) -> None:
     """dpl distill for detectors: offline from pseudo-boxes (--labels BOXES/: the true boxes of the labeled part plus
     pseudo-boxes above --min-confidence for the rest), or online from a live detector (--teacher: Chen et al.)."""
-    _refuse(o, CLASSIFIER_ONLY + DISTILL_REFUSED, "a detector's distillation")
     labels_dir, teachers = o["labels_dir"] or [], o["teacher"] or []
     if len(labels_dir) > 1 or len(teachers) > 1 or (labels_dir and teachers):
         raise DplError("a detector distils from one box label folder (--labels) or one live detector (--teacher)")
-    if labels_dir and o["labeled"] is not None:
-        raise DplError("--labeled cannot apply to --labels: the labeled part is the one the pseudo-boxes' teacher "
-                       "was taught on (its label folder records the split)")
-    if teachers and o["min_confidence"] is not None:
-        raise DplError("--min-confidence selects stored pseudo-boxes (--labels); a live --teacher has none")
-    pseudo_opts = detect.PseudoOptions(ratio=o["unlabeled_ratio"], weight=o["unlabeled_weight"])
-    if teachers and not pseudo_opts.pooled:
-        raise DplError("--unlabeled-ratio and --unlabeled-weight weigh stored pseudo-boxes (--labels); a live "
-                       "--teacher has none")
-    if labels_dir and any(o[k] is not None for k in ("alpha", "tau", "feature_loss", "feature_weight")) \
-            or labels_dir and (o["bound_weight"] is not None or o["bound_margin"] is not None
-                               or o["background_weight"] is not None):
-        raise DplError("--alpha, --tau, --feature-loss, --bound-weight, --bound-margin and --background-weight are "
-                       "Chen et al.'s terms of a live --teacher; --labels trains on stored pseudo-boxes")
+    _refuse_the_other_way(o, offline=bool(labels_dir))
     if o["feature_loss"] not in (None, "hint"):
         raise DplError(f"--feature-loss {o['feature_loss']} compares classifiers' layers; a detector takes hint "
                        "(its backbone features through an adaptation layer)")
+    pseudo_opts = detect.PseudoOptions(ratio=o["unlabeled_ratio"], weight=o["unlabeled_weight"])
     state = common.resume_spec("distill", o, o["resume"], o["save_every"])
     cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    val_opts = common.val_options(o, detect.VAL.metric)
     common.check_output(o["output"], o["force"])
+    run = (state, cfg, model_opts, noise, val_opts)
     if labels_dir:
-        labels = read_box_labels(labels_dir[0])
-        if pseudo_opts.ratio is not None and labels.meta["data"].get("part") != "unlabeled":
-            raise DplError(f"--unlabeled-ratio mixes labeled and pseudo-labeled images, and {labels.path} labels no "
-                           "teacher's unlabeled part: this run has only pseudo-labeled ones")
-        sinks = common.run_records(o["output"], o["tensorboard"])
-        rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
-        record = labels.meta["data"]
-        full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
-        labeled_n, seed = _split_of(record, full)
-        pool = detect.part_of(full, labeled_n, seed, record.get("part", "all"))
-        labeled = detect.part_of(full, labeled_n, seed, "labeled") if record.get("part") == "unlabeled" else None
-        data, pseudo = detect.with_pseudo_boxes(labeled, pool, labels, 0.5 if o["min_confidence"] is None else o["min_confidence"])
-        common.say(f"dpl: distills on {pseudo['labeled_images']} labeled images and {pseudo['images_kept']} of "
-                   f"{pseudo['pool_images']} pseudo-labeled images ({pseudo['boxes_kept']} of {pseudo['boxes_stored']} "
-                   f"pseudo-boxes score at least {pseudo['min_confidence']:g})")
-        test = _test_of(full, scenes.scene_spec_of(record), o["resize"], o["download"])
-        parents = [{"role": "labels", "path": str(labels.path), "sha256": labels.sha256}]
-        with common.TrainingProgress("distill detector", sinks) as progress:
-            result = detect.distill_pseudo(data, pseudo["labeled_images"], test, model_opts, noise, pseudo_opts, cfg,
-                                           rt, on_progress=progress, resume=state, parents=parents,
-                                           detect={"distill": "pseudo-boxes", **pseudo, **pseudo_opts.record()})
-        return common.write_result(o["output"], result, state, o["keep_state"])
+        result = _from_pseudo_boxes(o, labels_dir[0], pseudo_opts, *run)
+    else:
+        result = _from_teacher(o, teachers[0], *run)
+    common.write_result(o["output"], result, state, o["keep_state"])
+
+
+def _refuse_the_other_way(o: dict, offline: bool) -> None:
+    """Offline distillation (--labels) and online (--teacher) each refuse the other's options."""
+    if offline and o["labeled"] is not None:
+        raise DplError("--labeled cannot apply to --labels: the labeled part is the one the pseudo-boxes' teacher "
+                       "was taught on (its label folder records the split)")
+    if not offline and o["min_confidence"] is not None:
+        raise DplError("--min-confidence selects stored pseudo-boxes (--labels); a live --teacher has none")
+    if not offline and (o["unlabeled_ratio"] is not None or o["unlabeled_weight"] is not None):
+        raise DplError("--unlabeled-ratio and --unlabeled-weight weigh stored pseudo-boxes (--labels); a live "
+                       "--teacher has none")
+    if offline and any(o[k] is not None for k in ONLINE_ONLY):
+        raise DplError("--alpha, --tau, --feature-loss, --bound-weight, --bound-margin and --background-weight are "
+                       "Chen et al.'s terms of a live --teacher; --labels trains on stored pseudo-boxes")
+
+
+def _from_pseudo_boxes(o: dict, folder: Path, pseudo_opts: detect.PseudoOptions, state, cfg, model_opts, noise,
+                       val_opts):
+    """The offline student: the true boxes of the labeled part, the pseudo-boxes of the rest."""
+    labels = read_box_labels(folder)
+    if pseudo_opts.ratio is not None and labels.meta["data"].get("part") != "unlabeled":
+        raise DplError(f"--unlabeled-ratio mixes labeled and pseudo-labeled images, and {labels.path} labels no "
+                       "teacher's unlabeled part: this run has only pseudo-labeled ones")
+    sinks = common.run_records(o["output"], o["tensorboard"])
+    rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+    record = labels.meta["data"]
+    full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
+    labeled_n, seed = _split_of(record, full)
+    pool = detect.part_of(full, labeled_n, seed, record.get("part", "all"))
+    labeled = detect.part_of(full, labeled_n, seed, "labeled") if record.get("part") == "unlabeled" else None
+    if labeled is None and o["val"] is not None:
+        raise DplError(f"--val holds out labeled images, and {labels.path} labels no teacher's unlabeled part: "
+                       "this run has no labeled ones")
+    labeled, val = labeled.held_out(o["val"], seed) if labeled is not None else (None, None)
+    min_confidence = 0.5 if o["min_confidence"] is None else o["min_confidence"]
+    data, pseudo = detect.with_pseudo_boxes(labeled, pool, labels, min_confidence)
+    common.say(f"dpl: distills on {pseudo['labeled_images']} labeled images and {pseudo['images_kept']} of "
+               f"{pseudo['pool_images']} pseudo-labeled images ({pseudo['boxes_kept']} of {pseudo['boxes_stored']} "
+               f"pseudo-boxes score at least {pseudo['min_confidence']:g})")
+    test = _test_of(full, scenes.scene_spec_of(record), o["resize"], o["download"])
+    parents = [{"role": "labels", "path": str(labels.path), "sha256": labels.sha256}]
+    with common.TrainingProgress("distill detector", sinks) as progress:
+        return detect.distill_pseudo(data, pseudo["labeled_images"], test, model_opts, noise, pseudo_opts, cfg, rt,
+                                     on_progress=progress, resume=state, parents=parents, val=val, val_opts=val_opts,
+                                     detect={"distill": "pseudo-boxes", **pseudo, **pseudo_opts.record()})
+
+
+def _from_teacher(o: dict, path: Path, state, cfg, model_opts, noise, val_opts):
+    """Chen et al.'s student of a live teacher detector, on the ground-truth boxes of the labeled part."""
     opts = detect.ChenOptions(
         soft_weight=1.0 if o["alpha"] is None else o["alpha"], tau=o["tau"] or 1.0,
         bound_weight=0.5 if o["bound_weight"] is None else o["bound_weight"],
@@ -246,7 +238,6 @@ def distill(o: dict) -> None:
         background_weight=1.5 if o["background_weight"] is None else o["background_weight"],
         hint_weight=(1.0 if o["feature_weight"] is None else o["feature_weight"]) if o["feature_loss"] else 0.0,
         rpn_weight=1.0 if o["alpha"] is None else o["alpha"])
-    path = teachers[0]
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     t_meta = artifacts.load_checkpoint(path, task=detect.TASK).meta
@@ -254,18 +245,16 @@ def distill(o: dict) -> None:
     full = data_of(record, o["data_spec"], o["resize"], o["download"], split=record.get("split", "train"))
     labeled_n, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else _split_of(record, full)
     data = detect.part_of(full, labeled_n, seed, "labeled" if labeled_n else "all")
+    data, val = data.held_out(o["val"], seed)
     test = _test_of(full, scenes.scene_spec_of(full.record), o["resize"], o["download"])
     _say_data(data)
     with common.TrainingProgress("distill detector (Chen et al.)", sinks) as progress:
-        result = detect.distill_online(data, test, path, model_opts, noise, opts, cfg, rt, on_progress=progress,
-                                       resume=state)
-    common.write_result(o["output"], result, state, o["keep_state"])
+        return detect.distill_online(data, test, path, model_opts, noise, opts, cfg, rt, on_progress=progress,
+                                     resume=state, val=val, val_opts=val_opts)
 
 
 # ---- eval ---------------------------------------------------------------------------------------------------
 
-EVAL_OPTIONS = ("checkpoints", "data_spec", "download", "resize", "batch_size", "device", "workers", "as_json", "config",
-                "ctx", "seeds")
 MAP_METRICS = ("map", "map50", "map75")
 
 
@@ -273,13 +262,6 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
     """dpl eval of detectors: COCO mAP@[.5:.95], mAP@0.5, mAP@0.75 and per-class AP (pycocotools) on the test split
     of their data (or --data), and detection speed in images/s (batched, inference_mode); --seeds groups repeated
     runs as for classifiers, mean ± std of the three mAPs."""
-    refused = common.given(ctx, *(p.name for p in ctx.command.params if p.name not in EVAL_OPTIONS))
-    if refused:
-        raise DplError(f"{o['checkpoints'][0]}: a detector is measured by mAP on data with boxes; "
-                       f"{', '.join(refused)} cannot apply")
-    for c in o["checkpoints"]:
-        if not is_detector(c):
-            raise DplError(f"{c}: not a detector; measure detectors and classifiers in separate dpl eval calls")
     rt = train.runtime(o["device"], workers=o["workers"])
     results, commands = [], []
     for path in o["checkpoints"]:
@@ -315,3 +297,28 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
         for name, ap in results[0]["per_class"].items():
             per.add_row(name, f"{ap:.4f}", f"{results[0]['per_class50'][name]:.4f}")
         common.stderr.print(per)
+
+
+def box_label_quality(ctx: typer.Context, o: dict) -> None:
+    """dpl eval of a box label folder (pseudo-boxes of dpl label, from a WSDDN model or a detector) against the
+    truth of the images it was made for, rebuilt from its metadata: precision/recall at IoU 0.5 per score
+    threshold, CorLoc, and mAP with the pseudo-boxes as detections (core.data.boxes.pseudo_box_quality)."""
+    folder, as_json = o["checkpoints"][0], o["as_json"]
+    labels = boxes.read_box_labels(folder)
+    record = labels.meta["data"]
+    split = scenes.parse_box_spec(record["spec"])[2] if scenes.is_box_spec(str(record.get("spec", ""))) else None
+    full = data_of(record, None, None, o["download"], split=split or record.get("split", "train"))
+    made = detect.part_of(full, record.get("labeled_images"), record.get("split_seed", 0), record.get("part", "all"))
+    if len(made) != len(labels) or made.record.get("fingerprint") != record.get("fingerprint"):
+        raise DplError(f"{folder}: its images ({record.get('spec')}, {len(labels)}) are not those rebuilt from its "
+                       f"metadata ({made.spec}, {len(made)}): the data has changed")
+    if not len(made.truth.labels):
+        raise DplError(f"{folder}: {made.spec} has no ground-truth boxes to measure its pseudo-boxes against")
+    quality = boxes.pseudo_box_quality(labels.boxes, made.truth.subset(labels.index), made.classes)
+    part = record.get("part", "all")
+    if as_json:
+        return common.print_json({"labels": str(folder), "data": made.spec, "part": part, **quality})
+    title = f"{folder} on {made.spec} ({part}, {quality['images']} images, {quality['boxes']} boxes)"
+    common.stderr.print(common.box_quality_table(quality["precision_recall"], title))
+    common.stderr.print(f"CorLoc {100 * quality['corloc']:.1f}, mAP@0.5 {100 * quality['map50']:.1f}, "
+                        f"mAP@[.5:.95] {100 * quality['map']:.1f} (%; the pseudo-boxes as detections)")

@@ -1,0 +1,46 @@
+"""The CLI side of the task table (core/tasks.py): the code that serves each command for each task.
+
+teach, label, distill and eval find the task of what they were given, and `dispatch` refuses the options that do not
+apply to it (core.tasks.refused: one wording everywhere) and calls the task's handler. A handler is
+`handler(ctx, options)`, `options` being the command's parameters by name. The handler modules import torch; this
+one does not, so `dpl COMMAND -h` stays instant.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+import typer
+
+from .. import common
+from ...core import DplError, tasks
+
+# task -> command -> "module:function" in this package
+HANDLERS: dict[str, dict[str, str]] = {
+    tasks.CLASSIFIER: {"teach": "classifier:teach", "label": "classifier:label", "distill": "classifier:distill",
+                       "eval": "classifier:evaluate"},
+    tasks.EXPERTS: {"label": "classifier:label", "distill": "classifier:distill_experts", "eval": "classifier:evaluate"},
+    tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
+                     "eval": "detector:evaluate"},
+    tasks.MIL: {"eval": "mil:evaluate"},
+    tasks.WSDDN: {"label": "wsddn:label", "eval": "wsddn:evaluate"},
+    tasks.LABELS: {"eval": "classifier:label_quality"},
+    tasks.BOX_LABELS: {"eval": "detector:box_label_quality"},
+}
+
+
+def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, about: Path | str | None = None):
+    """Hand `command` to `task`'s handler, after refusing what does not apply to it (`about`: the artifact or data
+    the refusal names first)."""
+    prefix = f"{about}: " if about is not None else ""
+    where = HANDLERS[task.name].get(command)
+    if where is None:
+        served = [tasks.TASKS[name].title for name, by in HANDLERS.items()
+                  if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS)]
+        raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: dpl {command} serves those")
+    message = tasks.refused(command, task, common.given_options(ctx))
+    if message:
+        raise DplError(prefix + message)
+    module, function = where.split(":")
+    return getattr(import_module(f".{module}", __package__), function)(ctx, options)

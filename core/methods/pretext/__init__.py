@@ -1,0 +1,35 @@
+"""Self-supervised pretraining (`dpl pretrain`): rotation, jigsaw, context prediction and SimCLR.
+
+Each task is a batch transform plus a head on the backbone's feature vector (the input of the model's final
+Linear, read by a forward pre-hook), trained by the one loop in `train.fit`. All transforms work on whole
+uint8 batches on the device, each sample drawing its own randomness. The checkpoint holds the model exactly
+as `teach` makes it; the task's head (and the jigsaw permutation set) is stored under the prefix `objective.`.
+
+    rotation  RotNet (Gidaris et al., ICLR'18): every image at 0/90/180/270 degrees, 4-way classification.
+    jigsaw    Noroozi & Favaro (ECCV'16): 3x3 tiles with gaps and jitter, shuffled by one of P permutations
+              of maximal Hamming distance; the tiles' concatenated embeddings predict the permutation.
+    context   Doersch et al. (ICCV'15): the centre patch and one of its 8 neighbours; the pair of embeddings
+              predicts the neighbour's position. Colour dropping defeats the chromatic-aberration shortcut.
+    simclr    Chen et al. (ICML'20): two views per image, projection head, NT-Xent over the 2N-2 negatives.
+
+    views.py     the transforms: jigsaw's permutations, the grid of tiles and patches, SimCLR's views
+    training.py  the tasks, their options, and `pretrain`
+
+The names callers use are re-exported here: `pretext.pretrain`, `pretext.TASKS`, ...
+"""
+
+from .training import (
+    NEIGHBOURS, TASKS, Context, GridTask, Jigsaw, Pretext, PretextOptions, Rotation, SimCLR, Task, mlp,
+    pretext_objective, pretrain,
+)
+from .views import (
+    GRID, MIN_TILE, Grid, Views, all_permutations, color_jitter, crop_patches, gaussian_blur, grid_for, grid_offsets,
+    maximal_hamming_permutations, min_grid_size, min_hamming, simclr_view,
+)
+
+__all__ = [
+    "GRID", "MIN_TILE", "NEIGHBOURS", "TASKS", "Context", "Grid", "GridTask", "Jigsaw", "Pretext", "PretextOptions",
+    "Rotation", "SimCLR", "Task", "Views", "all_permutations", "color_jitter", "crop_patches", "gaussian_blur",
+    "grid_for", "grid_offsets", "maximal_hamming_permutations", "min_grid_size", "min_hamming", "mlp",
+    "pretext_objective", "pretrain", "simclr_view",
+]

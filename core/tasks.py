@@ -1,0 +1,136 @@
+"""The tasks dpl serves, as one table: what each is called in refusals, which artifacts and data are its own,
+which options apply to it, and which validation metric `--keep best` maximizes.
+
+A command finds the task of what it was given (`of_data`, `of_checkpoint`, `of_folder`), refuses the options
+that do not apply to it (`refused`, the same wording from every command), and hands the rest to the task's code
+(cli/tasks.py holds the table of that code). Adding a task is a row here, its option rows, and its handlers
+there. Importing this module imports no torch: the CLI reads it before it knows it will train anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import DplError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str           # the `task` a checkpoint records ("classifier": none recorded)
+    title: str          # how a refusal names it: "a detector"
+    best: str = ""      # the validation metric `--keep best` maximizes (a key of the `val_` records); "": none
+    # command -> the only options (parameter names) that command takes for this task; the commands not listed
+    # take COMMON and every option that OPTIONS does not reserve for other tasks
+    only: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+# What every command takes whatever the task (unless a task's `only` says otherwise): how to run and print.
+COMMON = frozenset({"output", "config", "device", "workers", "force", "as_json", "download", "batch_size"})
+_MEASURE = frozenset({"checkpoints", "data_spec", "config", "device", "workers", "as_json", "download", "batch_size"})
+
+CLASSIFIER, EXPERTS, DETECTOR, MIL, WSDDN = "classifier", "experts", "detector", "mil", "wsddn"
+LABELS, BOX_LABELS = "labels", "box-labels"
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task(CLASSIFIER, "a classifier", best="top1"),
+    Task(EXPERTS, "a multi-head student (several --labels)", best="top1"),
+    Task(DETECTOR, "a detector", best="map",
+         only={"eval": _MEASURE | {"resize", "seeds"}}),
+    Task(MIL, "a multiple-instance (MIL) model", best="bag_auc", only={"eval": _MEASURE}),
+    Task(WSDDN, "a WSDDN model", best="corloc",
+         only={"eval": _MEASURE,
+               "label": COMMON | {"teacher", "data_spec", "shard_size", "present"}}),
+    # label folders are measured by `dpl eval` as models are: rows of the same table
+    Task(LABELS, "a label folder",
+         only={"eval": frozenset({"checkpoints", "download", "as_json", "allow_partial", "config"})}),
+    Task(BOX_LABELS, "a box label folder", only={"eval": frozenset({"checkpoints", "download", "as_json", "config"})}),
+)}
+
+_CLASSIFYING = frozenset({CLASSIFIER, EXPERTS})
+_BOXES = frozenset({DETECTOR, WSDDN})
+# Options that belong to some tasks only: (command or "*", option parameter name) -> the tasks that take it.
+OPTIONS: dict[tuple[str, str], frozenset[str]] = {
+    **{("*", o): _BOXES for o in ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes",
+                                  "scene_seed")},
+    **{("*", o): frozenset({DETECTOR}) for o in ("scale_jitter", "bound_weight", "bound_margin", "background_weight")},
+    **{("*", o): _CLASSIFYING for o in (
+        "labeled_per_class", "val_per_class", "label_smoothing", "crop", "stream", "dropout",
+        # distill's classifier terms and label-folder handling
+        "labeled_data", "loss", "dkd_alpha", "dkd_beta", "loss_warmup_epochs", "student_layer", "teacher_layer",
+        "crd_queue", "crd_dim", "crd_tau", "hard", "balance", "allow_partial",
+        # eval's probes and heads
+        "linear_probe", "layer", "knn", "head")},
+    **{("label", o): _CLASSIFYING for o in ("ensemble", "soft", "topk", "tau")},
+    # a multi-head student learns each expert's labels on every image of the pool they label
+    **{("distill", o): frozenset({CLASSIFIER}) for o in ("labeled_data", "labeled_per_class", "val_per_class")},
+    **{("distill", o): frozenset({CLASSIFIER, DETECTOR}) for o in ("teacher", "labeled", "val", "val_every", "keep")},
+    ("distill", "head_names"): frozenset({EXPERTS}),
+    ("*", "present"): frozenset({WSDDN}),
+}
+
+
+def applies(command: str, task: Task, option: str) -> bool:
+    """Whether `option` (a parameter name) of `command` applies to `task`."""
+    if command in task.only:
+        return option in task.only[command]
+    if option in COMMON:
+        return True
+    owners = OPTIONS.get((command, option), OPTIONS.get(("*", option)))
+    return owners is None or task.name in owners
+
+
+def refused(command: str, task: Task, given: dict[str, str]) -> str | None:
+    """The one-line refusal of the options given (parameter name -> flag as typed) that do not apply to `task`;
+    None when all apply."""
+    flags = [flag for name, flag in given.items() if not applies(command, task, name)]
+    if not flags:
+        return None
+    return f"{', '.join(flags)} cannot apply to {task.title}"
+
+
+def of_data(spec: str | None) -> Task:
+    """The task a training command serves on data `spec`: a detector on data with boxes, else a classifier."""
+    from .data.scenes import is_box_spec
+
+    return TASKS[DETECTOR if spec is not None and is_box_spec(spec) else CLASSIFIER]
+
+
+def of_checkpoint(path: Path) -> Task:
+    """The task of a checkpoint file: the `task` it records, a multi-head student by its heads; a classifier for
+    anything unreadable (its reader then says why)."""
+    from . import artifacts
+
+    try:
+        meta = artifacts.read_header(Path(path), kind="checkpoint").meta if Path(path).is_file() else {}
+    except DplError:
+        meta = {}
+    name = meta.get("task") or (EXPERTS if meta.get("heads") else CLASSIFIER)
+    if name not in TASKS:
+        raise DplError(f"{path}: a checkpoint of task {name!r}, which this dpl does not know")
+    return TASKS[name]
+
+
+def of_folder(path: Path) -> Task:
+    """The task of a label folder: box labels (pseudo-boxes) or class labels."""
+    from .data.boxes import is_box_folder
+
+    return TASKS[BOX_LABELS if is_box_folder(Path(path)) else LABELS]
+
+
+def of_artifact(path: Path) -> Task:
+    return of_folder(path) if Path(path).is_dir() else of_checkpoint(path)
+
+
+def same_task(command: str, paths: list[Path]) -> Task:
+    """The one task of several artifacts given together: that of the first one that is not a classifier (a
+    classifier and a multi-head student go together); an artifact of another task is refused by name."""
+    folder = next((p for p in paths if Path(p).is_dir()), None)
+    if folder is not None and len(paths) > 1:
+        raise DplError(f"{folder} is a folder: a label folder is measured alone, not beside checkpoints")
+    found = [(p, of_artifact(p)) for p in paths]
+    task = next((t for _, t in found if t.name not in _CLASSIFYING), found[0][1])
+    for path, other in found:
+        if other.name != task.name and not {other.name, task.name} <= _CLASSIFYING:
+            raise DplError(f"{path}: {other.title}, not {task.title}; give them to separate dpl {command} calls")
+    return task
