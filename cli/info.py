@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import common
-from ..core import DplError, tasks
+from ..core import DplError, catalog, tasks
 
 artifacts = common.lazy("dpl.core.artifacts")
 boxes = common.lazy("dpl.core.data.boxes")
@@ -27,7 +27,7 @@ def info_command(
 ):
     """Show what an artifact is and where it came from, or the layers of a model."""
     if archs:
-        return _show({"archs": list(models.REGISTRY)}, as_json, lambda r: "\n".join(r["archs"]))
+        return _show({"archs": list(catalog.ARCHS)}, as_json, lambda r: "\n".join(r["archs"]))
     if target is None:
         raise DplError("give an artifact path, or --layers ARCH, or --archs")
     if layers:

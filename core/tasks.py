@@ -23,6 +23,7 @@ class Task:
     # command -> the only options (parameter names) that command takes for this task; the commands not listed
     # take COMMON and every option that OPTIONS does not reserve for other tasks
     only: dict[str, frozenset[str]] = field(default_factory=dict)
+    why: str = ""       # said after a refusal where the title alone does not say why
 
 
 # What every command takes whatever the task (unless a task's `only` says otherwise): how to run and print.
@@ -42,7 +43,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          only={"eval": _MEASURE,
                "label": COMMON | {"teacher", "data_spec", "shard_size", "present"}}),
     # label folders are measured by `dpl eval` as models are: rows of the same table
-    Task(LABELS, "a label folder",
+    Task(LABELS, "a label folder", why="it is measured on the data it was made for and has no backbone to probe; "
+                                       "give a checkpoint",
          only={"eval": frozenset({"checkpoints", "download", "as_json", "allow_partial", "config"})}),
     Task(BOX_LABELS, "a box label folder", only={"eval": frozenset({"checkpoints", "download", "as_json", "config"})}),
 )}
@@ -86,7 +88,7 @@ def refused(command: str, task: Task, given: dict[str, str]) -> str | None:
     flags = [flag for name, flag in given.items() if not applies(command, task, name)]
     if not flags:
         return None
-    return f"{', '.join(flags)} cannot apply to {task.title}"
+    return f"{', '.join(flags)} cannot apply to {task.title}" + (f": {task.why}" if task.why else "")
 
 
 def of_data(spec: str | None) -> Task:
