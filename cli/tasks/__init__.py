@@ -20,7 +20,8 @@ from ...core import DplError, tasks
 HANDLERS: dict[str, dict[str, str]] = {
     tasks.CLASSIFIER: {"teach": "classifier:teach", "label": "classifier:label", "distill": "classifier:distill",
                        "eval": "classifier:evaluate"},
-    tasks.EXPERTS: {"label": "classifier:label", "distill": "classifier:distill_experts", "eval": "classifier:evaluate"},
+    tasks.EXPERTS: {"label": "classifier:label", "distill": "classifier:distill_experts",
+                    "eval": "classifier:evaluate"},
     tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
                      "eval": "detector:evaluate"},
     tasks.MIL: {"eval": "mil:evaluate"},
@@ -38,7 +39,8 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
     if where is None:
         served = [tasks.TASKS[name].title for name, by in HANDLERS.items()
                   if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS)]
-        raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: dpl {command} serves those")
+        raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: "
+                       f"dpl {command} serves those")
     message = tasks.refused(command, task, common.given_options(ctx))
     if message:
         raise DplError(prefix + message)

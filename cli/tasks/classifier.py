@@ -22,57 +22,63 @@ def teach(ctx: typer.Context, o: dict) -> None:
     resize = o["resize"]
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
     cfg, model_opts, noise = common.train_config(o), common.model_options(o), common.noise_options(o)
-    opts, val_opts, held = supervised.TeachOptions(label_smoothing=o["label_smoothing"]), common.val_options(o), common.holdout(o)
+    opts = supervised.TeachOptions(label_smoothing=o["label_smoothing"])
+    val_opts, held = common.val_options(o), common.holdout(o)
     common.check_output(o["output"], o["force"])
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     split = common.partition(o)
+    # image files are decoded at the size of the checkpoint training starts from
     if resize is None and o["init"] is not None and data.is_image_files(o["data_spec"]):
-        resize = artifacts.read_header(o["init"], kind="checkpoint").meta["input"]["size"]   # image files: the init's size
-    ds = data.load(o["data_spec"], partition=split, part=o["part"] or ("labeled" if split.active else "all"), download=o["download"],
-                   resize=resize, stream=o["stream"], check_all=True, workers=o["workers"])
+        resize = artifacts.read_header(o["init"], kind="checkpoint").meta["input"]["size"]
+    ds = data.load(o["data_spec"], partition=split, part=o["part"] or ("labeled" if split.active else "all"),
+                   download=o["download"], resize=resize, stream=o["stream"], check_all=True, workers=o["workers"])
     common.say_source(ds)
     ds, val_ds = data.hold_out(ds, held)
     with common.TrainingProgress("teach", sinks) as progress:
-        result = supervised.teach(ds, common.test_split(ds), model_opts, noise, cfg, rt, opts, on_progress=progress, resume=state,
-                       val=val_ds, val_opts=val_opts)
+        result = supervised.teach(ds, common.test_split(ds), model_opts, noise, cfg, rt, opts, on_progress=progress,
+                                  resume=state, val=val_ds, val_opts=val_opts)
     common.write_result(o["output"], result, state, o["keep_state"])
 
 
 def label(ctx: typer.Context, o: dict) -> None:
     """dpl label with a classifier (an ensemble, or each head of a multi-head student): label shards of the
     unlabeled part (or the whole split), with their accuracy where the data has labels."""
+    output, resume = o["output"], o["resume"]
     teachers = list(o["teacher"]) + list(o["ensemble"] or [])
     rank, world = distributed.shard_of(o["shard"])
     first = artifacts.read_header(teachers[0], kind="checkpoint")
     heads = _heads_of(teachers, first, o["head"])
     if heads:
-        artifacts.check_writable(o["output"])
-        if o["output"].exists() and not o["output"].is_dir():
-            raise DplError(f"{o['output']} is a file, not a folder for the heads' label folders")
-        mine = [s for name in heads for s in common.own_shards(o["output"] / name, rank, world, o["force"], o["resume"], check=False)]
+        artifacts.check_writable(output)
+        if output.exists() and not output.is_dir():
+            raise DplError(f"{output} is a file, not a folder for the heads' label folders")
+        mine = [s for name in heads
+                for s in common.own_shards(output / name, rank, world, o["force"], resume, check=False)]
     else:
-        mine = common.own_shards(o["output"], rank, world, o["force"], o["resume"])
-    opts = labeling.LabelOptions(mode="hard" if not o["soft"] else ("topk" if o["topk"] else "soft"), topk=o["topk"], tau=o["tau"],
-                        shard_size=o["shard_size"], batch_size=o["batch_size"])
+        mine = common.own_shards(output, rank, world, o["force"], resume)
+    opts = labeling.LabelOptions(mode="hard" if not o["soft"] else ("topk" if o["topk"] else "soft"), topk=o["topk"],
+                                 tau=o["tau"], shard_size=o["shard_size"], batch_size=o["batch_size"])
     spec, split, size = common.data_of(first.meta, o["data_spec"], common.partition(o), o["resize"])
-    ds = data.load(spec, partition=split, part=o["part"] or ("unlabeled" if split.active else "all"), download=o["download"],
-                   resize=size, channels=first.meta.get("input", {}).get("channels"), stream=o["stream"], workers=o["workers"])
+    ds = data.load(spec, partition=split, part=o["part"] or ("unlabeled" if split.active else "all"),
+                   download=o["download"], resize=size, channels=first.meta.get("input", {}).get("channels"),
+                   stream=o["stream"], workers=o["workers"])
     common.say_inherited("labels", f"the teacher {teachers[0]}", first.meta, o["data_spec"], common.partition(o),
                          o["resize"], ds)
     common.say_source(ds)
     rt = train.runtime(o["device"], workers=o["workers"])
-    stale = mine if o["force"] and not o["resume"] else []
+    stale = mine if o["force"] and not resume else []
     with common.TrainingProgress("label") as progress:
         if heads:
-            done = labeling.label_heads(teachers[0], heads, ds, opts, rt, o["output"], rank, world, o["resume"], stale, progress)
+            done = labeling.label_heads(teachers[0], heads, ds, opts, rt, output, rank, world, resume, stale, progress)
         else:
-            done = labeling.label(teachers, ds, opts, rt, o["output"], rank, world, o["resume"], replace=stale, on_progress=progress)
+            done = labeling.label(teachers, ds, opts, rt, output, rank, world, resume, replace=stale,
+                                  on_progress=progress)
     if o["as_json"]:
-        common.print_json({"path": str(o["output"]), "heads": done} if heads else {"path": str(o["output"]), **done})
+        common.print_json({"path": str(output), "heads": done} if heads else {"path": str(output), **done})
     elif rank == 0 or o["shard"] is not None:       # under torchrun only rank 0 speaks; --shard jobs each do
         for d in done if heads else [done]:
-            _report(Path(d["folder"]) if heads else o["output"], d, ds, f" by head {d['head']}" if heads else "")
+            _report(Path(d["folder"]) if heads else output, d, ds, f" by head {d['head']}" if heads else "")
 
 
 def _heads_of(teachers: list[Path], first: artifacts.Header, chosen: list[str] | None) -> list[str]:
@@ -106,10 +112,10 @@ def _distill_setup(o: dict):
     """What both distill handlers build first, every option checked before any work."""
     state = common.resume_spec("distill", o, o["resume"], o["save_every"])
     cfg, model_opts, noise = common.train_config(o), common.model_options(o), common.noise_options(o)
-    opts = distillation.DistillOptions(loss=o["loss"], tau=o["tau"], alpha=o["alpha"], unlabeled_weight=o["unlabeled_weight"],
-                          unlabeled_ratio=o["unlabeled_ratio"], hard=o["hard"], min_confidence=o["min_confidence"],
-                          balance=o["balance"], dkd_alpha=o["dkd_alpha"], dkd_beta=o["dkd_beta"],
-                          loss_warmup_epochs=o["loss_warmup_epochs"])
+    opts = distillation.DistillOptions(
+        loss=o["loss"], tau=o["tau"], alpha=o["alpha"], unlabeled_weight=o["unlabeled_weight"],
+        unlabeled_ratio=o["unlabeled_ratio"], hard=o["hard"], min_confidence=o["min_confidence"], balance=o["balance"],
+        dkd_alpha=o["dkd_alpha"], dkd_beta=o["dkd_beta"], loss_warmup_epochs=o["loss_warmup_epochs"])
     features = FeatureOptions(loss=o["feature_loss"], weight=o["feature_weight"],
                               student_layers=tuple(o["student_layer"] or ()),
                               teacher_layers=tuple(o["teacher_layer"] or ()), crd_queue=o["crd_queue"],
@@ -136,7 +142,8 @@ def distill(ctx: typer.Context, o: dict) -> None:
     teacher_meta = _teacher_data(labels, spec) if separate and o["labeled_data"] is None else None
     if separate and (o["labeled_data"] or teacher_meta):
         # Noisy Student proper: the labeled source and the unlabeled pool are two sources.
-        labeled_spec, labeled_split, _ = common.data_of(teacher_meta or {}, o["labeled_data"], common.partition(o), None)
+        labeled_spec, labeled_split, _ = common.data_of(teacher_meta or {}, o["labeled_data"], common.partition(o),
+                                                        None)
         labeled_ds = data.load(labeled_spec, partition=labeled_split, part="labeled" if labeled_split.active else "all",
                                check_all=True, **load)
         pseudo_ds = data.load(spec, **load)
@@ -151,7 +158,8 @@ def distill(ctx: typer.Context, o: dict) -> None:
     else:
         labeled_ds, pseudo_ds = data.load(spec, check_all=True, **load), None
     if not separate:
-        common.say_inherited("distills on", f"the labels {labels_dir}" if labels is not None else f"the teacher {teachers[0]}",
+        common.say_inherited("distills on",
+                             f"the labels {labels_dir}" if labels is not None else f"the teacher {teachers[0]}",
                              source, o["data_spec"], common.partition(o), o["resize"], pseudo_ds or labeled_ds)
     common.say_source(labeled_ds, "labeled ")
     common.say_source(pseudo_ds, "pseudo-labeled ")
@@ -209,7 +217,8 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
     results = [r for r, _, _ in measured]
     common.flush_notes()
     if o["seeds"]:
-        groups = metrics.seed_groups(results, [run_identity(c, r) for c, r in zip(loaded, results)], common.SEED_VARIANTS)
+        identities = [run_identity(c, r) for c, r in zip(loaded, results)]
+        groups = metrics.seed_groups(results, identities, common.SEED_VARIANTS)
         if o["as_json"]:
             common.print_json({"results": results, "groups": groups})
         else:

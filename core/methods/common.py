@@ -71,8 +71,8 @@ class ValOptions:
         return self.measured(measure if val is not None else None)
 
     def measured(self, measure: Callable[[], dict] | None, logged: tuple[str, ...] | None = None) -> Validation | None:
-        """The validation of any task: `measure()` gives its figures (`logged`, by default the classifier's),
-        among them `metric`; None without held-out data, which --keep best refuses."""
+        """The validation of any task: `measure()` gives its figures, of which `fit` logs `logged` (by default
+        the classifier's), among them `metric`; None without held-out data, which --keep best refuses."""
         if measure is None:
             if self.keep == "best":
                 raise DplError(f"--keep best picks an epoch by its validation {self.metric}: give --val"

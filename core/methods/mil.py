@@ -160,10 +160,7 @@ def train_mil(train_bags: Bags, model_opts: ModelOptions, noise_opts: NoiseOptio
 
 def validation_of(net: MilNet, val: Bags | None, input_meta: dict, rt: Runtime, val_opts: ValOptions):
     """Bag AUC and accuracy of held-out bags, for --val and --keep best."""
-    def measured() -> dict:
-        found = measure(net, val, input_meta, rt)
-        return {k: found[k] for k in VAL_FIGURES}
-    return val_opts.measured(measured if val is not None else None, VAL_FIGURES)
+    return val_opts.measured((lambda: measure(net, val, input_meta, rt)) if val is not None else None, VAL_FIGURES)
 
 
 def check_trainable(bags: Bags) -> None:

@@ -189,9 +189,7 @@ def measure(model: nn.Module, images: torch.Tensor, truth: Boxes, classes: list[
 def validation_of(model: nn.Module, val: BoxData | None, input_meta: dict, rt: Runtime,
                   val_opts: ValOptions) -> Validation | None:
     """mAP@[.5:.95], @.5 and @.75 of held-out images with boxes, for --val and --keep best."""
-    def measured() -> dict:
-        found = measure(model, val.images, val.truth, val.classes, input_meta, rt)
-        return {k: found[k] for k in MAP_FIGURES}
+    measured = lambda: measure(model, val.images, val.truth, val.classes, input_meta, rt)     # noqa: E731
     return val_opts.measured(measured if val is not None and len(val) else None, MAP_FIGURES)
 
 

@@ -104,7 +104,7 @@ def measure(net: Wsddn, train_data: BoxData | None, test: BoxData | None, input_
     proposals, vote = net.proposals.cpu(), net.vote
     refined = len(net.refine) > 0
     if train_data is not None:
-        x, y, s_cls, readout = predict(net, train_data, input_meta, rt, batch_size)
+        x, y, s_cls, readout = train_predicted = predict(net, train_data, input_meta, rt, batch_size)
         found.update(corloc=corloc(top_boxes(readout, proposals, vote=vote), train_data.truth),
                      whole_image_corloc=corloc(whole_image(y, train_data.shape[1:]), train_data.truth),
                      objectness_corloc=corloc(top_boxes(s_cls, proposals, vote=vote), train_data.truth),
@@ -115,7 +115,9 @@ def measure(net: Wsddn, train_data: BoxData | None, test: BoxData | None, input_
                         if vote < 1 else {}),
                      corloc_images=len(train_data), corloc_spec=train_data.spec)
     if test is not None:
-        x, y, s_cls, readout = predict(net, test, input_meta, rt, batch_size)
+        # the same images (validation, eval --data): their prediction is the one made for CorLoc
+        x, y, s_cls, readout = (train_predicted if test is train_data
+                                else predict(net, test, input_meta, rt, batch_size))
         for name, pred in (("", detections(readout, proposals, vote=vote)),
                            ("whole_image_", whole_image(y, test.shape[1:])),
                            ("objectness_", detections(s_cls, proposals, vote=vote)),

@@ -100,7 +100,5 @@ def train_wsddn(train_data: BoxData, model_opts: ModelOptions, noise_opts: Noise
 
 def validation_of(net: Wsddn, val: BoxData | None, input_meta: dict, rt: Runtime, val_opts: ValOptions):
     """CorLoc (and mAP@.5, mAP, the boxes being known) of held-out images, for --val and --keep best."""
-    def measured() -> dict:
-        found = measure(net, val, val, input_meta, rt)
-        return {k: found[k] for k in VAL_FIGURES}
-    return val_opts.measured(measured if val is not None else None, VAL_FIGURES)
+    return val_opts.measured((lambda: measure(net, val, val, input_meta, rt)) if val is not None else None,
+                             VAL_FIGURES)
