@@ -15,15 +15,15 @@ import functools
 import importlib
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 
-from ..core import DplError, Interrupted, RunError, catalog
+from ..core import DplError, Interrupted, RunError, catalog, tasks, textfiles
 
 
 class _Lazy:
@@ -79,7 +79,11 @@ def fail(message: str, code: int = 2):
 
 
 def guarded(func):
-    """Bad input -> one line and exit 2; a failed run -> exit 1; Ctrl-C -> exit 130. Never a traceback."""
+    """Bad input -> one line and exit 2; a failed run -> exit 1; Ctrl-C -> exit 130. Never a traceback. Input too
+    large for the machine (MemoryError) or nested without end (RecursionError) is bad input that no check caught
+    before: one line naming the command, exit 2."""
+    command = ("plot " if func.__module__.endswith(".plot") else "") + func.__name__.removesuffix("_command")
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -94,6 +98,16 @@ def guarded(func):
         except KeyboardInterrupt:
             sys.stderr.write("dpl: interrupted; no output was written\n")
             raise typer.Exit(130) from None
+        except MemoryError:
+            fail(f"dpl {command}: out of memory: an input, a count or --batch-size is too large for this machine")
+        except RecursionError:
+            fail(f"dpl {command}: an input is nested too deeply to be read")
+        except RuntimeError as e:       # torch's allocators say so with a RuntimeError (OutOfMemoryError on a GPU)
+            tried = re.search(r"tried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", str(e))
+            if not (type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)):
+                raise
+            fail(f"dpl {command}: out of memory{f' (tried to allocate {tried[1]})' if tried else ''}: an input, a "
+                 f"count or --batch-size is too large for this machine")
         finally:
             _notes.clear()
             distributed.teardown()
@@ -138,21 +152,19 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
     if value is None:
         return value
     try:
-        loaded = yaml.safe_load(Path(value).read_text())
-    except OSError as e:
-        raise typer.BadParameter(f"{value}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise typer.BadParameter(f"{value}: not valid YAML ({str(e).splitlines()[0]})") from None
+        loaded = textfiles.read_yaml(value, "--config file")
+    except DplError as e:
+        fail(f"--config {e}")
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
-        raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
+        fail(f"--config {value}: expected a mapping of option names to values, found {type(loaded).__name__}")
     known = {p.name for p in ctx.command.params}
     config = {}
     for key, v in loaded.items():
         name = str(key).lstrip("-").replace("-", "_")
         if name not in known or name == "config":
-            raise typer.BadParameter(f"{value}: unknown option {key!r} for dpl {ctx.command.name}")
+            fail(f"--config {value}: unknown option {str(key)[:80]!r} for dpl {ctx.command.name}")
         config[name] = ",".join(map(str, v)) if name == "randaugment" and isinstance(v, list) else v
     ctx.default_map = {**(ctx.default_map or {}), **config}
     return value
@@ -283,7 +295,9 @@ def train_config(o: dict) -> train.TrainConfig:
     return cfg
 
 
-def model_options(o: dict) -> methods_common.ModelOptions:
+def model_options(o: dict, task: str, command: str) -> methods_common.ModelOptions:
+    """The model a training command builds, its --arch checked against the task it trains (tasks.check_arch)."""
+    tasks.check_arch(o["arch"], task, command)
     return methods_common.ModelOptions(arch=o["arch"], dropout=o.get("dropout", 0.0), stochastic_depth=o.get("stochastic_depth", 0.0),
                              init=o.get("init"), pretrained=o.get("pretrained", False))
 
@@ -296,13 +310,14 @@ def partition(o: dict) -> data.Partition:
     return data.Partition(labeled_per_class=o["labeled_per_class"], labeled=o["labeled"], seed=o["split_seed"])
 
 
-def data_of(meta: dict, data_spec: str | None, split: data.Partition,
-            resize: int | None) -> tuple[str, data.Partition, int | None]:
-    """Default to the data (partition, --resize) an artifact was made from, so pipelines name the same samples."""
+def data_of(meta: dict, data_spec: str | None, split: data.Partition, resize: int | None,
+            about: Path | str = "the artifact") -> tuple[str, data.Partition, int | None]:
+    """Default to the data (partition, --resize) an artifact (`about`) was made from, so pipelines name the same
+    samples."""
     made = meta.get("data", {})
     if str(made.get("spec", "")).partition(":")[0] in ("scenes", "coco"):     # data with boxes (core.scenes)
-        raise DplError(f"made from {made['spec']}, data with boxes: a {meta.get('task', 'detection')} model or its "
-                       "pseudo-boxes, not a classifier or its labels")
+        raise DplError(f"{about}: made from {made['spec']}, data with boxes: a {meta.get('task', 'detection')} "
+                       f"model or its pseudo-boxes, not a classifier or its labels")
     same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
     if data_spec is None:
         data_spec = made.get("spec", "digits")
@@ -521,7 +536,16 @@ def flush_notes() -> None:
     _notes.clear()
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_output(path: Path, force: bool, inputs: dict | None = None) -> None:
+    """Refuse an output that exists (without --force), is a folder, cannot be written, or is one of the command's
+    inputs (`inputs`: its options; every path among their values): --force replaces outputs, never inputs."""
+    for name, value in (inputs or {}).items():
+        if name == "output":
+            continue
+        for given in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(given, Path) and given.exists() and path.exists() and given.samefile(path):
+                raise DplError(f"{path} is also an input (given as {name.replace('_', '-')}); write the output "
+                               f"elsewhere")
     if path.exists() and not force:
         raise DplError(f"{path} exists; pass --force to replace it")
     if path.is_dir():
@@ -663,12 +687,15 @@ SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True,
 
 
 def seed_table(groups: list[dict], data_spec: str, metrics: tuple[str, ...]) -> tables.Table:
-    """A row per group of runs that differ only in their seed (core.evaluate.seed_groups): mean ± sample std."""
+    """A row per group of runs that differ only in their seed (core.evaluate.seed_groups): mean ± sample std; a
+    group of one run shows its figure alone (one run has no spread), and the caption says so."""
     table = tables.Table(title=f"on {data_spec}, runs grouped by command (mean ± std over seeds)")
+    if any(g["n"] == 1 for g in groups):
+        table.caption = "n = 1: one run, its figure alone (a spread needs two seeds or more)"
     for col in ("command", "n", "seeds", *metrics):
         table.add_column(col, justify="left" if col in ("command", "seeds") else "right")
     for g in groups:
         table.add_row(" ".join(g["command"]) if g["command"] else g["checkpoints"][0], str(g["n"]),
                       ", ".join("-" if s is None else str(s) for s in g["seeds"]),
-                      *(f"{g[f'{m}_mean']:.4f} ± {g[f'{m}_std']:.4f}" for m in metrics))
+                      *(f"{g[f'{m}_mean']:.4f}" + ("" if g["n"] == 1 else f" ± {g[f'{m}_std']:.4f}") for m in metrics))
     return table

@@ -87,7 +87,8 @@ def distill_command(
     Pseudo-labels: label folders from dpl label (--labels, offline: the teacher is not run); a live teacher:
     checkpoints run beside the student (--teacher, online KD)."""
     options = dict(locals())
-    return dispatch("distill", distill_task(teacher or [], labels_dir or []), ctx, options)
+    given = [*(labels_dir or []), *(teacher or [])]
+    return dispatch("distill", distill_task(teacher or [], labels_dir or []), ctx, options, given[0] if given else None)
 
 
 def distill_task(teachers: list[Path], folders: list[Path]) -> tasks.Task:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import common
+from ..core import tasks
 
 artifacts, data, train = common.artifacts, common.data, common.train
 hints = common.lazy("dpl.core.methods.hint")
@@ -40,13 +41,14 @@ def hint_command(
     partition every sample of the split is used)."""
     options = common.options_of(locals())
     state = common.resume_spec("hint", options, shared["resume"], shared["save_every"])
-    cfg, model_opts, noise = common.train_config(options), common.model_options(options), common.noise_options(options)
+    cfg, noise = common.train_config(options), common.noise_options(options)
+    model_opts = common.model_options(options, tasks.CLASSIFIER, "hint")
     opts = hints.HintOptions(hint_layer=hint_layer, guided_layer=guided_layer)
-    common.check_output(output, shared["force"])
+    common.check_output(output, shared["force"], options)
     sinks = common.run_records(output, shared["tensorboard"])
     rt = train.runtime(shared["device"], workers=shared["workers"])
     teacher_meta = artifacts.read_header(teacher, kind="checkpoint").meta
-    spec, split, size = common.data_of(teacher_meta, data_spec, common.partition(options), resize)
+    spec, split, size = common.data_of(teacher_meta, data_spec, common.partition(options), resize, teacher)
     ds = data.load(spec, partition=split, part=part or "all", download=download, resize=size, check_all=True)
     common.say_inherited("hints on", f"the teacher {teacher}", teacher_meta, data_spec, common.partition(options),
                          resize, ds)

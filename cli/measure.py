@@ -100,8 +100,13 @@ def measure(path: Path, ckpt: artifacts.Checkpoint, o: MeasureOptions, rt: train
             raise DplError(f"{path}: the test data of head {head['name']!r} is unknown (its expert's checkpoint was "
                            f"gone when it was trained): give --head {head['name']} --data SPEC")
         size = o.resize or ckpt.input["size"]
-    ds = data.load(spec, default_split="test", partition=split, part=o.part or "all", download=o.download,
-                   resize=size, channels=ckpt.input["channels"], stream=o.stream, workers=o.workers)
+    try:
+        ds = data.load(spec, default_split="test", partition=split, part=o.part or "all", download=o.download,
+                       resize=size, channels=ckpt.input["channels"], stream=o.stream, workers=o.workers)
+    except DplError as e:
+        if o.data_spec or str(path) in str(e):
+            raise
+        raise DplError(f"{path}: its recorded test data {spec}: {e}") from None
     common.say_source(ds)
     if head is None:
         objectives.check_input(ckpt, ds, path)

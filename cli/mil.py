@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, catalog
+from ..core import DplError, catalog, tasks
 
 data, train = common.data, common.train
 bag_data, mil = common.lazy("dpl.core.data.bags"), common.lazy("dpl.core.methods.mil")
@@ -40,11 +40,11 @@ def mil_command(
         help=f"{', '.join(catalog.POOLINGS)}: attention weights softmax(w^T tanh(V h)), gated attention "
              "softmax(w^T (tanh(V h) * sigm(U h))) (Ilse et al. 2018), or the max or mean of instance logits.",
         autocompletion=common.completer(catalog.POOLINGS), rich_help_panel=common.Panel.MIL)] = "attention",
-    attention_dim: Annotated[int, typer.Option(help="attention, gated: hidden width of the attention (V, U).", rich_help_panel=common.Panel.MIL)] = 128,
+    attention_dim: Annotated[int, typer.Option(min=1, max=65536, help="attention, gated: hidden width of the attention (V, U).", rich_help_panel=common.Panel.MIL)] = 128,
     download: common.Download = False,
     resize: common.Resize = None,
     arch: common.Arch = "cnn-m",
-    bag_batch: Annotated[int, typer.Option(
+    bag_batch: Annotated[int, typer.Option(min=1,
         help="Bags per step (per rank): their instances go through the encoder together, and the bags' scores are "
              "padded to the largest with a mask.", rich_help_panel=common.Panel.OPTIMIZATION)] = 16,
     val: common.Val = None,
@@ -80,8 +80,8 @@ def mil_command(
     opts = mil.MilOptions(pooling=pooling, attention_dim=attention_dim)
     state = common.resume_spec("mil", options, shared["resume"], shared["save_every"])
     cfg = common.train_config({**options, "batch_size": bag_batch})
-    model_opts, noise = common.model_options(options), common.noise_options(options)
-    common.check_output(output, shared["force"])
+    model_opts, noise = common.model_options(options, tasks.MIL, "mil"), common.noise_options(options)
+    common.check_output(output, shared["force"], options)
     sinks = common.run_records(output, shared["tensorboard"])
     workers = shared["workers"]
     rt = train.runtime(shared["device"], workers=workers)

@@ -77,6 +77,8 @@ def curves_command(
     stem = output_stem(output, force)
     histories = {name: records.history_of(checkpoint_file(path, or_log=True))
                  for name, path in zip(run_names(runs), runs)}
+    if not figures.curve_keys(histories):
+        raise DplError(f"{', '.join(map(str, runs))}: no training metric to plot ({', '.join(figures.CURVE_FIELDS)})")
     finish(*figures.curves(histories), stem, as_json)
 
 

@@ -32,7 +32,9 @@ def report_command(
     The comparison table of every checkpoint on its test data (the figures of dpl eval --json), the lineage
     of the last model, the training curves, the pseudo-label quality of each label folder and calibration.
     Figures are embedded, nothing is fetched."""
-    common.check_output(output, force)
+    common.check_output(output, force, {"paths": paths})
+    if output.is_file() and not output.read_bytes()[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise DplError(f"{output} is not an HTML page: --force replaces an earlier report, not another file")
     checkpoints, folders = find_artifacts(paths)
     if not checkpoints and not folders:
         raise DplError(f"{', '.join(map(str, paths))}: no dpl checkpoints or label folders found")
@@ -98,10 +100,7 @@ def _natural(path: Path):
 
 def model_of(path: Path, rt: train.Runtime) -> report.Model:
     meta = artifacts.read_header(path, kind="checkpoint").meta
-    try:
-        history = records.history_of(path)
-    except DplError:
-        history = None
+    history = records.history_of(path) if meta.get("history") else None      # a malformed history is refused
     return report.Model(path=path, result=measuring.measure_checkpoint(path, rt), classes=meta.get("classes") or [],
                         command=meta.get("command"), history=history)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, catalog
+from ..core import DplError, catalog, tasks
 
 augment, data, train = common.augment, common.data, common.train
 semi_methods = common.lazy("dpl.core.methods.semi")
@@ -61,10 +61,10 @@ def semi_command(
     if not split.active:
         raise DplError("dpl semi trains on a labeled and an unlabeled part: give --labeled-per-class or --labeled")
     state = common.resume_spec("semi", options, shared["resume"], shared["save_every"])
-    cfg, model_opts = common.train_config(options), common.model_options(options)
+    cfg, model_opts = common.train_config(options), common.model_options(options, tasks.CLASSIFIER, "semi")
     noise = common.noise_options({**options, "randaugment": None})    # the weak view; the strong one adds opts.strong
     val_opts, held = common.val_options(options), common.holdout(options)
-    common.check_output(output, shared["force"])
+    common.check_output(output, shared["force"], options)
     sinks = common.run_records(output, shared["tensorboard"])
     rt = train.runtime(shared["device"], shared["compile"], workers=shared["workers"])
     load = dict(download=download, resize=resize, stream=stream, workers=shared["workers"])

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError
+from ..core import DplError, tasks
 
 train, scenes_data, wsddn = common.train, common.lazy("dpl.core.data.scenes"), common.lazy("dpl.core.methods.wsddn")
 
@@ -90,8 +90,9 @@ def wsddn_command(
                               feature_layer=feature_layer, context=context, spatial=spatial, vote=vote)
     state = common.resume_spec("wsddn", options, shared["resume"], shared["save_every"])
     cfg = common.train_config(options)
-    model_opts, noise = common.model_options({**options, "dropout": 0.0}), common.noise_options(options)
-    common.check_output(output, shared["force"])
+    model_opts = common.model_options({**options, "dropout": 0.0}, tasks.WSDDN, "wsddn")
+    noise = common.noise_options(options)
+    common.check_output(output, shared["force"], options)
     sinks = common.run_records(output, shared["tensorboard"])
     rt = train.runtime(shared["device"], workers=shared["workers"])
     train_data = scenes_data.load_boxes(data_spec, "train", scene, resize=resize, download=download)

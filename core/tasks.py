@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DplError
+from . import DplError, catalog
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,46 @@ def refused(command: str, task: Task, given: dict[str, str]) -> str | None:
     return f"{', '.join(flags)} cannot apply to {task.title}" + (f": {task.why}" if task.why else "")
 
 
+def arch_task(arch: str) -> str:
+    """The task an architecture (a registry name, with or without :knobs) builds: a detector family's
+    (FAMILY-BACKBONE) builds a detector; every other builds a classifier, the backbone every other task trains."""
+    return DETECTOR if arch.partition(":")[0].split("-", 1)[0] in catalog.DETECTOR_FAMILIES else CLASSIFIER
+
+
+def check_arch(arch: str, task: str, command: str, about: Path | str | None = None) -> None:
+    """Refuse, before any work, an architecture of another task (a detector for dpl mil, a classifier where a
+    detector is trained); `about`: the artifact the task was read from, named first."""
+    if arch_task(arch) == (DETECTOR if task == DETECTOR else CLASSIFIER):
+        return
+    prefix = f"{about}: {TASKS[task].title}; " if about is not None else ""
+    if task == DETECTOR:
+        backbone = arch.partition(":")[0]
+        raise DplError(f"{prefix}--arch {arch} is a classifier; dpl {command} on data with boxes trains a detector, "
+                       f"FAMILY-BACKBONE with FAMILY one of {', '.join(catalog.DETECTOR_FAMILIES)} (e.g. "
+                       f"{catalog.DETECTOR_FAMILIES[0]}-{backbone}; dpl info --archs lists them)")
+    boxes = " (a detector learns from data with boxes: scenes:SOURCE or coco:PATH)" if task == CLASSIFIER else ""
+    raise DplError(f"{prefix}--arch {arch} is a detector; dpl {command} trains {TASKS[task].title} and takes a "
+                   f"classifier architecture{boxes}")
+
+
 def of_data(spec: str | None) -> Task:
     """The task a training command serves on data `spec`: a detector on data with boxes, else a classifier."""
     from .data.scenes import is_box_spec
 
     return TASKS[DETECTOR if spec is not None and is_box_spec(spec) else CLASSIFIER]
+
+
+def check_data(task: Task, spec: str | None, about: Path | str | None) -> None:
+    """Refuse data of another kind than an artifact's task: data with boxes for a classifier's, data without
+    boxes for a detector's or a WSDDN model's (`about`: the artifact, named first)."""
+    if spec is None or task.name not in _CLASSIFYING | _BOXES:
+        return
+    boxes = of_data(spec).name == DETECTOR
+    if boxes != (task.name in _BOXES):
+        prefix = f"{about}: " if about is not None else ""
+        raise DplError(f"{prefix}{task.title}, and --data {spec} is " + (
+            "data with boxes: give classification data" if boxes else
+            "data without boxes: give scenes:SOURCE or coco:PATH"))
 
 
 def of_checkpoint(path: Path) -> Task:
@@ -126,7 +161,14 @@ def of_artifact(path: Path) -> Task:
 
 def same_task(command: str, paths: list[Path]) -> Task:
     """The one task of several artifacts given together: that of the first one that is not a classifier (a
-    classifier and a multi-head student go together); an artifact of another task is refused by name."""
+    classifier and a multi-head student go together); an artifact of another task, or one named twice, is
+    refused by name."""
+    seen = set()
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            raise DplError(f"{p}: named twice; give each artifact once")
+        seen.add(key)
     folder = next((p for p in paths if Path(p).is_dir()), None)
     if folder is not None and len(paths) > 1:
         raise DplError(f"{folder} is a folder: a label folder is measured alone, not beside checkpoints")

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import subprocess
 import sys
@@ -126,3 +127,33 @@ def cache_imagenet_weights(name: str, seed: int = 0) -> dict:
     file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, file)
     return state
+
+
+class Placeholders(dict):
+    """The {placeholders} of a bad-input case: shared artifacts, the case folder as {tmp}, and bad inputs made
+    in the case folder on first mention by `makers` (name -> function of the folder)."""
+
+    def __init__(self, shared: dict[str, Path], folder: Path, makers: dict):
+        super().__init__(shared, tmp=folder)
+        self.folder, self.makers = folder, makers
+
+    def __missing__(self, key):
+        self[key] = self.makers[key](self.folder)
+        return self[key]
+
+
+def listing(*roots: Path) -> dict[str, tuple]:
+    """Every file (size, mtime, and for small files a hash of the bytes) and folder under the roots: what a
+    refused command must leave as it was."""
+    seen = {}
+    for root in roots:
+        for p in [root, *root.rglob("*")]:
+            if p.is_symlink() or not p.exists():
+                seen[str(p)] = ("link",)
+            elif p.is_file():
+                st = p.stat()
+                digest = hashlib.sha1(p.read_bytes()).hexdigest() if st.st_size < (1 << 20) else None
+                seen[str(p)] = (st.st_size, st.st_mtime_ns, digest)
+            else:
+                seen[str(p)] = ("folder",)
+    return seen

@@ -18,7 +18,7 @@ DPL = str(Path(sys.executable).with_name("dpl"))
 HEAVY = ("torch", "torchvision", "matplotlib", "numpy")
 # dpl.core's modules that import none of HEAVY, which cli/ may import by name at module level (any other is
 # bound with common.lazy; see the note at the top of cli/common.py).
-LIGHT_CORE = {"dpl.core", "dpl.core.catalog", "dpl.core.tasks"}
+LIGHT_CORE = {"dpl.core", "dpl.core.catalog", "dpl.core.tasks", "dpl.core.textfiles"}
 # The task handlers (paths relative to cli/) import their core at module level: they are loaded only by
 # cli/tasks.dispatch, once a command runs, never for help or completion (the import-time test of `dpl -h` below
 # would see them otherwise).

@@ -41,8 +41,13 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
                   if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS)]
         raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: "
                        f"dpl {command} serves those")
-    message = tasks.refused(command, task, common.given_options(ctx))
+    given = common.given_options(ctx)
+    message = tasks.refused(command, task, given)
     if message:
         raise DplError(prefix + message)
+    if command != "teach":          # teach's task is its data's
+        tasks.check_data(task, options.get("data_spec"), about)
+        if "arch" in given:         # a default --arch is checked by the handler, after its own checks
+            tasks.check_arch(options["arch"], task.name, command, about)
     module, function = where.split(":")
     return getattr(import_module(f".{module}", __package__), function)(ctx, options)

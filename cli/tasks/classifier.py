@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import common
 from ..measure import MeasureOptions, label_truth, measure_heads, model_name, run_identity
-from ...core import DplError, artifacts, data
+from ...core import DplError, artifacts, data, tasks
 from ...core.engine import distributed, train
 from ...core.methods import distill as distillation, experts, label as labeling, teach as supervised
 from ...core.methods.features import FeatureOptions
@@ -21,10 +21,11 @@ def teach(ctx: typer.Context, o: dict) -> None:
     """dpl teach of a classifier: cross-entropy on the labeled part (all of it without a partition)."""
     resize = o["resize"]
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
-    cfg, model_opts, noise = common.train_config(o), common.model_options(o), common.noise_options(o)
+    cfg, noise = common.train_config(o), common.noise_options(o)
+    model_opts = common.model_options(o, tasks.CLASSIFIER, "teach")
     opts = supervised.TeachOptions(label_smoothing=o["label_smoothing"])
     val_opts, held = common.val_options(o), common.holdout(o)
-    common.check_output(o["output"], o["force"])
+    common.check_output(o["output"], o["force"], o)
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     split = common.partition(o)
@@ -59,7 +60,7 @@ def label(ctx: typer.Context, o: dict) -> None:
         mine = common.own_shards(output, rank, world, o["force"], resume)
     opts = labeling.LabelOptions(mode="hard" if not o["soft"] else ("topk" if o["topk"] else "soft"), topk=o["topk"],
                                  tau=o["tau"], shard_size=o["shard_size"], batch_size=o["batch_size"])
-    spec, split, size = common.data_of(first.meta, o["data_spec"], common.partition(o), o["resize"])
+    spec, split, size = common.data_of(first.meta, o["data_spec"], common.partition(o), o["resize"], first.path)
     ds = data.load(spec, partition=split, part=o["part"] or ("unlabeled" if split.active else "all"),
                    download=o["download"], resize=size, channels=first.meta.get("input", {}).get("channels"),
                    stream=o["stream"], workers=o["workers"])
@@ -111,7 +112,8 @@ def _report(output: Path, done: dict, ds: data.Dataset, by: str = "") -> None:
 def _distill_setup(o: dict):
     """What both distill handlers build first, every option checked before any work."""
     state = common.resume_spec("distill", o, o["resume"], o["save_every"])
-    cfg, model_opts, noise = common.train_config(o), common.model_options(o), common.noise_options(o)
+    cfg, noise = common.train_config(o), common.noise_options(o)
+    model_opts = common.model_options(o, tasks.CLASSIFIER, "distill")
     opts = distillation.DistillOptions(
         loss=o["loss"], tau=o["tau"], alpha=o["alpha"], unlabeled_weight=o["unlabeled_weight"],
         unlabeled_ratio=o["unlabeled_ratio"], hard=o["hard"], min_confidence=o["min_confidence"], balance=o["balance"],
@@ -120,7 +122,7 @@ def _distill_setup(o: dict):
                               student_layers=tuple(o["student_layer"] or ()),
                               teacher_layers=tuple(o["teacher_layer"] or ()), crd_queue=o["crd_queue"],
                               crd_dim=o["crd_dim"], crd_tau=o["crd_tau"])
-    common.check_output(o["output"], o["force"])
+    common.check_output(o["output"], o["force"], o)
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     features.resolved(bool(o["labels_dir"]), len(o["teacher"] or []))    # refused before any work
@@ -135,7 +137,8 @@ def distill(ctx: typer.Context, o: dict) -> None:
     teachers = list(o["teacher"] or [])
     labels = artifacts.read_labels(labels_dir, o["allow_partial"]) if labels_dir is not None else None
     source = distillation.source_meta(labels, teachers)
-    spec, split, size = common.data_of(source, o["data_spec"], common.partition(o), o["resize"])
+    spec, split, size = common.data_of(source, o["data_spec"], common.partition(o), o["resize"],
+                                       labels_dir or teachers[0])
     channels = labels.meta["data"].get("channels") if labels is not None else None
     load = dict(download=o["download"], resize=size, channels=channels, stream=o["stream"], workers=o["workers"])
     separate = labels is not None and not split.active
@@ -194,7 +197,7 @@ def distill_experts(ctx: typer.Context, o: dict) -> None:
     state, cfg, model_opts, noise, opts, _, sinks, rt = _distill_setup(o)
     labels = [artifacts.read_labels(f, o["allow_partial"]) for f in o["labels_dir"]]
     made = labels[0].meta["data"]
-    spec, split, size = common.data_of(labels[0].meta, o["data_spec"], data.Partition(), o["resize"])
+    spec, split, size = common.data_of(labels[0].meta, o["data_spec"], data.Partition(), o["resize"], o["labels_dir"][0])
     pool = data.load(spec, partition=split, part=made.get("part", "all"), download=o["download"], resize=size,
                      channels=made.get("channels"), stream=o["stream"], check_all=True, workers=o["workers"])
     common.say(f"dpl: {len(labels)} heads on {pool.spec} ({pool.part}, {len(pool):,} images at "

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from .. import common
-from ...core import DplError, artifacts
+from ...core import DplError, artifacts, tasks
 from ...core.data import augment, boxes, scenes
 from ...core.engine import distributed, train
 from ...core.methods import detect
@@ -60,9 +60,9 @@ def teach(ctx: typer.Context, o: dict) -> None:
     """dpl teach on data with boxes: a detector (--arch FAMILY-BACKBONE) on the labeled part (--labeled N images)."""
     scene = _record_scene(o)
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
-    cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    cfg, model_opts, noise = common.train_config(o), common.model_options(o, tasks.DETECTOR, "teach"), _noise(o)
     val_opts = common.val_options(o, detect.VAL.metric)
-    common.check_output(o["output"], o["force"])
+    common.check_output(o["output"], o["force"], o)
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     full = scenes.load_boxes(o["data_spec"], "train", scene, resize=o["resize"], download=o["download"])
@@ -172,9 +172,9 @@ def distill(ctx: typer.Context, o: dict) -> None:
                        "(its backbone features through an adaptation layer)")
     pseudo_opts = detect.PseudoOptions(ratio=o["unlabeled_ratio"], weight=o["unlabeled_weight"])
     state = common.resume_spec("distill", o, o["resume"], o["save_every"])
-    cfg, model_opts, noise = common.train_config(o), common.model_options(o), _noise(o)
+    cfg, model_opts, noise = common.train_config(o), common.model_options(o, tasks.DETECTOR, "distill"), _noise(o)
     val_opts = common.val_options(o, detect.VAL.metric)
-    common.check_output(o["output"], o["force"])
+    common.check_output(o["output"], o["force"], o)
     run = (state, cfg, model_opts, noise, val_opts)
     if labels_dir:
         result = _from_pseudo_boxes(o, labels_dir[0], pseudo_opts, *run)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .metadata import HEAD_NAME, META_RULES
 from .files import (DTYPE_SIZES, FORMAT, MAX_HEADER, PLAIN_KEYS, Header, atomic_write, check_writable,
-                    encode_metadata, load_tensors, read_header, require, save, sha256_file)
+                    encode_metadata, load_tensors, read_header, replace_folder, require, save,
+                    sha256_file)
 from .checkpoints import (OBJECTIVE_PREFIX, Checkpoint, check_state, checkpoint_task, input_meta, load_checkpoint,
                           load_state, save_checkpoint)
 from .shards import (KEY_TENSORS, LABEL_KEYS, SHARD_DTYPES, SHARD_NDIM, SHARD_TENSORS, Labels, check_complete,

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,39 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_folder(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder whole through a temporary sibling, then put it in place of `path` in one step: a refusal,
+    a crash or a kill (even SIGKILL) leaves the old folder as it was, or the new one complete, never a mix.
+    On Linux the swap is renameat2(RENAME_EXCHANGE); elsewhere two renames, with the old folder kept under a
+    temporary name in between."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif not _exchange(tmp, path):
+            os.rename(path, old)
+            os.rename(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    import ctypes
+
+    rename_exchange, at_fdcwd = 2, -100
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def check_writable(path: Path) -> None:

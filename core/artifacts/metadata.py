@@ -52,6 +52,19 @@ def _parents(v) -> bool:
 HEAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # also a folder name (dpl label writes OUT/NAME/)
 
 
+def _size(v) -> bool:
+    """An image size [height, width]."""
+    return isinstance(v, list) and len(v) == 2 and all(map(_int(1, 2**16), v))
+
+
+def _scenes(v) -> bool:
+    """The SceneSpec synthetic scenes were built by (data.scenes.SceneSpec, its fields as stored)."""
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(map(_int(1, 2**16), p))    # noqa: E731
+    return _fields(v, ("source", "canvas", "objects", "scale", "max_overlap", "scenes", "test_scenes", "seed"),
+                   source=_line, canvas=_int(1, 2**16), objects=pair, scale=pair, max_overlap=_number,
+                   scenes=_int(1), test_scenes=_int(1), seed=_int(-2**62))
+
+
 def _heads(v) -> bool:
     """A multi-head student's heads: each a named slice [offset, offset + len(classes)) of the logits; the
     slices follow one another from 0 (load_checkpoint checks that they fill num_classes)."""
@@ -75,7 +88,7 @@ META_RULES: dict[str, Callable[[object], bool]] = {
     "input": _input,
     "data": lambda v: _fields(v, spec=_line, part=_line, fingerprint=_line, n=_int(), resize=_int(1, 2**16),
                               labeled_per_class=_optional(_int(1)), labeled=_optional(_int(1)),
-                              split_seed=_int(-2**62)),
+                              split_seed=_int(-2**62), image_size=_size, scenes=_scenes, split=_line),
     "parents": _parents,
     "teachers": _parents,
     "heads": _heads,
@@ -93,4 +106,5 @@ META_RULES: dict[str, Callable[[object], bool]] = {
     "rank_shards": _int(1),
     "count": _int(),
     "task": _line,
+    "image_size": _size,
 }

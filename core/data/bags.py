@@ -24,7 +24,6 @@ offsets[b]:offsets[b+1]; the instance labels are hidden from training and kept f
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -35,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DplError, data
-from . import images
+from .. import DplError, data, textfiles
+from . import images, memory
 from . import Dataset
 
 FOLDER = "bagfolder"
 LABELS_FILE = "labels.csv"
 INSTANCES_FILE = "instances.csv"
-MEMORY_SHARE = 0.5     # the instances (and any one bag as float input) may take this share of the free memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,31 +140,21 @@ def bag_rows(starts: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
 
 # ---- memory -------------------------------------------------------------------------------------------
 
-def free_memory() -> int:
-    """Bytes this machine can still give: MemAvailable, else the physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def check_fits(sizes: list[int] | np.ndarray, shape: tuple[int, int, int], where: str) -> None:
     """Refuse, before anything is allocated, bags whose instances (uint8) or largest bag (as float32 input to
-    the encoder) would take more than MEMORY_SHARE of the free memory."""
-    pixels = int(np.prod(shape))
-    total, largest = int(np.sum(sizes, dtype=np.float64)) * pixels, int(np.max(sizes)) * pixels * 4
-    budget = int(free_memory() * MEMORY_SHARE)
-    gib = lambda n: f"{n / 2**30:,.1f} GiB"          # noqa: E731
-    if largest > budget:
-        raise DplError(f"{where}: a bag of {int(np.max(sizes)):,} instances of {'x'.join(map(str, shape))} takes "
-                       f"{gib(largest)} as input, more than memory allows ({gib(budget)} of {gib(budget * 2)} free)")
-    if total > budget:
-        raise DplError(f"{where}: {int(np.sum(sizes, dtype=np.float64)):,} instances of {'x'.join(map(str, shape))} "
-                       f"take {gib(total)}, more than memory allows ({gib(budget)} of {gib(budget * 2)} free)")
+    the encoder) would take more than memory.MEMORY_SHARE of the free memory."""
+    pixels, shown = int(np.prod(shape)), "x".join(map(str, shape))
+    largest, total = int(np.max(sizes)), int(np.sum(sizes, dtype=np.float64))
+    memory.check_fits(largest * pixels * 4, f"{where}: a bag of {largest:,} instances of {shown} as input would")
+    memory.check_fits(total * pixels, f"{where}: {total:,} instances of {shown}")
+
+
+def check_count(count: int, spec: BagSpec, shape: tuple[int, int, int], flag: str) -> None:
+    """Price `count` bags of the spec's mean size before a single one is drawn."""
+    instances = count * (spec.size + 3 * spec.size_std)
+    memory.check_fits(count * 40 + instances * (int(np.prod(shape)) + 24),
+                      f"{flag} {count:,} --bag-size {spec.size:g} --bag-size-std {spec.size_std:g}: {count:,} bags "
+                      f"of about {spec.size:,.0f} instances of {'x'.join(map(str, shape))}")
 
 
 # ---- bags built from a classification source -------------------------------------------------------------
@@ -199,6 +187,7 @@ def build(ds: Dataset, spec: BagSpec, count: int) -> Bags:
     if not len(pool_target) or not len(pool_other):
         which = "no sample of" if not len(pool_target) else "only samples of"
         raise DplError(f"{ds.spec} has {which} class {ds.classes[target]!r}: bags need both it and others")
+    check_count(count, spec, ds.shape, "--bags" if ds.split == "train" else "--test-bags")
     rng = split_stream(spec.seed, ds.split)
     sizes = np.clip(np.rint(rng.normal(spec.size, spec.size_std, count)), 1, None)
     check_fits(sizes, ds.shape, f"--bag-size {spec.size:g} --bag-size-std {spec.size_std:g}")
@@ -245,11 +234,7 @@ def parse_folder_spec(spec: str) -> tuple[Path, str | None]:
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
     """The rows of a small CSV file, each of len(columns) fields; a first row equal to `columns` is a header."""
-    try:
-        with open(path, newline="") as f:
-            rows = [[c.strip() for c in row] for row in csv.reader(f) if row and any(c.strip() for c in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DplError(f"{path}: cannot read ({e})") from None
+    rows = textfiles.read_csv(path, "bag labels file")
     if rows and [c.lower() for c in rows[0]] == list(columns):
         rows = rows[1:]
     for n, row in enumerate(rows, 1):
@@ -270,6 +255,8 @@ def _bag_labels(folder: Path) -> dict[str, int]:
         raise DplError(f"{folder}: no {LABELS_FILE} (a bag,label line per bag folder, label 0 or 1)")
     labels: dict[str, int] = {}
     for row in _read_csv(path, ("bag", "label")):
+        if row[0] in ("", ".", "..") or "/" in row[0] or "\\" in row[0]:
+            raise DplError(f"{path}: bag {row[0]!r} is not the name of a folder in {folder}")
         if row[0] in labels:
             raise DplError(f"{path}: bag {row[0]!r} is labeled twice")
         labels[row[0]] = _label(row[1], path, row)

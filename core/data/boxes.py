@@ -301,4 +301,7 @@ def read_box_labels(folder: Path) -> BoxLabels:
         raise DplError(f"{folder}: the shards do not cover samples 0..{total - 1} exactly once")
     order = torch.argsort(index_all)
     boxes = Boxes.cat(parts).subset(order)
+    check_boxes(boxes, *meta["image_size"], str(folder))
+    if not (torch.isfinite(boxes.scores).all() and ((boxes.scores >= 0) & (boxes.scores <= 1)).all()):
+        raise DplError(f"{folder}: a box score is not a confidence in [0, 1]")
     return BoxLabels(index_all[order], boxes, meta, folder, artifacts.folder_sha256(folder))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DplError, data
+from .. import DplError, data, textfiles
 from . import images as image_files
 from .boxes import Boxes
 from .scenes import ANNOTATIONS_FILE, COCO, BoxData, finish
@@ -44,12 +44,7 @@ def coco_file(root: Path, split: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DplError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DplError(f"{path}: not valid JSON ({e})") from None
+    doc = textfiles.read_json(path, "COCO JSON file", allow_nan=True)     # a NaN box is skipped and said
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "categories")):
         raise DplError(f"{path}: COCO-style JSON needs lists 'images' and 'categories' (and 'annotations')")
     if not isinstance(doc.get("annotations", []), list):

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .. import DplError
-from .listing import IMAGE_SUFFIXES, Listing, list_folder, list_shards, pack, shard_key, split_folder  # noqa: F401
+from .listing import (IMAGE_SUFFIXES, Listing, list_folder, list_shards, pack, shard_key, shard_keys,  # noqa: F401
+                      split_folder)
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAX_SIZE = 2048            # --resize / decode side: larger is refused before anything is allocated

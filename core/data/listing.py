@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import DplError
+from ..textfiles import read_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SUFFIXES = {os.fsencode(s) for s in IMAGE_SUFFIXES}
+MAX_CLASSES = 1_000_000     # shards without classes.txt: their classes are the indices 0..max, up to this many
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ def list_shards(folder: Path) -> Listing:
     """
     root, names = _shard_files(Path(folder))
     keys, archive, offset, size, labels = [], [], [], [], []   # numpy arrays, one per shard
+    notes = []
     for a, name in enumerate(names):
-        images, shard_labels = _read_shard(root / name)
-        keys.append(np.array([k.encode() for k in images], dtype=bytes))
+        images, shard_labels, note = _read_shard(root / name)
+        notes += [note] if note else []
+        # a member name that is not UTF-8 reads with surrogate escapes: back to its bytes, as a folder's names
+        keys.append(np.array([k.encode("utf-8", "surrogateescape") for k in images], dtype=bytes))
         archive.append(np.full(len(images), a, dtype=np.int32))
         offset.append(np.array([f[0] for f in images.values()], dtype=np.int64))
         size.append(np.array([f[1] for f in images.values()], dtype=np.int64))
@@ -173,9 +178,9 @@ def list_shards(folder: Path) -> Listing:
     if len(np.unique(keys)) != len(keys):
         raise DplError(f"{root}: a key appears in more than one shard")
     if (labels >= 0).any() and (labels < 0).any():
-        raise DplError(f"{root}: key {keys[labels < 0][0].decode()!r} has no .cls while others do")
+        raise DplError(f"{root}: key {os.fsdecode(keys[labels < 0][0])!r} has no .cls while others do")
     return Listing(root, tuple(names), keys, np.concatenate(archive), np.concatenate(offset), np.concatenate(size),
-                   labels, _shard_classes(root, labels))
+                   labels, _shard_classes(root, labels), tuple(notes))
 
 
 def _shard_files(folder: Path) -> tuple[Path, list[str]]:
@@ -191,12 +196,31 @@ def _shard_files(folder: Path) -> tuple[Path, list[str]]:
     return root, names
 
 
-def _read_shard(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
-    """One shard's images, key -> (offset, size) in member order, and their class indices (-1: none)."""
-    pending, cls = {}, {}
+def _read_shard(path: Path) -> tuple[dict[str, tuple[int, int]], list[int], str | None]:
+    """One shard's images, key -> (offset, size) in member order, their class indices (-1: none), and a note
+    when the shard is cut short: the images before the cut are kept, the cut is said (never trained on
+    silently). A tar archive ends with two zero blocks; without them, or with a member's bytes past the end of
+    the file, the shard was cut (a copy or download that stopped)."""
+    pending, cls, cut = {}, {}, None
+    end = path.stat().st_size if path.is_file() else 0
     try:
         with tarfile.open(path, "r:") as tar:
-            for m in tar:
+            members = iter(tar)
+            while True:
+                try:
+                    m = next(members, None)
+                except tarfile.ReadError as e:
+                    if not pending and not cls:
+                        raise
+                    cut = str(e)
+                    break
+                if m is None:
+                    if tar.offset + 2 * tarfile.BLOCKSIZE > end:
+                        cut = "no end-of-archive blocks"
+                    break
+                if m.offset_data + m.size > end:
+                    cut = f"member {m.name!r} ends past the end of the file"
+                    break
                 base = m.name.rsplit("/", 1)[-1]
                 if not m.isfile() or "." not in base:
                     continue
@@ -213,6 +237,12 @@ def _read_shard(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
             tar.members = []
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DplError(f"{path}: not a readable plain tar shard ({e.__class__.__name__}: {e})") from None
+    note = None
+    if cut is not None:
+        if cls:       # the cut may fall between an image and its .cls
+            pending = {k: v for k, v in pending.items() if k in cls}
+            cls = {k: v for k, v in cls.items() if pending.get(k) is not None}
+        note = f"the rest of {path}: the shard is cut short ({cut}); {len(pending)} images before the cut are read"
     missing = next((stem for stem in [*cls, *pending] if pending.get(stem) is None), None)
     if missing is not None:
         raise DplError(f"{path}: key {missing!r} has no image")
@@ -222,9 +252,9 @@ def _read_shard(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
         raise DplError(f"{path}: key {e.args[0]!r} has no .cls while others do") from None
     except ValueError:
         raise DplError(f"{path}: a .cls member does not hold a class index") from None
-    if cls and min(labels) < 0:
+    if cls and min(labels, default=0) < 0:
         raise DplError(f"{path}: negative class index in a .cls member")
-    return pending, labels
+    return pending, labels, note
 
 
 def _shard_classes(root: Path, labels: np.ndarray) -> tuple[str, ...]:
@@ -232,7 +262,10 @@ def _shard_classes(root: Path, labels: np.ndarray) -> tuple[str, ...]:
     if labels[0] < 0:
         return ()
     names_file = root / "classes.txt"
-    classes = [c for c in names_file.read_text().split("\n") if c] if names_file.is_file() else []
+    classes = [c for c in read_text(names_file, "class list").splitlines() if c] if names_file.is_file() else []
+    if not classes and labels.max() >= MAX_CLASSES:
+        raise DplError(f"{root}: class index {labels.max():,} in a .cls member, and no {names_file.name} names so "
+                       f"many classes (at most {MAX_CLASSES:,} without one)")
     classes = classes or [str(c) for c in range(int(labels.max()) + 1)]
     if labels.max() >= len(classes):
         raise DplError(f"{root}: class index {labels.max()} but {names_file.name} names {len(classes)} classes")
@@ -249,33 +282,38 @@ def shard_key(relative: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
-def pack(listing: Listing, out: Path, shard_size: int) -> list[Path]:
-    """Write the listed images, bytes unchanged, into plain tar shards `shard-NNNNNN.tar` (`KEY.EXT`, and
-    `KEY.cls` where the class is known) plus `classes.txt`; each shard written whole, then renamed."""
-    from ..artifacts import atomic_write
-
-    keys = [shard_key(k.decode()) for k in listing.keys]
+def shard_keys(listing: Listing) -> list[str]:
+    """Every listed file's shard key, refused when two files make the same key (cat.png and cat.jpg)."""
+    keys = [shard_key(os.fsdecode(k)) for k in listing.keys]
     if len(set(keys)) != len(keys):
         seen = set()
         twice = next(k for k in keys if k in seen or seen.add(k))
-        raise DplError(f"{listing.root}: two files make the shard key {twice!r}")
+        raise DplError(f"{listing.root}: two files make the shard key {twice!r} (files differing only in their "
+                       f"suffix, or in dots of the name); rename one")
+    return keys
+
+
+def pack(listing: Listing, out: Path, shard_size: int) -> list[Path]:
+    """Write the listed images, bytes unchanged, into plain tar shards `shard-NNNNNN.tar` (`KEY.EXT`, and
+    `KEY.cls` where the class is known) plus `classes.txt` in the folder `out`, which the caller swaps in whole
+    (artifacts.replace_folder)."""
+    keys = shard_keys(listing)
     written = []
     for seq, start in enumerate(range(0, len(listing), shard_size)):
-        path = Path(out) / f"shard-{seq:06d}.tar"
-
-        def write(tmp: Path, start=start) -> None:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-                for row in range(start, min(start + shard_size, len(listing))):
-                    suffix = Path(listing.keys[row].decode()).suffix.lower()
-                    members = [(keys[row] + suffix, listing.read_bytes(row))]
-                    if listing.labels[row] >= 0:
-                        members.append((keys[row] + ".cls", str(int(listing.labels[row])).encode()))
-                    for name, payload in members:
-                        info = tarfile.TarInfo(name)
-                        info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                        tar.addfile(info, io.BytesIO(payload))
-        atomic_write(path, write)
-        written.append(path)
+        written.append(Path(out) / f"shard-{seq:06d}.tar")
+        with tarfile.open(written[-1], "w", format=tarfile.PAX_FORMAT) as tar:
+            for row in range(start, min(start + shard_size, len(listing))):
+                try:
+                    members = [(keys[row] + Path(os.fsdecode(listing.keys[row])).suffix.lower(),
+                                listing.read_bytes(row))]
+                except OSError as e:
+                    raise DplError(f"{listing.path_of(row)}: cannot read ({e.strerror or e})") from None
+                if listing.labels[row] >= 0:
+                    members.append((keys[row] + ".cls", str(int(listing.labels[row])).encode()))
+                for name, payload in members:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                    tar.addfile(info, io.BytesIO(payload))
     if listing.classes:
-        atomic_write(Path(out) / "classes.txt", lambda tmp: tmp.write_text("\n".join(listing.classes) + "\n"))
+        (Path(out) / "classes.txt").write_text("\n".join(listing.classes) + "\n")
     return written

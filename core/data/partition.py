@@ -75,6 +75,9 @@ def take_part(ds: Dataset, partition: Partition, part: str) -> Dataset:
         return ds
     if not partition.active:
         raise DplError(f"--part {part} needs --labeled-per-class or --labeled")
+    if (ds.labels < 0).any():
+        raise DplError(f"{ds.spec}: unlabeled samples (no class), and a labeled/unlabeled partition "
+                       f"(--labeled-per-class, --labeled) needs a split whose samples all have labels")
     labeled = labeled_indices(ds.labels, ds.num_classes, partition)
     if part == "labeled":
         idx = labeled

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .. import DplError, data
 from . import images as image_files
+from . import memory
 from .boxes import Boxes
 
 SCENES, COCO = "scenes", "coco"
@@ -253,8 +254,11 @@ def build_scenes(spec: SceneSpec, split: str, resize: int | None = None, downloa
     ds = data.load(f"{spec.source}:{split}", download=download, stream=False)
     if (ds.labels < 0).any():
         raise DplError(f"{ds.spec}: scenes are built from a labeled source; this one has unlabeled samples")
-    rows, offsets, dropped = layout(spec, spec.count(split), len(ds), scene_stream(spec, split))
-    c = ds.shape[0]
+    count, c = spec.count(split), ds.shape[0]
+    memory.check_fits(count * (c * spec.canvas ** 2 + spec.objects[1] * 100),       # canvases, then boxes and layout
+                      f"{'--scenes' if split == 'train' else '--test-scenes'} {count:,}: {count:,} scenes of "
+                      f"{c}x{spec.canvas}x{spec.canvas}")
+    rows, offsets, dropped = layout(spec, count, len(ds), scene_stream(spec, split))
     canvas = torch.zeros(len(offsets) - 1, c, spec.canvas, spec.canvas, dtype=torch.uint8)
     boxes = torch.zeros(len(rows), 4)
     for side in np.unique(rows[:, 2]):

@@ -168,7 +168,6 @@ def label_heads(student: Path, names: list[str] | None, ds: Dataset, opts: Label
                 "world": world}
         outputs.append(_Output(Path(root) / h["name"], meta, slice(h["offset"], h["offset"] + len(h["classes"])),
                                ds.classes == h["classes"]))
-    Path(root).mkdir(exist_ok=True)
     done = _label_into([ckpt], outputs, ds, opts, rt, rank, world, resume, replace, on_progress)
     return [{"head": h["name"], "folder": str(o.folder), **d} for h, o, d in zip(heads, outputs, done)]
 
@@ -184,8 +183,8 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
     """The labeling loop of `label` and `label_heads`: each batch through the teachers once, a shard series
     per output folder."""
     teachers = [(rt.prepare(c.build_model()), c.input) for c in checkpoints]
-    for o in outputs:
-        o.folder.mkdir(exist_ok=True)
+    for o in outputs:               # made once the teachers are built: a refused checkpoint leaves no folder
+        o.folder.mkdir(parents=True, exist_ok=True)
     for stale in replace:
         stale.unlink(missing_ok=True)
     first, last = rank_range(len(ds), rank, world)
@@ -268,7 +267,7 @@ def check_labels_fit(labels: artifacts.Labels, pseudo: Dataset) -> torch.Tensor:
             missing = labels.keys[~found]
             raise DplError(f"{labels.path}: {len(missing)} of its {len(labels)} labeled samples are not in "
                            f"{pseudo.spec} ({pseudo.part}, {len(pseudo)} samples; first missing: "
-                           f"{missing[0].decode()!r}): the labels were made for another pool")
+                           f"{missing[0].decode(errors='backslashreplace')!r}): the labels were made for another pool")
         return torch.from_numpy(order[at])
     made_for = labels.meta["data"]
     if made_for.get("fingerprint") != pseudo.fingerprint():

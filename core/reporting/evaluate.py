@@ -118,7 +118,8 @@ def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: 
                 metrics: tuple[str, ...] = ("top1", "nll", "ece")) -> list[dict]:
     """Results of runs whose recorded commands differ only in the `ignored` options (flag -> whether it takes
     a value: --seed, the output, and options that do not change what a run computes), one group each in order
-    of first appearance: mean and sample standard deviation (0 for one run) of each of `metrics`. A result
+    of first appearance: mean and sample standard deviation (None for one run: it has no spread) of each of
+    `metrics`. A result
     without a recorded command is a group of its own."""
     groups: dict = {}
     for i, (result, command) in enumerate(zip(results, commands)):
@@ -132,7 +133,7 @@ def seed_groups(results: list[dict], commands: list[list[str] | None], ignored: 
         for metric in metrics:
             values = [r[metric] for r in members]
             group[f"{metric}_mean"] = statistics.fmean(values)
-            group[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            group[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
         out.append(group)
     return out
 

@@ -21,6 +21,7 @@ from .render import data_uri, files_of, save  # noqa: F401  (re-exported: figure
 
 WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag)
 LOSS_TERMS = ("ce", "kd", "pseudo", "hint", "nt_xent")
+CURVE_FIELDS = ("loss", *LOSS_TERMS, "lr", "pseudo_conf", "acc", "val_top1")     # what `curves` plots, in order
 
 
 def _figure(width: float = WIDTH, height: float = HEIGHT) -> Figure:
@@ -45,8 +46,7 @@ def curve_keys(runs: dict[str, list[dict]]) -> list[str]:
     """The history fields `curves` plots, in panel order: loss, its terms, lr, the pseudo-labels' mean
     confidence, acc, val_top1."""
     present = {k for history in runs.values() for record in history for k in record}
-    keys = ["loss", *LOSS_TERMS, "lr", "pseudo_conf", "acc", "val_top1"]
-    return [k for k in keys if k in present]
+    return [k for k in CURVE_FIELDS if k in present]
 
 
 def curves(runs: dict[str, list[dict]]) -> tuple[Figure, dict]:

@@ -19,10 +19,11 @@ import json
 import math
 from pathlib import Path
 
-from .. import DplError, artifacts
+from .. import DplError, artifacts, textfiles
 
 TIMING_FIELDS = ("seconds", "images_per_s", "val_seconds")
 LOG_SUFFIX = ".metrics.jsonl"
+VECTOR_FIELDS = ("pseudo_class_frac",)   # the per-class vectors a record holds; every other field is one number
 MAX_TENSORBOARD_VECTOR = 100     # a per-class vector longer than this (many classes) stays in the log alone
 
 
@@ -33,25 +34,48 @@ def log_path(output: Path) -> Path:
 
 
 def read_log(path: Path) -> list[dict]:
-    """Every record of a metrics log, in order."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise DplError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DplError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    """Every record of a metrics log, in order; a line that is not one (not JSON, not a step or epoch record,
+    a field that holds no number) is refused by its line number: plot and report read any file handed to
+    them."""
     records = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(textfiles.read_text(path, "metrics log").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise DplError(f"{path}: line {number} is not JSON: not a dpl metrics log") from None
+        record = textfiles.parse_json(line, f"{path}: line {number}")
         if not isinstance(record, dict) or record.get("event") not in ("step", "epoch"):
             raise DplError(f"{path}: line {number} is not a step or epoch record: not a dpl metrics log")
+        check_record(record, f"{path}: line {number}")
         records.append(record)
     return records
+
+
+def _is_number(v) -> bool:
+    """A number a figure can plot: an int or float (not a bool) within float's range."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def check_record(record: dict, where: str) -> None:
+    """A record as dpl writes it: whole `epoch` and `step` counts, and at least one measure: every other field
+    a number or null (not measured), or for VECTOR_FIELDS a list of them."""
+    for key in ("epoch", "step"):
+        v = record.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise DplError(f"{where}: {key!r} is {json.dumps(v)[:40]}, expected a whole number")
+    measures = 0
+    for key, v in record.items():
+        if key in ("event", "epoch", "step") or v is None:
+            continue
+        vector = key in VECTOR_FIELDS and isinstance(v, list) and all(x is None or _is_number(x) for x in v)
+        if not (_is_number(v) or vector):
+            raise DplError(f"{where}: field {str(key)[:40]!r} holds a {type(v).__name__}, expected a number")
+        measures += 1
+    if not measures:
+        raise DplError(f"{where}: a record with no measure (loss, lr, ...)")
 
 
 def history_of(path: Path) -> list[dict]:
@@ -61,6 +85,10 @@ def history_of(path: Path) -> list[dict]:
         history = [{k: v for k, v in r.items() if k != "event"} for r in read_log(path) if r["event"] == "epoch"]
     else:
         history = artifacts.read_header(path, kind="checkpoint").meta.get("history")
+        if history is not None and not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+            raise DplError(f"{path}: its training history is not a list of epoch records")
+        for n, record in enumerate(history or [], 1):
+            check_record(record, f"{path}: history record {n}")
     if not history:
         raise DplError(f"{path}: no training history (made by an older dpl, or by pretrain --epochs 0)")
     return history
