@@ -123,6 +123,7 @@ class Panel:
     OUTPUT = "Output"
     DATA = "Data"
     SCENES = "Scenes"               # scenes:SOURCE, data with boxes built from a classification source
+    POSES = "Poses"                 # poses[:SOURCE], synthetic figures with keypoints
     BAGS = "Bags"                   # bags built from a classification source (dpl mil)
     MODEL = "Model"
     OPTIMIZATION = "Optimization"
@@ -647,10 +648,25 @@ MaxOverlap = Annotated[float, typer.Option(help="Scenes: the largest IoU between
 Scenes = Annotated[int, typer.Option(help="Scenes: training scenes, from the source's train split.", rich_help_panel=Panel.SCENES)]
 TestScenes = Annotated[int, typer.Option(help="Scenes: test scenes, from the source's test split.", rich_help_panel=Panel.SCENES)]
 SceneSeed = Annotated[int, typer.Option(help="Scenes: seed of the scenes (each split its own stream of it).", rich_help_panel=Panel.SCENES)]
+# poses[:SOURCE], synthetic figures with keypoints (core/data/poses.py); --canvas is shared with scenes
+Poses = Annotated[int, typer.Option(help="Poses: training images (one figure each).", rich_help_panel=Panel.POSES)]
+TestPoses = Annotated[int, typer.Option(help="Poses: test images.", rich_help_panel=Panel.POSES)]
+PoseScale = Annotated[str, typer.Option(help="Poses: the figure's height as a fraction of the canvas, LO,HI.", rich_help_panel=Panel.POSES)]
+PoseRotation = Annotated[float, typer.Option(help="Poses: the largest rotation of a whole figure, degrees.", rich_help_panel=Panel.POSES)]
+Clutter = Annotated[int, typer.Option(help="Poses: at most this many distractor objects per image.", rich_help_panel=Panel.POSES)]
+Truncation = Annotated[float, typer.Option(help="Poses: the probability that a figure is cut by the canvas edge.", rich_help_panel=Panel.POSES)]
+PoseSeed = Annotated[int, typer.Option(help="Poses: seed of the figures (each split its own stream of it).", rich_help_panel=Panel.POSES)]
 ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.", rich_help_panel=Panel.DETECTORS)]
 # The option names of a scene spec (a COCO source has its own boxes: they cannot apply to it).
 SCENE_OPTIONS = ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes", "scene_seed")
+
+
+def float_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise DplError(f"{flag} takes numbers separated by commas, got {text!r}") from None
 
 
 def int_range(text: str, flag: str) -> tuple[int, int]:
@@ -684,6 +700,23 @@ def scene_spec(ctx: typer.Context, data_spec: str, o: dict):
 SEED_VARIANTS = {"--seed": True, "--output": True, "-o": True, "--device": True, "--workers": True,
                  "--save-every": True, "--tensorboard": True, "--force": False, "--compile": False,
                  "--keep-state": False, "--resume": False}
+
+
+def seeds_or_json(o: dict, results: list[dict], commands: list, metrics: tuple[str, ...], what: str) -> bool:
+    """eval's --seeds table or --json output of a task's results (`what`: the figures, in the table's title);
+    False where neither was asked and the task prints its own table."""
+    if o["seeds"]:
+        from ..core.reporting.evaluate import seed_groups
+
+        groups = seed_groups(results, commands, SEED_VARIANTS, metrics)
+        if o["as_json"]:
+            print_json({"results": results, "groups": groups})
+        else:
+            stderr.print(seed_table(groups, f"{results[0]['data']}: {what}", metrics))
+        return True
+    if o["as_json"]:
+        print_json(results[0] if len(results) == 1 else results)
+    return o["as_json"]
 
 
 def seed_table(groups: list[dict], data_spec: str, metrics: tuple[str, ...]) -> tables.Table:

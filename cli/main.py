@@ -130,7 +130,8 @@ EXAMPLES = {
               "dpl teach --data digits --labeled-per-class 10 --arch cnn-s --epochs 100 --batch-size 32 -o t0.safetensors",
               "dpl teach --data imagefolder:photos/labeled --resize 28 --randaugment 2,9 --val-per-class 10 --keep best "
               "-o t.safetensors",
-              "dpl teach --data scenes:fashion-mnist --labeled 100 --arch frcnn-cnn-m --epochs 40 -o det.safetensors"],
+              "dpl teach --data scenes:fashion-mnist --labeled 100 --arch frcnn-cnn-m --epochs 40 -o det.safetensors",
+              "dpl teach --data poses --arch cnn-m --epochs 30 --optimizer adamw --lr 0.002 -o pose.safetensors"],
     "label": ["dpl label t0.safetensors -o labels0/",
               "dpl label t.safetensors --data imagefolder:photos/unlabeled -o labels/",
               "dpl label t0.safetensors --topk 5 --tau 2 -o labels-top5/",

@@ -27,6 +27,13 @@ def teach_command(
     scenes: common.Scenes = 1000,
     test_scenes: common.TestScenes = 300,
     scene_seed: common.SceneSeed = 0,
+    poses: common.Poses = 1000,
+    test_poses: common.TestPoses = 300,
+    pose_scale: common.PoseScale = "0.5,0.95",
+    pose_rotation: common.PoseRotation = 30.0,
+    clutter: common.Clutter = 3,
+    truncation: common.Truncation = 0.1,
+    pose_seed: common.PoseSeed = 0,
     scale_jitter: common.ScaleJitter = None,
     download: common.Download = False,
     resize: common.Resize = None,
@@ -64,9 +71,9 @@ def teach_command(
     keep_state: common.KeepState = False,
     config: common.Config = None,
 ):
-    """Train a model on labeled data: a teacher, or a detector on data with boxes.
+    """Train on labeled data: a teacher, a detector (boxes), a keypoint model (poses).
 
     The labeled part when a partition is given; on data with boxes (scenes:SOURCE, coco:PATH), a detector
-    (--arch frcnn-BACKBONE)."""
+    (--arch frcnn-BACKBONE); on data with keypoints (poses[:SOURCE]), heatmaps on the --arch backbone."""
     options = dict(locals())
     return dispatch("teach", tasks.of_data(data_spec), ctx, options, data_spec)

@@ -9,16 +9,9 @@ from typing import Annotated
 import typer
 
 from . import common
-from ..core import DplError, tasks
+from ..core import tasks
 
 train, scenes_data, wsddn = common.train, common.lazy("dpl.core.data.scenes"), common.lazy("dpl.core.methods.wsddn")
-
-
-def float_list(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise DplError(f"{flag} takes numbers separated by commas, got {text!r}") from None
 
 
 @common.guarded
@@ -84,8 +77,8 @@ def wsddn_command(
     the top box of each class predicted present as pseudo-boxes."""
     options = common.options_of(locals())
     scene = common.scene_spec(ctx, data_spec, options)
-    opts = wsddn.WsddnOptions(proposal_sizes=float_list(proposal_sizes, "--proposal-sizes"),
-                              proposal_ratios=float_list(proposal_ratios, "--proposal-ratios"),
+    opts = wsddn.WsddnOptions(proposal_sizes=common.float_list(proposal_sizes, "--proposal-sizes"),
+                              proposal_ratios=common.float_list(proposal_ratios, "--proposal-ratios"),
                               proposal_stride=proposal_stride, roi=roi, hidden=hidden, refine=refine,
                               feature_layer=feature_layer, context=context, spatial=spatial, vote=vote)
     state = common.resume_spec("wsddn", options, shared["resume"], shared["save_every"])

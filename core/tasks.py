@@ -30,7 +30,7 @@ class Task:
 COMMON = frozenset({"output", "config", "device", "workers", "force", "as_json", "download", "batch_size"})
 _MEASURE = frozenset({"checkpoints", "data_spec", "config", "device", "workers", "as_json", "download", "batch_size"})
 
-CLASSIFIER, EXPERTS, DETECTOR, MIL, WSDDN = "classifier", "experts", "detector", "mil", "wsddn"
+CLASSIFIER, EXPERTS, DETECTOR, MIL, WSDDN, KEYPOINTS = "classifier", "experts", "detector", "mil", "wsddn", "keypoints"
 LABELS, BOX_LABELS = "labels", "box-labels"
 
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -42,6 +42,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task(WSDDN, "a WSDDN model", best="corloc",
          only={"eval": _MEASURE,
                "label": COMMON | {"teacher", "data_spec", "shard_size", "present"}}),
+    Task(KEYPOINTS, "a keypoint model", best="pck",
+         only={"teach": COMMON | {"data_spec", "canvas", "poses", "test_poses", "pose_scale", "pose_rotation",
+                                  "clutter", "truncation", "pose_seed", "arch", "epochs", "lr", "optimizer",
+                                  "momentum", "weight_decay", "warmup_epochs", "log_every", "ema", "tensorboard",
+                                  "val", "val_every", "keep", "flip", "stochastic_depth", "seed", "compile",
+                                  "resume", "save_every", "keep_state"},
+               "eval": _MEASURE | {"seeds"}}),
     # label folders are measured by `dpl eval` as models are: rows of the same table
     Task(LABELS, "a label folder", why="it is measured on the data it was made for and has no backbone to probe; "
                                        "give a checkpoint",
@@ -53,7 +60,7 @@ _CLASSIFYING = frozenset({CLASSIFIER, EXPERTS})
 _BOXES = frozenset({DETECTOR, WSDDN})
 # Options that belong to some tasks only: (command or "*", option parameter name) -> the tasks that take it.
 OPTIONS: dict[tuple[str, str], frozenset[str]] = {
-    **{("*", o): _BOXES for o in ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes",
+    **{("*", o): _BOXES for o in ("objects", "object_size", "max_overlap", "scenes", "test_scenes",
                                   "scene_seed")},
     **{("*", o): frozenset({DETECTOR}) for o in ("scale_jitter", "bound_weight", "bound_margin", "background_weight")},
     **{("*", o): _CLASSIFYING for o in (
@@ -69,6 +76,9 @@ OPTIONS: dict[tuple[str, str], frozenset[str]] = {
     **{("distill", o): frozenset({CLASSIFIER, DETECTOR}) for o in ("teacher", "labeled", "val", "val_every", "keep")},
     ("distill", "head_names"): frozenset({EXPERTS}),
     ("*", "present"): frozenset({WSDDN}),
+    **{("*", o): frozenset({KEYPOINTS}) for o in ("poses", "test_poses", "pose_scale", "pose_rotation", "clutter",
+                                                   "truncation", "pose_seed")},
+    ("*", "canvas"): _BOXES | {KEYPOINTS},
 }
 
 
@@ -114,23 +124,30 @@ def check_arch(arch: str, task: str, command: str, about: Path | str | None = No
 
 
 def of_data(spec: str | None) -> Task:
-    """The task a training command serves on data `spec`: a detector on data with boxes, else a classifier."""
+    """The task a training command serves on data `spec`: a detector on data with boxes, a keypoint model on
+    data with keypoints, else a classifier."""
+    if spec is not None and spec.partition(":")[0] == "poses":
+        return TASKS[KEYPOINTS]
     from .data.scenes import is_box_spec
 
     return TASKS[DETECTOR if spec is not None and is_box_spec(spec) else CLASSIFIER]
 
 
+# what data each kind of task learns from, as refusals name it
+DATA_KINDS = {CLASSIFIER: "classification data", DETECTOR: "data with boxes (scenes:SOURCE or coco:PATH)",
+              KEYPOINTS: "data with keypoints (poses[:SOURCE])"}
+
+
 def check_data(task: Task, spec: str | None, about: Path | str | None) -> None:
-    """Refuse data of another kind than an artifact's task: data with boxes for a classifier's, data without
-    boxes for a detector's or a WSDDN model's (`about`: the artifact, named first)."""
-    if spec is None or task.name not in _CLASSIFYING | _BOXES:
+    """Refuse data of another kind than an artifact's task: boxes for a detector's or a WSDDN model's, keypoints
+    for a keypoint model's, classification data for a classifier's (`about`: the artifact, named first)."""
+    if spec is None or task.name not in _CLASSIFYING | _BOXES | {KEYPOINTS}:
         return
-    boxes = of_data(spec).name == DETECTOR
-    if boxes != (task.name in _BOXES):
+    wants = DETECTOR if task.name in _BOXES else KEYPOINTS if task.name == KEYPOINTS else CLASSIFIER
+    given = of_data(spec).name
+    if given != wants:
         prefix = f"{about}: " if about is not None else ""
-        raise DplError(f"{prefix}{task.title}, and --data {spec} is " + (
-            "data with boxes: give classification data" if boxes else
-            "data without boxes: give scenes:SOURCE or coco:PATH"))
+        raise DplError(f"{prefix}{task.title}, and --data {spec} is {DATA_KINDS[given]}: give {DATA_KINDS[wants]}")
 
 
 def of_checkpoint(path: Path) -> Task:

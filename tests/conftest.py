@@ -56,6 +56,18 @@ def assert_usage_error(result: Result, *words: str) -> None:
         assert w in result.stderr, (w, result)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small tensors: about as fast, and clear of other work on a shared machine
+    (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def teacher(tmp_path_factory) -> Path:
     """A small cnn-s trained on digits, shared by the tests that need a checkpoint."""

@@ -12,13 +12,7 @@ from dpl.core.methods.common import ModelOptions, make_model
 SMALL = ("--arch", "cnn-s", "--batch-size", "64", "--device", "cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: one thread is fastest, and keeps clear of other work on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def info(path) -> dict:

@@ -30,7 +30,7 @@ def test_the_table_says_which_options_apply_to_which_task():
     assert tasks.refused("teach", detector, {"label_smoothing": "--label-smoothing", "epochs": "--epochs"}) == \
         "--label-smoothing cannot apply to a detector"
     assert tasks.refused("teach", detector, {"epochs": "--epochs"}) is None
-    assert {t.best for t in tasks.TASKS.values() if t.best} == {"top1", "map", "bag_auc", "corloc"}
+    assert {t.best for t in tasks.TASKS.values() if t.best} == {"top1", "map", "bag_auc", "corloc", "pck"}
 
 
 def test_every_task_a_command_serves_has_a_handler_and_a_row():
@@ -87,6 +87,9 @@ def _validated(path: Path) -> tuple[dict, list[dict]]:
                  "--arch", "cnn-s", "--epochs", "3", "--bag-batch", "8", "--val", "10"]),
     ("corloc", ["wsddn", *SCENES, "--arch", "cnn-s", "--hidden", "16", "--epochs", "3", "--batch-size", "8",
                 "--val", "6"]),
+    ("pck", ["teach", "--data", "poses", "--canvas", "40", "--pose-scale", "0.8,0.95", "--poses", "40", "--test-poses",
+             "8", "--arch", "cnn-s", "--epochs", "3", "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.002",
+             "--val", "8"]),
 ])
 def test_val_and_keep_best_work_for_every_task(tmp_path, task, argv):
     out = tmp_path / "m.safetensors"

@@ -25,6 +25,7 @@ HANDLERS: dict[str, dict[str, str]] = {
     tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
                      "eval": "detector:evaluate"},
     tasks.MIL: {"eval": "mil:evaluate"},
+    tasks.KEYPOINTS: {"teach": "keypoints:teach", "eval": "keypoints:evaluate"},
     tasks.WSDDN: {"label": "wsddn:label", "eval": "wsddn:evaluate"},
     tasks.LABELS: {"eval": "classifier:label_quality"},
     tasks.BOX_LABELS: {"eval": "detector:box_label_quality"},

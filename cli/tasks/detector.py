@@ -16,7 +16,6 @@ from ...core.data import augment, boxes, scenes
 from ...core.engine import distributed, train
 from ...core.methods import detect
 from ...core.data.boxes import precision_recall, read_box_labels
-from ...core.reporting.evaluate import seed_groups
 
 def _noise(o: dict) -> detect.BoxNoise:
     scale = o.get("scale_jitter")
@@ -276,13 +275,8 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
                         "params": sum(v.numel() for v in ckpt.model_state().values()), "seed": ckpt.meta.get("seed"),
                         **found})
     common.flush_notes()
-    if o["seeds"]:
-        groups = seed_groups(results, commands, common.SEED_VARIANTS, MAP_METRICS)
-        if o["as_json"]:
-            return common.print_json({"results": results, "groups": groups})
-        return common.stderr.print(common.seed_table(groups, f"{results[0]['data']}: COCO box AP", MAP_METRICS))
-    if o["as_json"]:
-        return common.print_json(results[0] if len(results) == 1 else results)
+    if common.seeds_or_json(o, results, commands, MAP_METRICS, "COCO box AP"):
+        return
     table = Table(title=f"on {results[0]['data']} ({results[0]['n']} images): COCO box AP (pycocotools)")
     for col in ("model", "arch", "params", "mAP@[.5:.95]", "mAP@.5", "mAP@.75", "images/s"):
         table.add_column(col, justify="left" if col in ("model", "arch") else "right")
