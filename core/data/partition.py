@@ -147,3 +147,16 @@ def labeled_indices(labels: torch.Tensor, num_classes: int, partition: Partition
     starts = torch.cumsum(counts, 0) - counts
     chosen = [by_class[starts[c]: starts[c] + quota[c]] for c in range(num_classes)]
     return torch.cat(chosen).sort().values
+
+
+def held_out_images(data, n: int | None, seed: int):
+    """(the rest, `n` images drawn by a permutation seeded `seed`) of image data that `subset`s itself and keeps
+    a `record` (BoxData, PoseData), for --val; (data, None) when n is None. The rest's record counts `val_images`."""
+    if n is None:
+        return data, None
+    if not 1 <= n < len(data):
+        raise DplError(f"--val must be between 1 and {len(data) - 1} (the training part has {len(data)} images), "
+                       f"got {n}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    rest, val = data.subset(order[n:].sort().values), data.subset(order[:n].sort().values)
+    return replace(rest, record={**rest.record, "val_images": n}), val

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from .. import DplError, data
 from . import images as image_files
 from . import memory
+from .partition import held_out_images
 
 POSES = "poses"
 CHUNK_PIXELS = 128 * 64 * 64     # canvas pixels rendered at once (128 figures at 64 px)
@@ -261,14 +262,7 @@ class PoseData:
 
     def held_out(self, n: int | None, seed: int) -> tuple[PoseData, PoseData | None]:
         """(the rest, `n` images drawn by a permutation seeded `seed`) for --val; (self, None) when n is None."""
-        if n is None:
-            return self, None
-        if not 1 <= n < len(self):
-            raise DplError(f"--val must be between 1 and {len(self) - 1} (the training part has {len(self)} images), "
-                           f"got {n}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        rest, val = self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
-        return replace(rest, record={**rest.record, "val_images": n}), val
+        return held_out_images(self, n, seed)
 
     def flipped(self) -> PoseData:
         """The data mirrored left to right: images, masks, boxes, and keypoints with left and right swapped."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .. import DplError, data
 from . import images as image_files
 from . import memory
+from .partition import held_out_images
 from .boxes import Boxes
 
 SCENES, COCO = "scenes", "coco"
@@ -105,14 +106,7 @@ class BoxData:
 
     def held_out(self, n: int | None, seed: int) -> tuple[BoxData, BoxData | None]:
         """(the rest, `n` images drawn by a permutation seeded `seed`) for --val; (self, None) when n is None."""
-        if n is None:
-            return self, None
-        if not 1 <= n < len(self):
-            raise DplError(f"--val must be between 1 and {len(self) - 1} (the training part has {len(self)} images), "
-                           f"got {n}")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        rest, val = self.subset(order[n:].sort().values), self.subset(order[:n].sort().values)
-        return BoxData(rest.images, rest.truth, rest.classes, {**rest.record, "val_images": n}, rest.notes), val
+        return held_out_images(self, n, seed)
 
     def image_labels(self) -> torch.Tensor:
         """float32 (N, C) multi-hot of the classes present: the training target of WSDDN."""
