@@ -656,6 +656,8 @@ PoseRotation = Annotated[float, typer.Option(help="Poses: the largest rotation o
 Clutter = Annotated[int, typer.Option(help="Poses: at most this many distractor objects per image.", rich_help_panel=Panel.POSES)]
 Truncation = Annotated[float, typer.Option(help="Poses: the probability that a figure is cut by the canvas edge.", rich_help_panel=Panel.POSES)]
 PoseSeed = Annotated[int, typer.Option(help="Poses: seed of the figures (each split its own stream of it).", rich_help_panel=Panel.POSES)]
+PosePart = Annotated[str, typer.Option(help="Poses: what the model learns: whole (every keypoint of the image), or a part expert (DOPE): body (the body joints of the image), hands (crops around each wrist: palm and fingertips), face (a crop around the head).", rich_help_panel=Panel.POSES)]
+PartSize = Annotated[int, typer.Option(min=8, max=1024, help="Poses: the side, in pixels, that hand and face crops are resampled to.", rich_help_panel=Panel.POSES)]
 ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.", rich_help_panel=Panel.DETECTORS)]
 # The option names of a scene spec (a COCO source has its own boxes: they cannot apply to it).

@@ -48,6 +48,8 @@ def distill_command(
     bound_weight: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: weight of Chen et al.'s teacher-bounded regression term (0: off). \\[default: 0.5]", show_default=False, rich_help_panel=common.Panel.DETECTORS)] = None,
     bound_margin: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: its margin m: the student's squared regression error counts where it exceeds the teacher's less m. \\[default: 0]", show_default=False, rich_help_panel=common.Panel.DETECTORS)] = None,
     background_weight: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: weight w0 of the background class in the soft cross-entropy (--alpha weighs that term, on the RoI classifier and the RPN objectness; --feature-loss hint adds the hint on backbone features). \\[default: 1.5]", show_default=False, rich_help_panel=common.Panel.DETECTORS)] = None,
+    kd_decay: Annotated[bool, typer.Option("--kd-decay", help="Keypoints, --teacher: the distillation weights fall linearly from 1 to 0 over training (DWPose's weight decay).", rich_help_panel=common.Panel.LOSS)] = False,
+    head_only: Annotated[bool, typer.Option("--head-only", help="Keypoints: train the head of the --init model only, its backbone frozen (DWPose's second stage: --teacher and --init the same student).", rich_help_panel=common.Panel.MODEL)] = False,
     scale_jitter: common.ScaleJitter = None,
     arch: common.Arch = "cnn-m",
     epochs: common.Epochs = 30,
@@ -92,8 +94,11 @@ def distill_command(
 
 
 def distill_task(teachers: list[Path], folders: list[Path]) -> tasks.Task:
-    """A detector's distillation for a detector teacher or pseudo-boxes; several label folders make a multi-head
-    student; else a classifier's."""
-    if any(tasks.of_artifact(p).name in (tasks.DETECTOR, tasks.BOX_LABELS) for p in [*teachers, *folders]):
+    """A detector's distillation for a detector teacher or pseudo-boxes, a keypoint model's for a keypoint teacher
+    or pseudo-keypoints; several label folders make a multi-head student; else a classifier's."""
+    found = {tasks.of_artifact(p).name for p in [*teachers, *folders]}
+    if found & {tasks.DETECTOR, tasks.BOX_LABELS}:
         return tasks.TASKS[tasks.DETECTOR]
+    if found & {tasks.KEYPOINTS, tasks.KEYPOINT_LABELS}:
+        return tasks.TASKS[tasks.KEYPOINTS]
     return tasks.TASKS[tasks.EXPERTS if len(folders) > 1 else tasks.CLASSIFIER]

@@ -14,7 +14,7 @@ from ..core import tasks
 @common.guarded
 def label_command(
     ctx: typer.Context,
-    teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities).", rich_help_panel=common.Panel.TEACHERS)],
+    teacher: Annotated[list[Path], typer.Argument(help="Teacher checkpoint(s); several are an ensemble (mean probabilities), or part experts of keypoints (body, hands, face: whole-body pseudo-keypoints, DOPE).", rich_help_panel=common.Panel.TEACHERS)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The label folder to write.", rich_help_panel=common.Panel.OUTPUT)],
     data_spec: Annotated[str | None, typer.Option("--data", autocompletion=common.complete_data, help="Data to label. \\[default: the teacher's training data]", rich_help_panel=common.Panel.DATA)] = None,
     labeled_per_class: common.LabeledPerClass = None,

@@ -34,6 +34,8 @@ def teach_command(
     clutter: common.Clutter = 3,
     truncation: common.Truncation = 0.1,
     pose_seed: common.PoseSeed = 0,
+    pose_part: common.PosePart = "whole",
+    part_size: common.PartSize = 32,
     scale_jitter: common.ScaleJitter = None,
     download: common.Download = False,
     resize: common.Resize = None,

@@ -31,7 +31,11 @@ COMMON = frozenset({"output", "config", "device", "workers", "force", "as_json",
 _MEASURE = frozenset({"checkpoints", "data_spec", "config", "device", "workers", "as_json", "download", "batch_size"})
 
 CLASSIFIER, EXPERTS, DETECTOR, MIL, WSDDN, KEYPOINTS = "classifier", "experts", "detector", "mil", "wsddn", "keypoints"
-LABELS, BOX_LABELS = "labels", "box-labels"
+LABELS, BOX_LABELS, KEYPOINT_LABELS = "labels", "box-labels", "keypoint-labels"
+# what training a keypoint model takes, whatever the command
+_POSE_TRAINING = COMMON | {"arch", "epochs", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs", "log_every",
+                           "ema", "tensorboard", "val", "val_every", "keep", "flip", "stochastic_depth", "seed",
+                           "compile", "resume", "save_every", "keep_state", "init"}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task(CLASSIFIER, "a classifier", best="top1"),
@@ -43,17 +47,19 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          only={"eval": _MEASURE,
                "label": COMMON | {"teacher", "data_spec", "shard_size", "present"}}),
     Task(KEYPOINTS, "a keypoint model", best="pck",
-         only={"teach": COMMON | {"data_spec", "canvas", "poses", "test_poses", "pose_scale", "pose_rotation",
-                                  "clutter", "truncation", "pose_seed", "arch", "epochs", "lr", "optimizer",
-                                  "momentum", "weight_decay", "warmup_epochs", "log_every", "ema", "tensorboard",
-                                  "val", "val_every", "keep", "flip", "stochastic_depth", "seed", "compile",
-                                  "resume", "save_every", "keep_state"},
+         only={"teach": _POSE_TRAINING | {"data_spec", "canvas", "poses", "test_poses", "pose_scale",
+                                          "pose_rotation", "clutter", "truncation", "pose_seed", "pose_part",
+                                          "part_size", "labeled", "split_seed", "part"},
+               "distill": _POSE_TRAINING | {"labels_dir", "teacher", "min_confidence", "alpha", "feature_loss",
+                                            "feature_weight", "kd_decay", "head_only", "labeled", "split_seed"},
+               "label": COMMON | {"teacher", "data_spec", "shard_size", "labeled", "split_seed", "part"},
                "eval": _MEASURE | {"seeds"}}),
     # label folders are measured by `dpl eval` as models are: rows of the same table
     Task(LABELS, "a label folder", why="it is measured on the data it was made for and has no backbone to probe; "
                                        "give a checkpoint",
          only={"eval": frozenset({"checkpoints", "download", "as_json", "allow_partial", "config"})}),
     Task(BOX_LABELS, "a box label folder", only={"eval": frozenset({"checkpoints", "download", "as_json", "config"})}),
+    Task(KEYPOINT_LABELS, "a keypoint label folder", only={"eval": frozenset({"checkpoints", "as_json", "config"})}),
 )}
 
 _CLASSIFYING = frozenset({CLASSIFIER, EXPERTS})
@@ -79,6 +85,7 @@ OPTIONS: dict[tuple[str, str], frozenset[str]] = {
     **{("*", o): frozenset({KEYPOINTS}) for o in ("poses", "test_poses", "pose_scale", "pose_rotation", "clutter",
                                                    "truncation", "pose_seed")},
     ("*", "canvas"): _BOXES | {KEYPOINTS},
+    **{("*", o): frozenset({KEYPOINTS}) for o in ("pose_part", "part_size", "kd_decay", "head_only")},
 }
 
 
@@ -166,10 +173,13 @@ def of_checkpoint(path: Path) -> Task:
 
 
 def of_folder(path: Path) -> Task:
-    """The task of a label folder: box labels (pseudo-boxes) or class labels."""
+    """The task of a label folder: box labels (pseudo-boxes), keypoint labels or class labels."""
     from .data.boxes import is_box_folder
+    from .methods.keypoints.pseudo import is_keypoint_folder
 
-    return TASKS[BOX_LABELS if is_box_folder(Path(path)) else LABELS]
+    if is_box_folder(Path(path)):
+        return TASKS[BOX_LABELS]
+    return TASKS[KEYPOINT_LABELS if is_keypoint_folder(Path(path)) else LABELS]
 
 
 def of_artifact(path: Path) -> Task:

@@ -25,10 +25,12 @@ HANDLERS: dict[str, dict[str, str]] = {
     tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
                      "eval": "detector:evaluate"},
     tasks.MIL: {"eval": "mil:evaluate"},
-    tasks.KEYPOINTS: {"teach": "keypoints:teach", "eval": "keypoints:evaluate"},
+    tasks.KEYPOINTS: {"teach": "keypoints:teach", "label": "keypoints:label", "distill": "keypoints:distill",
+                      "eval": "keypoints:evaluate"},
     tasks.WSDDN: {"label": "wsddn:label", "eval": "wsddn:evaluate"},
     tasks.LABELS: {"eval": "classifier:label_quality"},
     tasks.BOX_LABELS: {"eval": "detector:box_label_quality"},
+    tasks.KEYPOINT_LABELS: {"eval": "keypoints:label_quality"},
 }
 
 
@@ -39,7 +41,7 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
     where = HANDLERS[task.name].get(command)
     if where is None:
         served = [tasks.TASKS[name].title for name, by in HANDLERS.items()
-                  if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS)]
+                  if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS, tasks.KEYPOINT_LABELS)]
         raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: "
                        f"dpl {command} serves those")
     given = common.given_options(ctx)

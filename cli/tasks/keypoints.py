@@ -1,16 +1,20 @@
-"""dpl teach and dpl eval of keypoint models (task `keypoints`): synthetic figures (poses[:SOURCE]) through the
-heatmap network of core/methods/keypoints."""
+"""dpl teach, label, distill and eval of keypoint models (task `keypoints`) and eval of keypoint label folders:
+synthetic figures (poses[:SOURCE]) through the heatmap network of core/methods/keypoints; part experts (--pose-part)
+and their composition into whole-body pseudo-keypoints (DOPE); online distillation (DWPose's two stages)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+import torch
 import typer
 from rich.table import Table
 
 from .. import common
-from ...core import DplError, tasks
+from ...core import DplError, artifacts, tasks
 from ...core.data import poses
+from ...core.data.partition import part_of_images
 from ...core.engine import train
 from ...core.methods import keypoints
 
@@ -34,23 +38,48 @@ def _say_data(data: poses.PoseData, role: str = "") -> None:
         common.say(f"dpl: {note}")
 
 
+def _noise(o: dict) -> keypoints.PoseNoise:
+    return keypoints.PoseNoise(flip=o["flip"])
+
+
+def _test_of(data: poses.PoseData) -> poses.PoseData | None:
+    """The test split of training data built from a spec, cut as the data's part expert sees it; None for data
+    that is a test split already."""
+    if data.record.get("split") != "train":
+        return None
+    test = poses.build_poses(poses.pose_spec_of(data.record), "test")
+    return _as_part(test, data.record)
+
+
+def _as_part(data: poses.PoseData, record: dict) -> poses.PoseData:
+    """`data` as the part expert of `record` (its `pose_part`) sees it, crops around the true keypoints."""
+    made = record.get("pose_part") or {}
+    return keypoints.part_data(data, made.get("part", "whole"), made.get("size", 32))
+
+
 def teach(ctx: typer.Context, o: dict) -> None:
-    """dpl teach on poses: a keypoint model (heatmaps on the --arch backbone), PCK and OKS AP on the test split."""
+    """dpl teach on poses: a keypoint model (heatmaps on the --arch backbone), or a part expert (--pose-part), on
+    the labeled part (--labeled N images); PCK and OKS AP on the test split."""
     spec = _pose_spec(o)
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
     cfg = common.train_config(o)
     model_opts = common.model_options({**o, "dropout": 0.0}, tasks.KEYPOINTS, "teach")
-    noise = keypoints.PoseNoise(flip=o["flip"])
     val_opts = common.val_options(o, keypoints.VAL.metric)
+    if o["pose_part"] not in keypoints.POSE_PARTS:
+        raise DplError(f"--pose-part must be one of {', '.join(keypoints.POSE_PARTS)}, got {o['pose_part']!r}")
     common.check_output(o["output"], o["force"], o)
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
     full = poses.build_poses(spec, poses.parse_pose_spec(o["data_spec"])[1] or "train")
-    data, val = full.held_out(o["val"], spec.seed)
-    test = poses.build_poses(spec, "test") if full.record["split"] == "train" else None
+    data = part_of_images(full, o["labeled"], o["split_seed"], o["part"] or ("labeled" if o["labeled"] else "all"))
+    data, val = data.held_out(o["val"], spec.seed)
+    part, size = o["pose_part"], o["part_size"]
+    data = keypoints.part_data(data, part, size, jitter=True, seed=spec.seed)
+    val = keypoints.part_data(val, part, size) if val is not None else None
+    test = _test_of(data)
     _say_data(data, "training on ")
     with common.TrainingProgress("teach keypoints", sinks) as progress:
-        result = keypoints.teach(data, test, model_opts, noise, cfg, rt, on_progress=progress, resume=state,
+        result = keypoints.teach(data, test, model_opts, _noise(o), cfg, rt, on_progress=progress, resume=state,
                                  val=val, val_opts=val_opts)
     common.write_result(o["output"], result, state, o["keep_state"])
 
@@ -68,7 +97,179 @@ def data_of(meta: dict, data_spec: str | None, split: str) -> poses.PoseData:
     if data_spec is None:
         given = split
     pose = replace(made, source=source) if made else poses.PoseSpec(source=source)
-    return poses.build_poses(pose, given or split)
+    return _as_part(poses.build_poses(pose, given or split), record)
+
+
+def _whole_data(record: dict, data_spec: str | None) -> poses.PoseData:
+    """The whole figures (every keypoint, whole images) of a model's data record, or of `data_spec`, in the split
+    the record names."""
+    return data_of({"data": {**record, "pose_part": None}}, data_spec, record.get("split", "train"))
+
+
+# ---- label --------------------------------------------------------------------------------------------------
+
+def label(ctx: typer.Context, o: dict) -> None:
+    """dpl label with a keypoint model, or with part experts (DOPE: a body expert placing hand and face crops):
+    pseudo-keypoints (coordinates, confidence) of the unlabeled part of the teacher's --labeled split (else of all
+    its training images) into keypoint shards, with their quality against the true keypoints."""
+    folder = Path(o["output"])
+    loaded = [(path, *keypoints.load_model(path)) for path in o["teacher"]]
+    experts = [(path, ckpt.meta) for path, _, ckpt in loaded]
+    lead = next((m for _, m in experts if keypoints.expert_part(m) not in keypoints.PART_CROPS), experts[0][1])
+    record = lead["data"]
+    full = _whole_data(record, o["data_spec"])
+    labeled, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else (
+        (record.get("labeled_images"), record.get("split_seed", 0)) if o["data_spec"] is None else (None, 0))
+    part = o["part"] or ("unlabeled" if labeled else "all")
+    pool = part_of_images(full, labeled, seed, part)
+    if len(loaded) == 1 and keypoints.expert_part(lead) == "whole":
+        keypoints.check_data(lead, pool, o["teacher"][0])
+    else:
+        keypoints.check_experts(experts, pool.names)
+    body_path = next(p for p, m in experts if m is lead)
+    if (lead["input"]["channels"], lead["input"]["size"]) != pool.shape[:2]:
+        raise DplError(f"{body_path}: the model takes {lead['input']['channels']}x{lead['input']['size']} images, "
+                       f"{pool.spec} has {'x'.join(map(str, pool.shape))}")
+    common.check_output(folder, o["force"], o)
+    artifacts.check_writable(folder)
+    _say_data(pool, "labels ")
+    rt = train.runtime(o["device"], workers=o["workers"])
+    models = [(rt.prepare(model), ckpt.meta) for _, model, ckpt in loaded]
+    coords, confidence = keypoints.label_experts(models, pool.images, pool.names, rt, min(o["batch_size"], 256))
+    meta = {"teachers": [{"role": keypoints.expert_part(ckpt.meta), "path": str(path), "sha256": ckpt.sha256()}
+                         for path, _, ckpt in loaded],
+            "data": pool.record, **{k: getattr(pool, k) for k in keypoints.training.SET_KEYS},
+            "image_size": list(pool.shape[1:]), "total": len(pool), "world": 1}
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("shard-*.safetensors"):
+        stale.unlink()
+    keypoints.write_labels(folder, meta, torch.arange(len(pool)), coords, confidence, o["shard_size"])
+    found = keypoints.quality(coords, confidence, pool)
+    if o["as_json"]:
+        return common.print_json({"path": str(folder), "images": len(pool), "quality": found})
+    print(folder)
+    _quality_table(found, f"pseudo-keypoints of {pool.spec} ({part}, {len(pool)} images)")
+
+
+def _quality_table(found: dict, title: str) -> None:
+    parts = [k.removeprefix("pck_") for k in found if k.startswith("pck_")]
+    common.stderr.print(f"{title}: PCK@0.1 {found['pck']:.4f} (" + ", ".join(f"{p} {found[f'pck_{p}']:.4f}"
+                        for p in parts) + f"), PCK@0.05 {found['pck05']:.4f}, OKS AP {found['ap']:.4f}")
+    table = Table(title="kept by confidence")
+    for col in ("min confidence", "keypoints kept", "PCK@0.1 of kept"):
+        table.add_column(col, justify="right")
+    for row in found["by_confidence"]:
+        table.add_row(f"{row['min_confidence']:g}", f"{row['kept']:.3f}", "-" if row['pck_kept'] is None else f"{row['pck_kept']:.4f}")
+    common.stderr.print(table)
+
+
+def label_quality(ctx: typer.Context, o: dict) -> None:
+    """dpl eval of a keypoint label folder: its pseudo-keypoints against the true keypoints of the images it was
+    made for, rebuilt from its metadata."""
+    folder = o["checkpoints"][0]
+    labels = keypoints.read_labels(folder)
+    made = _pool_of(labels)
+    found = keypoints.quality(labels.coords, labels.confidence, made)
+    if o["as_json"]:
+        return common.print_json({"labels": str(folder), "data": made.spec, **found})
+    _quality_table(found, f"{folder} on {made.spec} ({made.record.get('part', 'all')}, {len(made)} images)")
+
+
+def _pool_of(labels: keypoints.KeypointLabels) -> poses.PoseData:
+    """The images a label folder was made for, rebuilt from its metadata and checked to be the same."""
+    record = labels.meta["data"]
+    full = _whole_data(record, None)
+    made = part_of_images(full, record.get("labeled_images"), record.get("split_seed", 0), record.get("part", "all"))
+    if len(made) != len(labels) or made.record.get("fingerprint") != record.get("fingerprint"):
+        raise DplError(f"{labels.path}: its images ({record.get('spec')}, {len(labels)}) are not those rebuilt from "
+                       f"its metadata ({made.spec}, {len(made)}): the data has changed")
+    return made
+
+
+# ---- distill ------------------------------------------------------------------------------------------------
+
+def distill(ctx: typer.Context, o: dict) -> None:
+    """dpl distill of a keypoint model: offline from pseudo-keypoints (--labels: the true keypoints of the labeled
+    part plus the pseudo-keypoints of at least --min-confidence), or online from a live keypoint teacher (--teacher:
+    its heatmaps and, with --feature-loss hint, its feature map; DWPose)."""
+    folders, teachers = o["labels_dir"] or [], o["teacher"] or []
+    if len(folders) + len(teachers) != 1:
+        raise DplError("a keypoint model distils from one keypoint label folder (--labels) or one live keypoint "
+                       "teacher (--teacher)")
+    online = bool(teachers)
+    if online and o["min_confidence"] is not None:
+        raise DplError("--min-confidence selects stored pseudo-keypoints (--labels); a live --teacher has none")
+    if not online and (o["alpha"] is not None or o["feature_loss"] or o["kd_decay"]):
+        raise DplError("--alpha, --feature-loss and --kd-decay weigh a live --teacher's terms; --labels trains on "
+                       "stored pseudo-keypoints")
+    if o["feature_loss"] not in (None, "hint"):
+        raise DplError(f"--feature-loss {o['feature_loss']} compares classifiers' layers; a keypoint model takes "
+                       "hint (its feature map through a 1x1 projection, DWPose's)")
+    if o["head_only"] and o["init"] is None:
+        raise DplError("--head-only trains the head of a trained keypoint model: give it with --init")
+    state = common.resume_spec("distill", o, o["resume"], o["save_every"])
+    cfg = common.train_config(o)
+    model_opts = common.model_options({**o, "dropout": 0.0}, tasks.KEYPOINTS, "distill")
+    val_opts = common.val_options(o, keypoints.VAL.metric)
+    common.check_output(o["output"], o["force"], o)
+    run = (state, cfg, model_opts, val_opts)
+    result = _from_teacher(o, teachers[0], *run) if online else _from_labels(o, folders[0], *run)
+    common.write_result(o["output"], result, state, o["keep_state"])
+
+
+def _from_labels(o: dict, folder: Path, state, cfg, model_opts, val_opts):
+    """The offline student: the true keypoints of the labeled part, the confident pseudo-keypoints of the rest."""
+    if o["labeled"] is not None:
+        raise DplError("--labeled cannot apply to --labels: the labeled part is the one its teacher was taught on "
+                       "(the label folder records the split)")
+    if o["head_only"]:
+        raise DplError("--head-only is DWPose's second stage, from a live --teacher; --labels trains a whole student")
+    labels = keypoints.read_labels(folder)
+    pool = _pool_of(labels)
+    record = labels.meta["data"]
+    labeled = None
+    if record.get("part") == "unlabeled":
+        full = _whole_data(record, None)
+        labeled = part_of_images(full, record["labeled_images"], record.get("split_seed", 0), "labeled")
+    if labeled is None and o["val"] is not None:
+        raise DplError(f"--val holds out labeled images, and {labels.path} labels no teacher's unlabeled part: "
+                       "this run has no labeled ones")
+    labeled, val = labeled.held_out(o["val"], cfg.seed) if labeled is not None else (None, None)
+    min_confidence = 0.5 if o["min_confidence"] is None else o["min_confidence"]
+    data, summary = keypoints.with_pseudo(labeled, pool, labels, min_confidence)
+    common.say(f"dpl: distills on {summary['labeled_images']} labeled images and {summary['pool_images']} "
+               f"pseudo-labeled ones ({summary['keypoints_kept']} of {summary['keypoints_stored']} pseudo-keypoints "
+               f"score at least {min_confidence:g})")
+    sinks = common.run_records(o["output"], o["tensorboard"])
+    rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+    parents = [{"role": "labels", "path": str(labels.path), "sha256": labels.sha256}]
+    with common.TrainingProgress("distill keypoints", sinks) as progress:
+        return keypoints.teach(data, _test_of(data), model_opts, _noise(o), cfg, rt, on_progress=progress,
+                               resume=state, val=val, val_opts=val_opts, parents=parents,
+                               section={"distill": "pseudo-keypoints", **summary})
+
+
+def _from_teacher(o: dict, path: Path, state, cfg, model_opts, val_opts):
+    """DWPose's student of a live teacher: true keypoints of the labeled part, the teacher's outputs on all."""
+    t_meta = artifacts.load_checkpoint(path, task=tasks.KEYPOINTS).meta
+    record = t_meta["data"]
+    full = data_of(t_meta, o["data_spec"], record.get("split", "train"))
+    labeled_n, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else (
+        (record.get("labeled_images"), record.get("split_seed", 0)) if o["data_spec"] is None else (None, 0))
+    data = part_of_images(full, labeled_n, seed, "labeled" if labeled_n else "all")
+    data, val = data.held_out(o["val"], seed)
+    if labeled_n:
+        data = keypoints.concat(data, keypoints.without_truth(part_of_images(full, labeled_n, seed, "unlabeled")),
+                                "labeled+unlabeled")
+    opts = keypoints.PoseKD(heatmap_weight=1.0 if o["alpha"] is None else o["alpha"],
+                            feature_weight=(1.0 if o["feature_weight"] is None else o["feature_weight"])
+                            if o["feature_loss"] else 0.0, decay=o["kd_decay"], head_only=o["head_only"])
+    _say_data(data, "distills on ")
+    sinks = common.run_records(o["output"], o["tensorboard"])
+    rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
+    with common.TrainingProgress("distill keypoints (DWPose)", sinks) as progress:
+        return keypoints.distill_online(data, _test_of(data), path, model_opts, _noise(o), opts, cfg, rt,
+                                        on_progress=progress, resume=state, val=val, val_opts=val_opts)
 
 
 def evaluate(ctx: typer.Context, o: dict) -> None:
@@ -89,12 +290,13 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
     common.flush_notes()
     if common.seeds_or_json(o, results, commands, PCK_METRICS, "PCK and OKS AP"):
         return
-    parts = [k.removeprefix("pck_") for k in results[0] if k.startswith("pck_")]
+    parts = list(dict.fromkeys(k.removeprefix("pck_") for r in results for k in r if k.startswith("pck_")))
+    part = lambda r, p: f"{r[f'pck_{p}']:.4f} ({r[f'pck05_{p}']:.4f})" if f"pck_{p}" in r else "-"   # noqa: E731
     table = Table(title=f"on {results[0]['data']} ({results[0]['n']} images): PCK@0.1 (@0.05) by part, OKS AP")
     for col in ("model", "arch", "params", "PCK", *parts, "AP", "AP@.5", "images/s"):
         table.add_column(col, justify="left" if col in ("model", "arch") else "right")
     for r in results:
         table.add_row(r["checkpoint"], r["arch"], f"{r['params']:,}", f"{r['pck']:.4f} ({r['pck05']:.4f})",
-                      *(f"{r[f'pck_{p}']:.4f} ({r[f'pck05_{p}']:.4f})" for p in parts), f"{r['ap']:.4f}",
+                      *(part(r, p) for p in parts), f"{r['ap']:.4f}",
                       f"{r['ap50']:.4f}", f"{r['images_per_s']:.1f}")
     common.stderr.print(table)

@@ -160,3 +160,28 @@ def held_out_images(data, n: int | None, seed: int):
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     rest, val = data.subset(order[n:].sort().values), data.subset(order[:n].sort().values)
     return replace(rest, record={**rest.record, "val_images": n}), val
+
+
+def split_images(n: int, labeled: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labeled, unlabeled) positions among n images, each sorted: `labeled` of them drawn by a permutation seeded
+    `seed`; all labeled when `labeled` is None."""
+    if labeled is None:
+        return torch.arange(n), torch.zeros(0, dtype=torch.int64)
+    if not 1 <= labeled < n:
+        raise DplError(f"--labeled must be between 1 and {n - 1} (the split has {n} images), got {labeled}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:labeled].sort().values, order[labeled:].sort().values
+
+
+def part_of_images(data, labeled: int | None, seed: int, part: str):
+    """The labeled, unlabeled or whole part of image data that `subset`s itself and keeps a `record` (BoxData,
+    PoseData) under the split `split_images(labeled, seed)`, its record saying which (`part`, `labeled_images`,
+    `split_seed`), so that label and distill find the same images."""
+    if part not in PARTS:
+        raise DplError(f"--part must be labeled, unlabeled or all, got {part!r}")
+    if labeled is None and part != "all":
+        raise DplError(f"--part {part} needs a split of the images: give --labeled N")
+    labeled_idx, unlabeled_idx = split_images(len(data), labeled, seed)
+    picked = data if part == "all" else data.subset(labeled_idx if part == "labeled" else unlabeled_idx)
+    split = {"labeled_images": labeled, "split_seed": seed} if labeled is not None else {}
+    return replace(picked, record={**picked.record, "part": part, **split})

@@ -15,6 +15,7 @@ from ...data import augment
 from ...data.boxes import BoxLabels, Boxes
 from ...data.scenes import BoxData
 from ..common import ModelOptions, ValOptions, parent
+from ...data.partition import part_of_images, split_images
 from ...engine.train import Progress, Runtime, Validation
 
 TASK = "detector"
@@ -26,28 +27,10 @@ MAP_FIGURES = ("map", "map50", "map75")
 
 # ---- the labeled / unlabeled split of scenes ---------------------------------------------------------
 
-def split_images(n: int, labeled: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labeled, unlabeled) positions among n images, each sorted: `labeled` of them drawn by a permutation seeded
-    `seed`; all labeled when `labeled` is None."""
-    if labeled is None:
-        return torch.arange(n), torch.zeros(0, dtype=torch.int64)
-    if not 1 <= labeled < n:
-        raise DplError(f"--labeled must be between 1 and {n - 1} (the split has {n} images), got {labeled}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[:labeled].sort().values, order[labeled:].sort().values
-
-
 def part_of(data: BoxData, labeled: int | None, seed: int, part: str) -> BoxData:
     """The labeled, unlabeled or whole part of `data` under the split `split_images(labeled, seed)`, its record
     saying which (`part`, `labeled_images`, `split_seed`), so that label and distill find the same images."""
-    if part not in ("labeled", "unlabeled", "all"):
-        raise DplError(f"--part must be labeled, unlabeled or all, got {part!r}")
-    if labeled is None and part != "all":
-        raise DplError(f"--part {part} needs a split of the images: give --labeled N")
-    labeled_idx, unlabeled_idx = split_images(len(data), labeled, seed)
-    picked = data if part == "all" else data.subset(labeled_idx if part == "labeled" else unlabeled_idx)
-    split = {"labeled_images": labeled, "split_seed": seed} if labeled is not None else {}
-    return BoxData(picked.images, picked.truth, picked.classes, {**picked.record, "part": part, **split}, picked.notes)
+    return part_of_images(data, labeled, seed, part)
 
 
 def with_pseudo_boxes(labeled: BoxData | None, pool: BoxData, labels: BoxLabels, min_confidence: float

@@ -16,7 +16,12 @@ Conventions:
     heatmaps.py  Gaussian targets, the weighted heatmap MSE, `decode` (argmax + quarter-cell refinement)
     noise.py     flip (with left/right swap), rotation, scale and translation of images and keypoints alike
     measure.py   PCK per part, OKS and COCO keypoint AP through pycocotools
-    training.py  `teach` through train.fit, `measure` of a model on pose data, the checkpoint, `load_model`
+    training.py  `teach` through train.fit (from scratch or --init), `measure` of a model on pose data, the
+                 checkpoint, `load_model`
+    crops.py     part experts' crops (hands around the wrists, the face around the head, sized by the torso)
+    pseudo.py    keypoint label folders, labeling by one model or by part experts (DOPE), their quality, the
+                 offline student's data
+    distill.py   online distillation from a live teacher (DWPose's two stages)
 """
 
 from .heatmaps import (
@@ -28,7 +33,13 @@ from .model import (
     default_feature_layer, default_heatmap_stride, keypoint_model_from_spec, predict,
 )
 from .noise import PoseNoise, pose_matrices, pose_noise, warp_poses
-from .training import PCK_FIGURES, VAL, check_data, keypoint_objective, load_model, measure, teach
+from .training import PCK_FIGURES, VAL, check_data, keypoint_objective, load_model, make_model, measure, teach
+from .crops import PART_CROPS, POSE_PARTS, crop, part_data, part_sets, to_canvas, to_crop, torso
+from .pseudo import (
+    KeypointLabels, check_experts, concat, expert_part, is_keypoint_folder, label_experts, quality, read_labels,
+    with_pseudo, without_truth, write_labels,
+)
+from .distill import PoseKD, distill_online
 
 __all__ = [
     "AP_FIGURES", "DEFAULT_SIGMA", "HEATMAP_STRIDES", "MAX_FEATURE_STRIDE", "MIN_HEATMAP_SIDE", "PCK_THRESHOLDS",
@@ -36,5 +47,7 @@ __all__ = [
     "default_heatmap_stride", "flip_heatmaps", "flip_pairs_permutation", "gaussian_targets", "heatmap_loss",
     "inside", "keypoint_boxes", "keypoint_model_from_spec", "oks", "oks_ap", "pck", "pose_matrices", "pose_noise",
     "predict", "warp_poses", "PCK_FIGURES", "VAL", "check_data", "keypoint_objective", "load_model", "measure",
-    "teach",
+    "teach", "make_model", "PART_CROPS", "POSE_PARTS", "crop", "part_data", "part_sets", "to_canvas", "to_crop",
+    "torso", "KeypointLabels", "check_experts", "concat", "expert_part", "is_keypoint_folder", "label_experts",
+    "quality", "read_labels", "with_pseudo", "without_truth", "write_labels", "PoseKD", "distill_online",
 ]

@@ -114,13 +114,30 @@ class KeypointNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (N, C, H, W) -> heatmaps (N, K, H / heatmap_stride, W / heatmap_stride)."""
+        return self.features_and_heatmaps(x)[1]
+
+    def features_and_heatmaps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the backbone's feature map at `layer`, the heatmaps): what DWPose's feature term reads beside them."""
         with models.Taps(self.backbone, [self.layer], stop=True) as taps:
             fmap = taps.tensor(x, self.layer)
         out = self.final(self.head(fmap))
         size = (x.shape[-2] // self.heatmap_stride, x.shape[-1] // self.heatmap_stride)
         if tuple(out.shape[-2:]) != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        return out
+        return fmap, out
+
+    def freeze_backbone(self) -> None:
+        """Train the head only (DWPose's second stage): the backbone's weights get no gradient and its batch-norm
+        statistics stay as they are (it runs in eval mode whatever the net's mode)."""
+        self.backbone.requires_grad_(False)
+        self.frozen_backbone = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "frozen_backbone", False):
+            self.backbone.eval()
+        return self
 
 
 def build_keypoint_model(arch: str, num_keypoints: int, in_channels: int, image_size: int, head_width: int = 64,

@@ -9,11 +9,13 @@ import time
 
 import torch
 
-from ... import DplError, artifacts
+from ... import DplError, artifacts, models
 from ...data import augment
 from ...data.poses import PoseData
 from ...engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
-from ..common import ModelOptions, Trained, ValOptions, checkpoint_meta, held_out, input_of_images, train_record
+from ..common import (
+    ModelOptions, Trained, ValOptions, checkpoint_meta, held_out, input_of_images, parent, train_record,
+)
 from .heatmaps import DEFAULT_SIGMA, gaussian_targets, heatmap_loss
 from .measure import oks_ap, pck
 from .model import TASK, KeypointNet, build_keypoint_model, keypoint_model_from_spec, predict
@@ -36,20 +38,51 @@ def keypoint_objective(model: KeypointNet, keypoints: torch.Tensor, input_meta: 
     return step
 
 
+def make_model(model_opts: ModelOptions, train: PoseData) -> tuple[KeypointNet, dict | None, list[dict]]:
+    """The keypoint net to train on `train`: fresh on --arch; or from --init, either a keypoint checkpoint of the
+    same keypoint set (the whole net: a student trained on, as DWPose's second stage) or a classifier's or a
+    pretrained backbone's checkpoint (dpl pretrain: its backbone, the head fresh). Returns the net, the input
+    normalisation it was trained with (None: fresh, the data's) and its parents."""
+    if model_opts.pretrained:
+        raise DplError("--pretrained does not apply to a keypoint model: give --init with a dpl pretrain checkpoint")
+    c, h, _ = train.shape
+    k = len(train.names)
+    path = model_opts.init
+    if path is None:
+        return build_keypoint_model(model_opts.arch, k, c, h, stochastic_depth=model_opts.stochastic_depth), None, []
+    if artifacts.read_header(path, kind="checkpoint").meta.get("task") == TASK:
+        net, ckpt = load_model(path)
+        check_data(ckpt.meta, train, path)
+    else:
+        ckpt = artifacts.load_checkpoint(path)          # a classifier's or a pretrained backbone's
+        if ckpt.heads:
+            raise DplError(f"{path}: a student with {len(ckpt.heads)} heads; --init takes one backbone")
+        expected = (ckpt.input["channels"], ckpt.input["size"], ckpt.input["size"])
+        if tuple(train.shape) != expected:
+            raise DplError(f"{path}: a backbone of {'x'.join(map(str, expected))} images, and {train.spec} has "
+                           f"{'x'.join(map(str, train.shape))}")
+        net = KeypointNet({**ckpt.arch, "num_classes": k}, k)
+        fresh = net.backbone.state_dict()
+        fc = models.feature_layer(net.backbone) + "."
+        state = {n: v for n, v in ckpt.model_state().items() if not n.startswith(fc)}
+        artifacts.load_state(net.backbone, {**state, **{n: v for n, v in fresh.items() if n.startswith(fc)}}, path)
+    return net, ckpt.input, [parent("init", path, ckpt.sha256())]
+
+
 def teach(train: PoseData, test: PoseData | None, model_opts: ModelOptions, noise: PoseNoise, cfg: TrainConfig,
           rt: Runtime, on_progress: Progress | None = None, resume: ResumeSpec | None = None,
-          val: PoseData | None = None, val_opts: ValOptions = VAL, sigma: float = DEFAULT_SIGMA) -> Trained:
-    """Train a keypoint model on `train`'s true keypoints; `val` is measured during training (PCK, --keep best),
-    `test` once trained, for the checkpoint's metrics."""
+          val: PoseData | None = None, val_opts: ValOptions = VAL, sigma: float = DEFAULT_SIGMA,
+          parents: list[dict] | None = None, section: dict | None = None) -> Trained:
+    """Train a keypoint model on `train`'s keypoints (true ones, or pseudo-keypoints where the teacher was
+    confident: visibility 0 elsewhere, which no target teaches); `val` is measured during training (PCK, --keep
+    best), `test` once trained, for the checkpoint's metrics. `parents` and `section` (the checkpoint's
+    `distill` record) say where pseudo-keypoints came from."""
     if len(train) == 0:
         raise DplError("no images to train the keypoint model on")
-    if model_opts.init is not None or model_opts.pretrained:
-        raise DplError("--init and --pretrained do not apply to a keypoint model yet: it starts from scratch")
     seed_everything(cfg.seed)
-    c, h, _ = train.shape
-    model = rt.prepare(build_keypoint_model(model_opts.arch, len(train.names), c, h,
-                                            stochastic_depth=model_opts.stochastic_depth))
-    input_meta = input_of_images(train.images)
+    net, init_input, own = make_model(model_opts, train)
+    model = rt.prepare(net)
+    input_meta = init_input or input_of_images(train.images)
     batch_size = min(cfg.batch_size, len(train))
     keypoints = train.keypoints.to(rt.device)
     measured = (lambda: measure(model, val, input_meta, rt)) if val is not None and len(val) else None
@@ -57,15 +90,27 @@ def teach(train: PoseData, test: PoseData | None, model_opts: ModelOptions, nois
                   rt.place(train.images).shuffled(batch_size, cfg.seed), steps_per_epoch(len(train), batch_size),
                   cfg, rt, on_progress, resume, batch_images=batch_size,
                   validation=val_opts.measured(measured, PCK_FIGURES))
-    metrics = {"train_loss": history[-1]["loss"]}
+    return trained(model, train, test, input_meta, [*own, *(parents or [])], cfg, batch_size, noise, sigma,
+                   history, rt, val, val_opts, section)
+
+
+def trained(model: KeypointNet, train: PoseData, test: PoseData | None, input_meta: dict, parents: list[dict],
+            cfg: TrainConfig, batch_size: int, noise: PoseNoise, sigma: float, history: list[dict], rt: Runtime,
+            val: PoseData | None, val_opts: ValOptions, section: dict | None = None) -> Trained:
+    """The checkpoint of a trained keypoint model: its test figures, the backbone's spec as `arch`, the head and
+    the keypoint set as `keypoints`, and (distilled) the `distill` section."""
+    metrics = {"train_loss": history[-1]["loss"]} if history else {}
     if test is not None:
         m = measure(model, test, input_meta, rt)
         metrics.update({f"test_{k}": v for k, v in m.items() if k != "images_per_s"}, test_spec=test.spec)
     record = {**train_record(cfg, batch_size, None, **noise.record(), heatmap_sigma=sigma), **held_out(val, val_opts)}
+    if getattr(model, "frozen_backbone", False):
+        record["head_only"] = True
     keypoint_set = {k: getattr(train, k) for k in SET_KEYS}
-    meta = checkpoint_meta(model.spec["arch"], None, [], cfg, record, metrics, history, val_opts=val_opts, task=TASK,
-                           data=train.record, classes=list(train.names), input_meta=input_meta,
-                           keypoints={**model.spec["keypoints"], **keypoint_set})
+    meta = checkpoint_meta(model.spec["arch"], None, parents, cfg, record, metrics, history, val_opts=val_opts,
+                           task=TASK, data=train.record, classes=list(train.names), input_meta=input_meta,
+                           keypoints={**model.spec["keypoints"], **keypoint_set},
+                           **({"distill": section} if section else {}))
     return Trained(model.cpu(), meta, history, {})
 
 
