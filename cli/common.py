@@ -319,6 +319,9 @@ def data_of(meta: dict, data_spec: str | None, split: data.Partition, resize: in
     if str(made.get("spec", "")).partition(":")[0] in ("scenes", "coco"):     # data with boxes (core.scenes)
         raise DplError(f"{about}: made from {made['spec']}, data with boxes: a {meta.get('task', 'detection')} "
                        f"model or its pseudo-boxes, not a classifier or its labels")
+    if str(made.get("spec", "")).partition(":")[0] == "poses":
+        raise DplError(f"{about}: made from {made['spec']}, data with keypoints: a keypoint model or its "
+                       f"pseudo-keypoints, not a classifier or its labels")
     same_source = data_spec is None or data.parse_spec(data_spec)[0] == data.parse_spec(made.get("spec", "digits"))[0]
     if data_spec is None:
         data_spec = made.get("spec", "digits")
@@ -656,6 +659,7 @@ PoseRotation = Annotated[float, typer.Option(help="Poses: the largest rotation o
 Clutter = Annotated[int, typer.Option(help="Poses: at most this many distractor objects per image.", rich_help_panel=Panel.POSES)]
 Truncation = Annotated[float, typer.Option(help="Poses: the probability that a figure is cut by the canvas edge.", rich_help_panel=Panel.POSES)]
 PoseSeed = Annotated[int, typer.Option(help="Poses: seed of the figures (each split its own stream of it).", rich_help_panel=Panel.POSES)]
+FlipTest = Annotated[bool, typer.Option("--flip-test", help="Keypoints: average each image's heatmaps with those of its mirror image, left and right swapped back (SimpleBaseline's flip test).", rich_help_panel=Panel.POSES)]
 PosePart = Annotated[str, typer.Option(help="Poses: what the model learns: whole (every keypoint of the image), or a part expert (DOPE): body (the body joints of the image), hands (crops around each wrist: palm and fingertips), face (a crop around the head).", rich_help_panel=Panel.POSES)]
 PartSize = Annotated[int, typer.Option(min=8, max=1024, help="Poses: the side, in pixels, that hand and face crops are resampled to.", rich_help_panel=Panel.POSES)]
 ScaleJitter = Annotated[str | None, typer.Option(

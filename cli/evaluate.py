@@ -28,6 +28,7 @@ def eval_command(
     layer: Annotated[list[str] | None, typer.Option(help="Also probe this layer (module path; repeatable), average-pooled to at most 2048 values. Implies --linear-probe.", rich_help_panel=common.Panel.MEASURES)] = None,
     knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).", rich_help_panel=common.Panel.MEASURES)] = None,
     head: Annotated[list[str] | None, typer.Option(help="A multi-head student: measure this head only (repeatable). \\[default: every head, each on its expert's test split]", show_default=False, rich_help_panel=common.Panel.MEASURES)] = None,
+    flip_test: common.FlipTest = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.", rich_help_panel=common.Panel.RUN)] = 512,
     device: common.Device = "auto",
     workers: common.Workers = None,

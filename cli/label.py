@@ -34,6 +34,7 @@ def label_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.", rich_help_panel=common.Panel.RUN)] = 512,
     shard: Annotated[str | None, typer.Option(help="Label only part I of N (I/N, from 0): N independent jobs fill one folder. \\[default: the torchrun rank, else 0/1]", rich_help_panel=common.Panel.RUN)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep the shards already in the folder that match this run; label the rest.", rich_help_panel=common.Panel.RUN)] = False,
+    flip_test: common.FlipTest = False,
     device: common.Device = "auto",
     workers: common.Workers = None,
     force: common.Force = False,

@@ -52,8 +52,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
                                           "part_size", "labeled", "split_seed", "part"},
                "distill": _POSE_TRAINING | {"labels_dir", "teacher", "min_confidence", "alpha", "feature_loss",
                                             "feature_weight", "kd_decay", "head_only", "labeled", "split_seed"},
-               "label": COMMON | {"teacher", "data_spec", "shard_size", "labeled", "split_seed", "part"},
-               "eval": _MEASURE | {"seeds"}}),
+               "label": COMMON | {"teacher", "data_spec", "shard_size", "labeled", "split_seed", "part", "flip_test"},
+               "eval": _MEASURE | {"seeds", "flip_test"}}),
     # label folders are measured by `dpl eval` as models are: rows of the same table
     Task(LABELS, "a label folder", why="it is measured on the data it was made for and has no backbone to probe; "
                                        "give a checkpoint",
@@ -85,7 +85,8 @@ OPTIONS: dict[tuple[str, str], frozenset[str]] = {
     **{("*", o): frozenset({KEYPOINTS}) for o in ("poses", "test_poses", "pose_scale", "pose_rotation", "clutter",
                                                    "truncation", "pose_seed")},
     ("*", "canvas"): _BOXES | {KEYPOINTS},
-    **{("*", o): frozenset({KEYPOINTS}) for o in ("pose_part", "part_size", "kd_decay", "head_only")},
+    **{("*", o): frozenset({KEYPOINTS}) for o in ("pose_part", "part_size", "kd_decay", "head_only",
+                                                   "flip_test")},
 }
 
 

@@ -202,3 +202,26 @@ def test_teach_init_from_a_backbone_and_refusals(made, tmp_path):
     assert_refused(dpl("teach", *POSES, "--pose-part", "feet", "-o", tmp_path / "y"), "--pose-part", "feet")
     assert_refused(dpl("teach", "--data", "digits", "--pose-part", "hands", "-o", tmp_path / "y"), "--pose-part")
     assert not (tmp_path / "y").exists()
+
+
+def test_keypoint_data_and_models_refused_by_classifier_commands(made, tmp_path):
+    out = tmp_path / "x.safetensors"
+    assert_refused(dpl("semi", "--data", "poses", "--labeled", "10", "-o", out), "data with keypoints")
+    assert_refused(dpl("mil", "--data", "poses", "--target-class", "1", "-o", out), "data with keypoints")
+    assert_refused(dpl("hint", "--teacher", made["teacher"], "-o", out), str(made["teacher"]), "data with keypoints")
+    assert_refused(dpl("distill", "--teacher", made["teacher"], "--data", "digits", "-o", out), "--data")
+    assert_refused(dpl("label", made["teacher"], "--data", "digits", "-o", tmp_path / "l"), "classification data")
+    assert_refused(dpl("plot", "labels", made["labels"], "-o", tmp_path / "p"), "keypoints")
+    assert not out.exists() and not (tmp_path / "l").exists()
+
+
+def test_flip_test_in_eval_and_label(made, tmp_path):
+    plain = json.loads(dpl("eval", made["teacher"], "--json", "--device", "cpu").stdout)
+    r = dpl("eval", made["teacher"], "--flip-test", "--json", "--device", "cpu")
+    assert r.code == 0, r
+    flipped = json.loads(r.stdout)
+    assert 0 <= flipped["pck"] <= 1 and flipped["n"] == plain["n"]
+    assert (flipped["pck"], flipped["ap"]) != (plain["pck"], plain["ap"])     # another read-out of the same model
+    r = dpl("label", made["teacher"], "--flip-test", "-o", tmp_path / "l", "--device", "cpu")
+    assert r.code == 0 and keypoints.read_labels(tmp_path / "l").meta["flip_test"] is True, r
+    assert_refused(dpl("eval", "--flip-test", made["root"] / "missing.safetensors"), "missing")

@@ -126,24 +126,23 @@ def label(ctx: typer.Context, o: dict) -> None:
         keypoints.check_data(lead, pool, o["teacher"][0])
     else:
         keypoints.check_experts(experts, pool.names)
-    body_path = next(p for p, m in experts if m is lead)
     if (lead["input"]["channels"], lead["input"]["size"]) != pool.shape[:2]:
-        raise DplError(f"{body_path}: the model takes {lead['input']['channels']}x{lead['input']['size']} images, "
+        raise DplError(f"{next(p for p, m in experts if m is lead)}: the model takes {lead['input']['channels']}x{lead['input']['size']} images, "
                        f"{pool.spec} has {'x'.join(map(str, pool.shape))}")
     common.check_output(folder, o["force"], o)
     artifacts.check_writable(folder)
     _say_data(pool, "labels ")
     rt = train.runtime(o["device"], workers=o["workers"])
     models = [(rt.prepare(model), ckpt.meta) for _, model, ckpt in loaded]
-    coords, confidence = keypoints.label_experts(models, pool.images, pool.names, rt, min(o["batch_size"], 256))
+    coords, confidence = keypoints.label_experts(models, pool.images, pool.names, rt, min(o["batch_size"], 256),
+                                                 o["flip_test"])
     meta = {"teachers": [{"role": keypoints.expert_part(ckpt.meta), "path": str(path), "sha256": ckpt.sha256()}
                          for path, _, ckpt in loaded],
-            "data": pool.record, **{k: getattr(pool, k) for k in keypoints.training.SET_KEYS},
-            "image_size": list(pool.shape[1:]), "total": len(pool), "world": 1}
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("shard-*.safetensors"):
-        stale.unlink()
-    keypoints.write_labels(folder, meta, torch.arange(len(pool)), coords, confidence, o["shard_size"])
+            "data": pool.record, **{k: getattr(pool, k) for k in keypoints.SET_KEYS},
+            "image_size": list(pool.shape[1:]), "total": len(pool), "world": 1, "flip_test": o["flip_test"]}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.replace_folder(folder, lambda tmp: keypoints.write_labels(tmp, meta, torch.arange(len(pool)), coords,
+                                                                        confidence, o["shard_size"]))
     found = keypoints.quality(coords, confidence, pool)
     if o["as_json"]:
         return common.print_json({"path": str(folder), "images": len(pool), "quality": found})
@@ -283,7 +282,7 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
         commands.append(ckpt.meta.get("command"))
         data = data_of(ckpt.meta, o["data_spec"], "test")
         keypoints.check_data(ckpt.meta, data, path)
-        found = keypoints.measure(rt.prepare(model), data, ckpt.input, rt, min(o["batch_size"], 256))
+        found = keypoints.measure(rt.prepare(model), data, ckpt.input, rt, min(o["batch_size"], 256), o["flip_test"])
         results.append({"checkpoint": str(path), "task": tasks.KEYPOINTS, "data": data.spec, "n": len(data),
                         "arch": ckpt.arch["name"], "params": sum(v.numel() for v in ckpt.model_state().values()),
                         "seed": ckpt.meta.get("seed"), **found})

@@ -18,6 +18,7 @@ from .. import DplError
 SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder:PATH", "tar:PATH")
 FILE_SOURCES = ("imagefolder", "tar")
 BOX_SOURCES = ("scenes", "coco")     # data with boxes: core.scenes reads them
+POSE_SOURCES = ("poses", "coco-keypoints")     # data with keypoints: core.data.poses (and the COCO keypoint reader)
 SPLITS = ("train", "test", "val", "labeled", "unlabeled")
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -83,6 +84,9 @@ def _parse_one(spec: str) -> tuple[str, str | None]:
     if name in BOX_SOURCES:
         raise DplError(f"{spec}: data with boxes, for detectors (--arch frcnn-...) and dpl wsddn; this command or "
                        "model takes classification data")
+    if name in POSE_SOURCES:
+        raise DplError(f"{spec}: data with keypoints, for keypoint models (dpl teach, label, distill, eval); this "
+                       "command or model takes classification data")
     if name not in SOURCES:
         raise DplError(f"unknown dataset {name!r}; valid: {', '.join(SOURCES)}")
     return name, split or None

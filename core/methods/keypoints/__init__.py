@@ -33,7 +33,7 @@ from .model import (
     default_feature_layer, default_heatmap_stride, keypoint_model_from_spec, predict,
 )
 from .noise import PoseNoise, pose_matrices, pose_noise, warp_poses
-from .training import PCK_FIGURES, VAL, check_data, keypoint_objective, load_model, make_model, measure, teach
+from .training import PCK_FIGURES, SET_KEYS, VAL, check_data, keypoint_objective, load_model, make_model, measure, teach
 from .crops import PART_CROPS, POSE_PARTS, crop, part_data, part_sets, to_canvas, to_crop, torso
 from .pseudo import (
     KeypointLabels, check_experts, concat, expert_part, is_keypoint_folder, label_experts, quality, read_labels,
@@ -47,7 +47,7 @@ __all__ = [
     "default_heatmap_stride", "flip_heatmaps", "flip_pairs_permutation", "gaussian_targets", "heatmap_loss",
     "inside", "keypoint_boxes", "keypoint_model_from_spec", "oks", "oks_ap", "pck", "pose_matrices", "pose_noise",
     "predict", "warp_poses", "PCK_FIGURES", "VAL", "check_data", "keypoint_objective", "load_model", "measure",
-    "teach", "make_model", "PART_CROPS", "POSE_PARTS", "crop", "part_data", "part_sets", "to_canvas", "to_crop",
+    "teach", "make_model", "SET_KEYS", "PART_CROPS", "POSE_PARTS", "crop", "part_data", "part_sets", "to_canvas", "to_crop",
     "torso", "KeypointLabels", "check_experts", "concat", "expert_part", "is_keypoint_folder", "label_experts",
     "quality", "read_labels", "with_pseudo", "without_truth", "write_labels", "PoseKD", "distill_online",
 ]

@@ -102,11 +102,13 @@ def read_labels(folder: Path) -> KeypointLabels:
 
 # ---- labeling -----------------------------------------------------------------------------------------------
 
-def run_model(model: KeypointNet, meta: dict, images: torch.Tensor, rt: Runtime, batch_size: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A keypoint model's (coords, confidence) on uint8 images, un-noised, in its own input normalisation."""
+def run_model(model: KeypointNet, meta: dict, images: torch.Tensor, rt: Runtime, batch_size: int,
+              flip_test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A keypoint model's (coords, confidence) on uint8 images, un-noised, in its own input normalisation
+    (`flip_test`: with its mirror image's heatmaps averaged in, its keypoint set's left and right swapped back)."""
     x = augment.to_input(images.to(rt.device), meta["input"]["mean"], meta["input"]["std"])
-    return predict(model, x, batch_size)
+    flips = [tuple(p) for p in meta["keypoints"]["flip_pairs"]] if flip_test else None
+    return predict(model, x, batch_size, flip_pairs=flips)
 
 
 def expert_part(meta: dict) -> str:
@@ -142,15 +144,15 @@ def check_experts(experts: list[tuple[Path, dict]], names: list[str]) -> None:
 
 
 def label_experts(experts: list[tuple[KeypointNet, dict]], images: torch.Tensor, names: list[str], rt: Runtime,
-                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 256, flip_test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints `names` of uint8 images from one model or from part experts (the module docstring): (coords
-    (N, K, 2) in image pixels, confidence (N, K))."""
+    (N, K, 2) in image pixels, confidence (N, K)); `flip_test` for every model."""
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     ordered = sorted(experts, key=lambda e: expert_part(e[1]) in PART_CROPS)       # the body expert first
     for model, meta in ordered:
         part, own = expert_part(meta), list(meta["keypoints"]["names"])
         if part not in PART_CROPS:
-            coords, conf = run_model(model, meta, images, rt, batch_size)
+            coords, conf = run_model(model, meta, images, rt, batch_size, flip_test)
             found.update({n: (coords[:, i], conf[:, i]) for i, n in enumerate(own)})
             continue
         anchor, ratio = PART_CROPS[part]
@@ -160,7 +162,7 @@ def label_experts(experts: list[tuple[KeypointNet, dict]], images: torch.Tensor,
         for side in ("left", "right") if part == "hands" else ("",):
             centre = found[f"{side}_{anchor}" if side else anchor][0]
             coords, conf = run_model(model, meta, crop(images, centre.to(images.device), length.to(images.device),
-                                                       size), rt, batch_size)
+                                                       size), rt, batch_size, flip_test)
             coords = to_canvas(coords, centre, length, size)
             prefix = f"{side}_" if side else ""
             found.update({prefix + n: (coords[:, i], conf[:, i]) for i, n in enumerate(own)})

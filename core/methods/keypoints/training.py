@@ -114,12 +114,14 @@ def trained(model: KeypointNet, train: PoseData, test: PoseData | None, input_me
     return Trained(model.cpu(), meta, history, {})
 
 
-def measure(model: KeypointNet, data: PoseData, input_meta: dict, rt: Runtime, batch_size: int = 256) -> dict:
+def measure(model: KeypointNet, data: PoseData, input_meta: dict, rt: Runtime, batch_size: int = 256,
+            flip_test: bool = False) -> dict:
     """PCK@0.1 (`pck`) and @0.05 (`pck05`) over all keypoints and per part (`pck_body`, `pck05_body`, ...), COCO
-    keypoint AP by OKS (`ap`, `ap50`, `ap75`; the data's sigmas) and images/s of the read-out."""
+    keypoint AP by OKS (`ap`, `ap50`, `ap75`; the data's sigmas) and images/s of the read-out (`flip_test`: with
+    the mirrored image's heatmaps averaged in)."""
     x = augment.to_input(data.images.to(rt.device), input_meta["mean"], input_meta["std"])
     start = time.perf_counter()
-    coords, confidence = predict(model, x, batch_size)
+    coords, confidence = predict(model, x, batch_size, flip_pairs=data.flip_pairs if flip_test else None)
     seconds = time.perf_counter() - start
     found = pck(coords, data.keypoints, data.boxes, data.parts)
     figures = {"pck": found["all"][0.1], "pck05": found["all"][0.05]}
