@@ -61,8 +61,8 @@ def find_artifacts(paths: list[Path]) -> tuple[list[Path], list[Path]]:
         if path.is_file():
             artifacts.read_header(path, kind="checkpoint")     # named one by one: it must be a checkpoint
             checkpoints.append(path)
-        elif _is_label_folder(path):
-            folders.append(path)
+        elif any(path.glob("shard-*.safetensors")):
+            folders += [path] if _is_label_folder(path) else []
         else:
             for file in sorted(path.glob("*.safetensors"), key=_natural):
                 if _is_checkpoint(file):
@@ -90,7 +90,16 @@ def _is_checkpoint(file: Path) -> bool:
 
 
 def _is_label_folder(path: Path) -> bool:
-    return any(path.glob("shard-*.safetensors"))
+    """A folder of class label shards, which the report measures; pseudo-boxes and pseudo-keypoints are skipped,
+    said."""
+    if not any(path.glob("shard-*.safetensors")):
+        return False
+    from ..core.tasks import LABELS, of_folder
+
+    task = of_folder(path)
+    if task.name != LABELS:
+        common.say(f"dpl: skipped {path}: {task.title}, which the report does not measure")
+    return task.name == LABELS
 
 
 def _natural(path: Path):

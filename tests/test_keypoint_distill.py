@@ -225,3 +225,9 @@ def test_flip_test_in_eval_and_label(made, tmp_path):
     r = dpl("label", made["teacher"], "--flip-test", "-o", tmp_path / "l", "--device", "cpu")
     assert r.code == 0 and keypoints.read_labels(tmp_path / "l").meta["flip_test"] is True, r
     assert_refused(dpl("eval", "--flip-test", made["root"] / "missing.safetensors"), "missing")
+
+
+def test_report_skips_keypoint_artifacts(made, tmp_path):
+    """The report measures classifiers and their label folders; keypoint checkpoints and label folders are passed
+    over, not read as class labels."""
+    assert_refused(dpl("report", made["root"], "-o", tmp_path / "r.html"), "no dpl checkpoints or label folders")
