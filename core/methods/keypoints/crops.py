@@ -122,5 +122,6 @@ def _part(data: PoseData, images, keypoints, boxes, sets: dict, part: str, size:
     record = {**data.record, "pose_part": {"part": part, **cropped}, "keypoints": len(sets["names"]),
               "n": len(images), "image_size": list(images.shape[-2:])}
     record["fingerprint"] = fingerprint(record, images, keypoints, boxes)
-    masks = None if data.masks is None or source is not None else data.masks
-    return replace(data, images=images, keypoints=keypoints, boxes=boxes, masks=masks, record=record, **sets)
+    whole = source is None          # the same images: their masks and crops still hold
+    return replace(data, images=images, keypoints=keypoints, boxes=boxes, masks=data.masks if whole else None,
+                   crops=data.crops if whole else None, record=record, **sets)

@@ -224,4 +224,4 @@ def concat(first: PoseData, second: PoseData, part: str) -> PoseData:
     boxes = torch.cat([first.boxes, second.boxes])
     record = {**second.record, "part": part, "n": len(images)}
     record["fingerprint"] = fingerprint(record, images, keypoints, boxes)
-    return replace(second, images=images, keypoints=keypoints, boxes=boxes, masks=None, record=record)
+    return replace(second, images=images, keypoints=keypoints, boxes=boxes, masks=None, crops=None, record=record)
