@@ -14,10 +14,14 @@ from ..core import DplError, catalog
 artifacts, records, train = common.artifacts, common.records, common.train
 figures, mil = common.lazy("dpl.core.reporting.figures"), common.lazy("dpl.core.methods.mil")
 measuring = common.lazy("dpl.cli.measure")
+keypoints, keypoint_tasks = common.lazy("dpl.core.methods.keypoints"), common.lazy("dpl.cli.tasks.keypoints")
+augment, torch = common.augment, common.lazy("torch")
+
+MAX_PLOTTED_POSES = 32      # images in one `plot keypoints` grid
 
 plot_app = typer.Typer(
     name="plot",
-    help="Figures (PNG and SVG) of runs, checkpoints, label folders and MIL bags.\n\n"
+    help="Figures (PNG, SVG) of runs, checkpoints, label folders, MIL bags and keypoints.\n\n"
          "Each KIND writes STEM.png and STEM.svg (-o STEM) and prints their paths; --json prints "
          "{\"files\": [...], \"data\": {...}}, the numbers plotted.",
     no_args_is_help=True,
@@ -215,3 +219,52 @@ def bag_command(
     found = mil.plotted_bags(checkpoint_file(checkpoint), bag, data_spec, train.runtime(device), batch_size, download)
     title = f"{checkpoint.name} on {found['data']}"
     finish(*figures.bag_weights(found["bags"], found["pooling"], title, found["target"]), stem, as_json)
+
+
+@plot_app.command("keypoints")
+@common.guarded
+def keypoints_command(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A keypoint checkpoint (dpl teach --data poses).")],
+    output: Stem,
+    data_spec: Annotated[str | None, typer.Option("--data", help="Images to draw from, a poses spec as dpl eval --data. \\[default: the test split of the checkpoint's own poses]", rich_help_panel=common.Panel.DATA)] = None,
+    count: Annotated[int, typer.Option("--count", min=1, max=MAX_PLOTTED_POSES, help="Images drawn, at most the data's (all of them when it has fewer).", rich_help_panel=common.Panel.DATA)] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of images (shown in data order).", rich_help_panel=common.Panel.DATA)] = 0,
+    flip_test: common.FlipTest = False,
+    device: common.Device = "auto",
+    force: common.Force = False,
+    as_json: common.Json = False,
+):
+    """A keypoint model's predictions on test images, against the truth.
+
+    A grid of --count images of the checkpoint's test split (or --data), chosen by --seed: the true keypoints
+    as hollow circles (those outside the image, visibility 0, left out), the predicted ones filled and joined by
+    the skeleton, coloured by part (body, hands, face); each image titled with its PCK@0.1. --json gives each
+    image's position in the data, predicted coordinates (pixels, pixel i spanning [i, i + 1)), confidence and
+    PCK@0.1."""
+    stem = output_stem(output, force)
+    if checkpoint.is_dir():
+        raise DplError(f"{checkpoint}: a folder, not a keypoint checkpoint")
+    found = _plotted_poses(checkpoint_file(checkpoint), data_spec, count, seed, flip_test, train.runtime(device))
+    finish(*figures.keypoint_grid(**found), stem, as_json)
+
+
+def _plotted_poses(path: Path, data_spec: str | None, count: int, seed: int, flip_test: bool, rt) -> dict:
+    """`keypoint_grid`'s arguments: `count` images of a keypoint checkpoint's test split (or `data_spec`'s), drawn
+    by a permutation seeded `seed` and kept in data order, with the model's keypoints and each one's PCK@0.1."""
+    model, ckpt = keypoints.load_model(path)
+    data = keypoint_tasks.data_of(ckpt.meta, data_spec, "test")
+    keypoints.check_data(ckpt.meta, data, path)
+    if count > len(data):
+        common.say(f"dpl: --count {count}: {data.spec} has {len(data)} images; drawing all of them")
+    rng = torch.Generator().manual_seed(seed % 2 ** 64)         # any integer: torch seeds take 64 bits
+    chosen = torch.randperm(len(data), generator=rng)[:count].sort().values
+    shown = data.subset(chosen)
+    x = augment.to_input(shown.images.to(rt.device), ckpt.input["mean"], ckpt.input["std"])
+    coords, confidence = keypoints.predict(rt.prepare(model), x, len(shown),
+                                           flip_pairs=shown.flip_pairs if flip_test else None)
+    pck = [keypoints.pck(coords[i: i + 1], shown.keypoints[i: i + 1], shown.boxes[i: i + 1])["all"][0.1]
+           for i in range(len(shown))]
+    return {"images": shown.images, "truth": shown.keypoints, "coords": coords, "confidence": confidence, "pck": pck,
+            "skeleton": shown.skeleton, "parts": shown.parts, "names": shown.names, "indices": chosen.tolist(),
+            "title": f"{path.name} on {data.spec}: {len(shown)} of {len(data)} images"
+                     + (", flip test" if flip_test else "")}

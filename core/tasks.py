@@ -49,7 +49,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task(KEYPOINTS, "a keypoint model", best="pck",
          only={"teach": _POSE_TRAINING | {"data_spec", "canvas", "poses", "test_poses", "pose_scale",
                                           "pose_rotation", "clutter", "truncation", "pose_seed", "pose_part",
-                                          "part_size", "labeled", "split_seed", "part"},
+                                          "part_size", "labeled", "split_seed", "part", "resize"},
                "distill": _POSE_TRAINING | {"labels_dir", "teacher", "min_confidence", "alpha", "feature_loss",
                                             "feature_weight", "kd_decay", "head_only", "labeled", "split_seed"},
                "label": COMMON | {"teacher", "data_spec", "shard_size", "labeled", "split_seed", "part", "flip_test"},
@@ -134,7 +134,7 @@ def check_arch(arch: str, task: str, command: str, about: Path | str | None = No
 def of_data(spec: str | None) -> Task:
     """The task a training command serves on data `spec`: a detector on data with boxes, a keypoint model on
     data with keypoints, else a classifier."""
-    if spec is not None and spec.partition(":")[0] == "poses":
+    if spec is not None and spec.partition(":")[0] in ("poses", "coco-keypoints"):
         return TASKS[KEYPOINTS]
     from .data.scenes import is_box_spec
 
@@ -143,7 +143,7 @@ def of_data(spec: str | None) -> Task:
 
 # what data each kind of task learns from, as refusals name it
 DATA_KINDS = {CLASSIFIER: "classification data", DETECTOR: "data with boxes (scenes:SOURCE or coco:PATH)",
-              KEYPOINTS: "data with keypoints (poses[:SOURCE])"}
+              KEYPOINTS: "data with keypoints (poses[:SOURCE] or coco-keypoints:PATH)"}
 
 
 def check_data(task: Task, spec: str | None, about: Path | str | None) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import common
 from ...core import DplError, artifacts, tasks
-from ...core.data import poses
+from ...core.data import coco_keypoints, poses
 from ...core.data.partition import part_of_images
 from ...core.engine import train
 from ...core.methods import keypoints
@@ -42,12 +42,31 @@ def _noise(o: dict) -> keypoints.PoseNoise:
     return keypoints.PoseNoise(flip=o["flip"])
 
 
+POSE_OPTIONS = ("canvas", "poses", "test_poses", "pose_scale", "pose_rotation", "clutter", "truncation", "pose_seed")
+
+
+def _load(spec: str, split: str, made: poses.PoseSpec | None, size: int | None) -> poses.PoseData:
+    """Data with keypoints: figures drawn by `made` (its source the spec's), or COCO keypoints cropped to `size`
+    (default 64); `split` where the spec names none."""
+    if coco_keypoints.is_coco_keypoints_spec(spec):
+        path, given = coco_keypoints.parse_coco_keypoints_spec(spec)
+        return coco_keypoints.read_coco_keypoints(path, given or split, size or 64)
+    source, given = poses.parse_pose_spec(spec)
+    return poses.build_poses(replace(made, source=source) if made else poses.PoseSpec(source=source), given or split)
+
+
 def _test_of(data: poses.PoseData) -> poses.PoseData | None:
-    """The test split of training data built from a spec, cut as the data's part expert sees it; None for data
-    that is a test split already."""
+    """The test split of training data, cut as the data's part expert sees it; None for data that is a test split
+    already, or COCO keypoints without a test split."""
     if data.record.get("split") != "train":
         return None
-    test = poses.build_poses(poses.pose_spec_of(data.record), "test")
+    spec = str(data.record["spec"]).rsplit(":", 1)[0]
+    try:
+        test = _load(spec, "test", poses.pose_spec_of(data.record), data.shape[-1])
+    except DplError:
+        if coco_keypoints.is_coco_keypoints_spec(spec):
+            return None
+        raise
     return _as_part(test, data.record)
 
 
@@ -60,7 +79,15 @@ def _as_part(data: poses.PoseData, record: dict) -> poses.PoseData:
 def teach(ctx: typer.Context, o: dict) -> None:
     """dpl teach on poses: a keypoint model (heatmaps on the --arch backbone), or a part expert (--pose-part), on
     the labeled part (--labeled N images); PCK and OKS AP on the test split."""
-    spec = _pose_spec(o)
+    if coco_keypoints.is_coco_keypoints_spec(o["data_spec"]):
+        spec, drawn = None, common.given(ctx, *POSE_OPTIONS)
+        if drawn:
+            raise DplError(f"{o['data_spec']}: COCO keypoints are annotated people, not drawn figures; "
+                           f"{', '.join(drawn)} cannot apply")
+    else:
+        spec = _pose_spec(o)
+        if o["resize"] is not None:
+            raise DplError("--resize sets the side of COCO keypoint crops; figures are drawn at --canvas")
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])
     cfg = common.train_config(o)
     model_opts = common.model_options({**o, "dropout": 0.0}, tasks.KEYPOINTS, "teach")
@@ -70,11 +97,11 @@ def teach(ctx: typer.Context, o: dict) -> None:
     common.check_output(o["output"], o["force"], o)
     sinks = common.run_records(o["output"], o["tensorboard"])
     rt = train.runtime(o["device"], o["compile"], workers=o["workers"])
-    full = poses.build_poses(spec, poses.parse_pose_spec(o["data_spec"])[1] or "train")
+    full = _load(o["data_spec"], "train", spec, o["resize"])
     data = part_of_images(full, o["labeled"], o["split_seed"], o["part"] or ("labeled" if o["labeled"] else "all"))
-    data, val = data.held_out(o["val"], spec.seed)
+    data, val = data.held_out(o["val"], o["pose_seed"])
     part, size = o["pose_part"], o["part_size"]
-    data = keypoints.part_data(data, part, size, jitter=True, seed=spec.seed)
+    data = keypoints.part_data(data, part, size, jitter=True, seed=o["pose_seed"])
     val = keypoints.part_data(val, part, size) if val is not None else None
     test = _test_of(data)
     _say_data(data, "training on ")
@@ -85,25 +112,26 @@ def teach(ctx: typer.Context, o: dict) -> None:
 
 
 def data_of(meta: dict, data_spec: str | None, split: str) -> poses.PoseData:
-    """The poses a checkpoint is measured on: its own data's `split` rebuilt from the record, or `data_spec`
-    with the recorded figure spec (a poses: spec) at the checkpoint's canvas."""
+    """The data a checkpoint is measured on: its own data's `split` rebuilt from the record, or `data_spec` (data
+    with keypoints; figures drawn with the recorded figure spec), at the checkpoint's input size, cut as its part
+    expert sees it."""
     record = meta.get("data", {})
-    made = poses.pose_spec_of(record)
     spec = data_spec or str(record.get("spec", "poses"))
-    if not poses.is_pose_spec(spec):
+    if not (poses.is_pose_spec(spec) or coco_keypoints.is_coco_keypoints_spec(spec)):
         raise DplError(f"--data {spec}: {tasks.DATA_KINDS[tasks.CLASSIFIER]}, not "
                        f"{tasks.DATA_KINDS[tasks.KEYPOINTS]}")
-    source, given = poses.parse_pose_spec(spec)
     if data_spec is None:
-        given = split
-    pose = replace(made, source=source) if made else poses.PoseSpec(source=source)
-    return _as_part(poses.build_poses(pose, given or split), record)
+        spec = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in ("train", "test") else spec
+        spec = f"{spec}:{split}"
+    size = (meta.get("input") or {}).get("size")
+    return _as_part(_load(spec, split, poses.pose_spec_of(record), size), record)
 
 
-def _whole_data(record: dict, data_spec: str | None) -> poses.PoseData:
-    """The whole figures (every keypoint, whole images) of a model's data record, or of `data_spec`, in the split
-    the record names."""
-    return data_of({"data": {**record, "pose_part": None}}, data_spec, record.get("split", "train"))
+def _whole_data(record: dict, data_spec: str | None, size: int) -> poses.PoseData:
+    """The whole figures (every keypoint, whole images of side `size`) of a model's data record, or of
+    `data_spec`, in the split the record names."""
+    return data_of({"data": {**record, "pose_part": None}, "input": {"size": size}}, data_spec,
+                   record.get("split", "train"))
 
 
 # ---- label --------------------------------------------------------------------------------------------------
@@ -117,7 +145,7 @@ def label(ctx: typer.Context, o: dict) -> None:
     experts = [(path, ckpt.meta) for path, _, ckpt in loaded]
     lead = next((m for _, m in experts if keypoints.expert_part(m) not in keypoints.PART_CROPS), experts[0][1])
     record = lead["data"]
-    full = _whole_data(record, o["data_spec"])
+    full = _whole_data(record, o["data_spec"], lead["input"]["size"])
     labeled, seed = (o["labeled"], o["split_seed"]) if o["labeled"] else (
         (record.get("labeled_images"), record.get("split_seed", 0)) if o["data_spec"] is None else (None, 0))
     part = o["part"] or ("unlabeled" if labeled else "all")
@@ -177,7 +205,7 @@ def label_quality(ctx: typer.Context, o: dict) -> None:
 def _pool_of(labels: keypoints.KeypointLabels) -> poses.PoseData:
     """The images a label folder was made for, rebuilt from its metadata and checked to be the same."""
     record = labels.meta["data"]
-    full = _whole_data(record, None)
+    full = _whole_data(record, None, labels.meta["image_size"][-1])
     made = part_of_images(full, record.get("labeled_images"), record.get("split_seed", 0), record.get("part", "all"))
     if len(made) != len(labels) or made.record.get("fingerprint") != record.get("fingerprint"):
         raise DplError(f"{labels.path}: its images ({record.get('spec')}, {len(labels)}) are not those rebuilt from "
@@ -228,7 +256,7 @@ def _from_labels(o: dict, folder: Path, state, cfg, model_opts, val_opts):
     record = labels.meta["data"]
     labeled = None
     if record.get("part") == "unlabeled":
-        full = _whole_data(record, None)
+        full = _whole_data(record, None, labels.meta["image_size"][-1])
         labeled = part_of_images(full, record["labeled_images"], record.get("split_seed", 0), "labeled")
     if labeled is None and o["val"] is not None:
         raise DplError(f"--val holds out labeled images, and {labels.path} labels no teacher's unlabeled part: "

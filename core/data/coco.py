@@ -43,7 +43,7 @@ def coco_file(root: Path, split: str) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict:
+def read_document(path: Path) -> dict:
     doc = textfiles.read_json(path, "COCO JSON file", allow_nan=True)     # a NaN box is skipped and said
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "categories")):
         raise DplError(f"{path}: COCO-style JSON needs lists 'images' and 'categories' (and 'annotations')")
@@ -52,14 +52,14 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
-def _field(path: Path, what: str, entry, key: str, kind):
+def field(path: Path, what: str, entry, key: str, kind):
     value = entry.get(key) if isinstance(entry, dict) else None
     if not isinstance(value, kind) or isinstance(value, bool):
         raise DplError(f"{path}: {what} {json.dumps(entry)[:120]} has no valid {key!r}")
     return value
 
 
-class _Skips:
+class Skips:
     """What reading a COCO file passed over: counted by reason, the first of each named."""
 
     def __init__(self):
@@ -77,15 +77,18 @@ class _Skips:
         return {reason: {"count": n, "first": self.first[reason]} for reason, n in self.counts.items()}
 
 
-def _decode_stretched(path: Path, size: tuple[int, int], side: int, channels: int) -> np.ndarray:
-    """An image file -> uint8 (channels, side, side), stretched; raises on a bad file or a size not `size` (w, h)."""
+def decode_image(path: Path, size: tuple[int, int], channels: int, side: int | None = None) -> np.ndarray:
+    """An image file -> uint8 (channels, side, side), stretched (None: its own height and width); raises on a bad
+    file or a size not `size` (w, h)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(path.read_bytes())) as im:
         im.load()
         if im.size != size:
             raise ValueError(f"its size {im.size[0]}x{im.size[1]} is not the JSON's {size[0]}x{size[1]}")
-        im = image_files.convert_mode(im, channels).resize((side, side), Image.BILINEAR)
+        im = image_files.convert_mode(im, channels)
+        if side is not None:
+            im = im.resize((side, side), Image.BILINEAR)
         pixels = np.array(im, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -101,19 +104,19 @@ def read_coco(root: Path, split: str, resize: int | None = None) -> BoxData:
     """The images and boxes of `coco:PATH`, as the module docstring says."""
     path = coco_file(root, split)
     folder = path.parent
-    doc = _read_json(path)
+    doc = read_document(path)
     categories = _categories(path, doc)
     class_of = {cid: k for k, (cid, _) in enumerate(categories)}
-    skips = _Skips()
-    entries = _image_entries(path, doc)
+    skips = Skips()
+    entries = image_entries(path, doc)
     for a in doc.get("annotations", []):
         _annotate(path, a, entries, class_of, skips)
-    kept = _with_files(entries, folder, skips)
+    kept = with_files(entries, folder, skips)
     if not kept:
         raise DplError(f"{path}: no image with a valid annotation and a file is left"
                        + (f" ({'; '.join(skips.notes())})" if skips.counts else ""))
     side = resize or min(int(np.median([max(e["w"], e["h"]) for e in kept])), image_files.DEFAULT_MAX_SIZE)
-    channels = 1 if all(_safe_grey(folder / e["file"]) for e in kept[:image_files.PROBE]) else 3
+    channels = 1 if all(safe_grey(folder / e["file"]) for e in kept[:image_files.PROBE]) else 3
     pixels, good = _decoded(kept, folder, side, channels, skips)
     if not good:
         raise DplError(f"{path}: none of its image files can be decoded ({'; '.join(skips.notes())})")
@@ -125,7 +128,7 @@ def read_coco(root: Path, split: str, resize: int | None = None) -> BoxData:
 
 def _categories(path: Path, doc: dict) -> list[tuple[int, str]]:
     """(id, name) of every category, in ascending id order; refused when an id repeats or there are none."""
-    categories = sorted(((_field(path, "category", c, "id", int), str(_field(path, "category", c, "name", str)))
+    categories = sorted(((field(path, "category", c, "id", int), str(field(path, "category", c, "name", str)))
                          for c in doc["categories"]))
     ids = [i for i, _ in categories]
     if len(set(ids)) != len(ids):
@@ -135,16 +138,16 @@ def _categories(path: Path, doc: dict) -> list[tuple[int, str]]:
     return categories
 
 
-def _image_entries(path: Path, doc: dict) -> dict[int, dict]:
+def image_entries(path: Path, doc: dict) -> dict[int, dict]:
     """The images by id: file, width, height, and the boxes and labels their annotations add; an id that repeats is
     refused."""
     entries: dict[int, dict] = {}
     for im in doc["images"]:
-        iid = _field(path, "image", im, "id", int)
+        iid = field(path, "image", im, "id", int)
         if iid in entries:
             raise DplError(f"{path}: image id {iid} appears twice")
-        entries[iid] = {"file": str(_field(path, "image", im, "file_name", str)),
-                        "w": _field(path, "image", im, "width", int), "h": _field(path, "image", im, "height", int),
+        entries[iid] = {"file": str(field(path, "image", im, "file_name", str)),
+                        "w": field(path, "image", im, "width", int), "h": field(path, "image", im, "height", int),
                         "boxes": [], "labels": []}
     return entries
 
@@ -152,11 +155,11 @@ def _image_entries(path: Path, doc: dict) -> dict[int, dict]:
 ZERO_AREA = "boxes that are NaN, infinite or of zero area"
 
 
-def _annotate(path: Path, a, entries: dict[int, dict], class_of: dict[int, int], skips: _Skips) -> None:
+def _annotate(path: Path, a, entries: dict[int, dict], class_of: dict[int, int], skips: Skips) -> None:
     """Annotation `a`'s box (clipped to its image) and class, added to its image's entry; or why it is passed over,
     added to `skips`."""
     aid = a.get("id", "?") if isinstance(a, dict) else "?"
-    iid, cid = _field(path, "annotation", a, "image_id", int), _field(path, "annotation", a, "category_id", int)
+    iid, cid = field(path, "annotation", a, "image_id", int), field(path, "annotation", a, "category_id", int)
     bbox = a.get("bbox")
     where = f"annotation {aid} of image {iid}"
     if iid not in entries:
@@ -167,7 +170,7 @@ def _annotate(path: Path, a, entries: dict[int, dict], class_of: dict[int, int],
         skips.add("crowd annotations (iscrowd)", where)
     else:
         e = entries[iid]
-        box, skipped = _clipped(bbox, e["w"], e["h"], where)
+        box, skipped = clipped_box(bbox, e["w"], e["h"], where)
         if box is None:
             skips.add(*skipped)
         else:
@@ -175,7 +178,7 @@ def _annotate(path: Path, a, entries: dict[int, dict], class_of: dict[int, int],
             e["labels"].append(class_of[cid])
 
 
-def _clipped(bbox, width: int, height: int, where: str) -> tuple[list[float] | None, tuple[str, str] | None]:
+def clipped_box(bbox, width: int, height: int, where: str) -> tuple[list[float] | None, tuple[str, str] | None]:
     """(an annotation's [x, y, w, h] as [x1, y1, x2, y2] clipped to its image of width x height pixels, None); or
     (None, (why it is passed over, the example to name))."""
     if not (isinstance(bbox, list) and len(bbox) == 4
@@ -192,11 +195,12 @@ def _clipped(bbox, width: int, height: int, where: str) -> tuple[list[float] | N
     return [x1, y1, x2, y2], None
 
 
-def _with_files(entries: dict[int, dict], folder: Path, skips: _Skips) -> list[dict]:
-    """The images left with an annotation and a file, in the JSON's order; the others added to `skips`."""
+def with_files(entries: dict[int, dict], folder: Path, skips: Skips, key: str = "boxes") -> list[dict]:
+    """The images left with an annotation (a non-empty list `key` in their entry) and a file, in the JSON's order;
+    the others added to `skips`."""
     kept = []
     for e in entries.values():
-        if not e["boxes"]:
+        if not e[key]:
             skips.add("images with no annotation", e["file"])
         elif not (folder / e["file"]).is_file():
             skips.add("images whose file is missing", e["file"])
@@ -205,13 +209,13 @@ def _with_files(entries: dict[int, dict], folder: Path, skips: _Skips) -> list[d
     return kept
 
 
-def _decoded(kept: list[dict], folder: Path, side: int, channels: int, skips: _Skips
+def _decoded(kept: list[dict], folder: Path, side: int, channels: int, skips: Skips
              ) -> tuple[list[np.ndarray], list[dict]]:
     """(the pixels of the images that decode, stretched to side x side; their entries); the others added to `skips`."""
     pixels, good = [], []
     for e in kept:
         try:
-            pixels.append(_decode_stretched(folder / e["file"], (e["w"], e["h"]), side, channels))
+            pixels.append(decode_image(folder / e["file"], (e["w"], e["h"]), channels, side))
             good.append(e)
         except Exception as err:       # noqa: BLE001  any failure to decode one file skips it
             skips.add("images that cannot be decoded", f"{e['file']} ({str(err).splitlines()[0][:80]})")
@@ -227,7 +231,7 @@ def _truth(good: list[dict], side: int) -> Boxes:
                  torch.tensor([k for e in good for k in e["labels"]], dtype=torch.int64))
 
 
-def _safe_grey(path: Path) -> bool:
+def safe_grey(path: Path) -> bool:
     try:
         return _is_grey(path)
     except Exception:                  # noqa: BLE001  an unreadable file is skipped when decoded

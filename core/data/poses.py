@@ -101,6 +101,7 @@ class PoseData:
     record: dict                       # the data record for meta["data"]: spec, split, n, poses, fingerprint, ...
     notes: tuple[str, ...] = ()        # what was passed over, one line each, for the CLI to say
     masks: torch.Tensor | None = None  # uint8 (N, H, W): the figure's own coverage of each pixel, 0-255
+    crops: torch.Tensor | None = None  # float64 (N, 4): x0, y0, scale, image id of crops (coco_keypoints.py)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -113,22 +114,24 @@ class PoseData:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def _with(self, images, keypoints, boxes, masks, **record) -> PoseData:
+    def _with(self, images, keypoints, boxes, masks, crops=None, **record) -> PoseData:
         record = {**self.record, **record, "n": len(images)}
         record["fingerprint"] = fingerprint(record, images, keypoints, boxes)
-        return replace(self, images=images, keypoints=keypoints, boxes=boxes, masks=masks, record=record)
+        return replace(self, images=images, keypoints=keypoints, boxes=boxes, masks=masks, crops=crops, record=record)
 
     def subset(self, index: torch.Tensor) -> PoseData:
         index = torch.as_tensor(index, dtype=torch.int64)
         masks = None if self.masks is None else self.masks[index]
-        return self._with(self.images[index], self.keypoints[index], self.boxes[index], masks)
+        crops = None if self.crops is None else self.crops[index]
+        return self._with(self.images[index], self.keypoints[index], self.boxes[index], masks, crops)
 
     def held_out(self, n: int | None, seed: int) -> tuple[PoseData, PoseData | None]:
         """(the rest, `n` images drawn by a permutation seeded `seed`) for --val; (self, None) when n is None."""
         return held_out_images(self, n, seed)
 
     def flipped(self) -> PoseData:
-        """The data mirrored left to right: images, masks, boxes, and keypoints with left and right swapped."""
+        """The data mirrored left to right: images, masks, boxes, and keypoints with left and right swapped; no
+        crops (a mirrored crop no longer maps back by x0, y0 and scale)."""
         w = self.images.shape[-1]
         boxes = torch.stack([w - self.boxes[:, 2], self.boxes[:, 1], w - self.boxes[:, 0], self.boxes[:, 3]], 1)
         masks = None if self.masks is None else self.masks.flip(-1)

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .render import data_uri, files_of, save  # noqa: F401  (re-exported: figures.save writes what figures draws)
 
-WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag)
+WIDTH, HEIGHT = 8.0, 5.0           # inches: the largest figure drawn (`bag_weights`: a 1.9-inch band per bag;
+                                   # `keypoint_grid`: KEYPOINT_PANEL inches a panel)
 LOSS_TERMS = ("ce", "kd", "pseudo", "hint", "nt_xent")
 CURVE_FIELDS = ("loss", *LOSS_TERMS, "lr", "pseudo_conf", "acc", "val_top1")     # what `curves` plots, in order
 
@@ -381,3 +384,110 @@ def _instance_image(ax, image: np.ndarray, color: str) -> None:
     for spine in ax.spines.values():
         spine.set_color(color)
         spine.set_linewidth(2.5 if color == TARGET_COLOR else 0.5)
+
+
+# ---- keypoints -----------------------------------------------------------------------------------
+
+KEYPOINT_PANEL = 2.4         # inches a panel: a 64-pixel image at about 4.5 figure pixels a pixel (render.DPI 120)
+KEYPOINT_COLUMNS = 4
+PART_COLORS = {"body": "#29b6f6", "hands": "#ffa726", "face": "#f06292"}     # other parts: the tab10 cycle
+UNPARTED_COLOR = "#e0e0e0"
+
+
+def keypoint_grid(images, truth, coords, confidence, pck, skeleton, parts: dict[str, list[int]],
+                  names: list[str] | None = None, indices: list[int] | None = None, title: str = "",
+                  threshold: float = 0.1) -> tuple[Figure, dict]:
+    """A grid of images with their true and predicted keypoints: the truth as hollow circles (keypoints of
+    visibility 0 left out), the prediction as filled dots joined by the skeleton, each coloured by its part (an
+    edge by the part its two keypoints share, else by the smaller of theirs: wrist-palm is a hand's); each panel
+    titled with its image's position in the data and its PCK. `images`: uint8 (n, C, H, W), drawn at dpl's
+    pixel convention (pixel i spans [i, i + 1), so a keypoint at x = i + 0.5 sits on the centre of pixel i);
+    `truth` (n, K, 3): x, y, visibility; `coords` (n, K, 2) and `confidence` (n, K): the model's; `pck`: each
+    image's PCK@`threshold` (None or NaN where it has no labeled keypoint); `skeleton`: keypoint index pairs;
+    `parts`: part name -> keypoint indices; `names`: the keypoints' names (default their indices as text);
+    `indices`: each image's position in its data (default 0..n-1). Arrays may be lists, numpy arrays or CPU
+    tensors. Data: {"threshold", "names", "parts", "skeleton", "images":
+    [{"index", "pck", "coords" (K x [x, y]), "confidence" (K), "truth" (K x [x, y, visibility])}]}."""
+    images = np.asarray(images, dtype=np.uint8)
+    truth = np.asarray(truth, dtype=np.float64).reshape(len(images), -1, 3)
+    coords = np.asarray(coords, dtype=np.float64).reshape(len(images), -1, 2)
+    confidence = np.asarray(confidence, dtype=np.float64).reshape(len(images), -1)
+    n, k = coords.shape[:2]
+    if not (len(truth) == len(confidence) == len(pck) == n and truth.shape[1] == confidence.shape[1] == k):
+        raise ValueError(f"keypoint_grid: {n} images of {k} predicted keypoints, truth {truth.shape}, confidence "
+                         f"{confidence.shape}, {len(pck)} PCKs")
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    parts = {name: [int(i) for i in idx] for name, idx in parts.items()}
+    skeleton = [(int(a), int(b)) for a, b in skeleton]
+    point_colors, edge_colors, named = _part_colors(parts, skeleton, k)
+    entries = [{"index": indices[i], "pck": _number(pck[i]),
+                "coords": [[_number(v) for v in xy] for xy in coords[i]],
+                "confidence": [_number(v) for v in confidence[i]],
+                "truth": [[_number(x), _number(y), int(v)] for x, y, v in truth[i]]} for i in range(n)]
+    cols = max(1, min(KEYPOINT_COLUMNS, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = Figure(figsize=(KEYPOINT_PANEL * cols, KEYPOINT_PANEL * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, i in zip(axes, range(n)):
+        _keypoint_panel(ax, images[i], truth[i], coords[i], point_colors, skeleton, edge_colors)
+        shown = "n/a" if entries[i]["pck"] is None else f"{entries[i]['pck']:.2f}"
+        ax.set_title(f"#{indices[i]}  PCK@{threshold:g} {shown}", fontsize="small")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.legend(handles=_keypoint_legend(named), loc="outside lower center", ncol=len(named) + 2, fontsize="small",
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    names = [str(v) for v in names] if names is not None and len(names) == k else [str(i) for i in range(k)]
+    return fig, {"threshold": threshold, "names": names, "parts": parts, "skeleton": [list(e) for e in skeleton], "images": entries}
+
+
+def _part_colors(parts: dict[str, list[int]], skeleton: list[tuple[int, int]], k: int):
+    """(each keypoint's colour, each skeleton edge's colour, {part: colour} of the parts present)."""
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    named = {name: PART_COLORS.get(name, cycle[i % len(cycle)]) for i, name in enumerate(parts)}
+    part_of = [None] * k
+    for name in sorted(parts, key=lambda p: -len(parts[p])):            # a keypoint in two parts: the smaller's
+        for i in parts[name]:
+            if 0 <= i < k:
+                part_of[i] = name
+    size = {name: len(idx) for name, idx in parts.items()}
+    points = [named[p] if p else UNPARTED_COLOR for p in part_of]
+    edges = []
+    for a, b in skeleton:
+        ends = [p for p in (part_of[a], part_of[b]) if p]
+        edges.append(named[min(ends, key=lambda p: size[p])] if ends else UNPARTED_COLOR)
+    return points, edges, named
+
+
+def _keypoint_panel(ax, image: np.ndarray, truth: np.ndarray, coords: np.ndarray, colors: list[str],
+                    skeleton: list[tuple[int, int]], edge_colors: list[str]) -> None:
+    """One image of `keypoint_grid`: the image at the pixel convention, the skeleton between predicted keypoints,
+    predicted keypoints filled, labeled true keypoints hollow."""
+    h, w = image.shape[1:]
+    grey = image.shape[0] == 1
+    ax.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey else None, vmin=0, vmax=255,
+              interpolation="nearest", extent=(0, w, h, 0))
+    if skeleton:
+        segments = coords[np.asarray(skeleton, dtype=np.int64)]                 # (E, 2, 2)
+        ax.add_collection(LineCollection(segments, colors=edge_colors, linewidths=1.2, alpha=0.9, zorder=2))
+    colors = np.asarray(colors, dtype=object)
+    ax.scatter(coords[:, 0], coords[:, 1], s=12, c=list(colors), edgecolors="black", linewidths=0.4, zorder=3)
+    labeled = truth[:, 2] > 0
+    if labeled.any():
+        ax.scatter(truth[labeled, 0], truth[labeled, 1], s=32, facecolors="none", edgecolors=list(colors[labeled]),
+                   linewidths=1.1, zorder=4)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _keypoint_legend(named: dict[str, str]) -> list:
+    handles = [Line2D([], [], color=color, marker="o", markersize=5, markeredgecolor="black", markeredgewidth=0.4,
+                      linewidth=1.2, label=name) for name, color in named.items()]
+    handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5, color="gray", markeredgecolor="black",
+                          markeredgewidth=0.4, label="predicted (filled, skeleton)"))
+    handles.append(Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="none",
+                          markeredgecolor="gray", markeredgewidth=1.1, label="true (hollow)"))
+    return handles
