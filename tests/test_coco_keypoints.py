@@ -189,5 +189,6 @@ def test_coco_keypoints_through_the_cli(tmp_path):
     assert r.code == 0 and json.loads(r.stdout)["n"] == 3, r
     r = dpl("label", out, "-o", tmp_path / "labels", "--device", "cpu")
     assert r.code == 0, r
+    assert_refused(dpl("eval", out, "--data", "poses"), "a model of 5 keypoints", "32 other ones")
     assert_refused(dpl("teach", "--data", spec, "--poses", "10", "-o", tmp_path / "x"), "--poses", "cannot apply")
     assert_refused(dpl("teach", "--data", "poses", "--resize", "16", "-o", tmp_path / "x"), "--resize")
