@@ -140,6 +140,7 @@ class Panel:
     HINTS = "Hints"
     PRETEXT = "Pretext"
     SIMCLR = "SimCLR"
+    PECLR = "PeCLR"
     MIL = "MIL"
     WSDDN = "WSDDN"
     DETECTORS = "Detectors"
@@ -666,6 +667,21 @@ ScaleJitter = Annotated[str | None, typer.Option(
     help="Detectors: zoom each image about its centre by a factor drawn in LO,HI (e.g. 0.8,1.2), its boxes alike.", rich_help_panel=Panel.DETECTORS)]
 # The option names of a scene spec (a COCO source has its own boxes: they cannot apply to it).
 SCENE_OPTIONS = ("canvas", "objects", "object_size", "max_overlap", "scenes", "test_scenes", "scene_seed")
+
+
+# the options that shape the figures of poses[:SOURCE] (core/data/poses.py)
+POSE_OPTIONS = ("canvas", "poses", "test_poses", "pose_scale", "pose_rotation", "clutter", "truncation", "pose_seed")
+
+
+def pose_spec(o: dict, source: str | None = None):
+    """The PoseSpec of the figure options (--canvas, --poses, ...), its figures textured from `source`."""
+    from ..core.data.poses import PoseSpec
+
+    scale = float_list(o["pose_scale"], "--pose-scale")
+    if len(scale) != 2:
+        raise DplError(f"--pose-scale takes LO,HI, got {o['pose_scale']!r}")
+    return PoseSpec(source=source, canvas=o["canvas"], count=o["poses"], test_count=o["test_poses"], scale=scale,
+                    rotation=o["pose_rotation"], clutter=o["clutter"], truncation=o["truncation"], seed=o["pose_seed"])
 
 
 def float_list(text: str, flag: str) -> tuple[float, ...]:

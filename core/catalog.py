@@ -29,7 +29,7 @@ ARCHS = ("cnn-s", "cnn-m", "cnn-l",
 
 LOGIT_LOSSES = ("kd", "dkd", "lskd", "mse")                         # losses.LOGIT_LOSSES
 FEATURE_LOSSES = ("at", "rkd", "pkt", "sp", "crd", "hint")          # losses.FEATURE_LOSSES
-PRETEXT_TASKS = ("rotation", "jigsaw", "context", "simclr")         # methods.pretext.TASKS
+PRETEXT_TASKS = ("rotation", "jigsaw", "context", "simclr", "peclr")   # methods.pretext.TASKS
 SEMI_ALGORITHMS = ("fixmatch", "flexmatch")                         # methods.semi.ALGORITHMS
 POOLINGS = ("attention", "gated", "max", "mean")                    # methods.mil.POOLINGS
 MAX_PLOTTED_BAGS = 8                                                # methods.mil.MAX_PLOTTED_BAGS

@@ -21,16 +21,6 @@ from ...core.methods import keypoints
 PCK_METRICS = ("pck", "pck05", "ap")
 
 
-def _pose_spec(o: dict) -> poses.PoseSpec:
-    source, _ = poses.parse_pose_spec(o["data_spec"])
-    scale = common.float_list(o["pose_scale"], "--pose-scale")
-    if len(scale) != 2:
-        raise DplError(f"--pose-scale takes LO,HI, got {o['pose_scale']!r}")
-    return poses.PoseSpec(source=source, canvas=o["canvas"], count=o["poses"], test_count=o["test_poses"],
-                          scale=scale, rotation=o["pose_rotation"], clutter=o["clutter"], truncation=o["truncation"],
-                          seed=o["pose_seed"])
-
-
 def _say_data(data: poses.PoseData, role: str = "") -> None:
     common.say(f"dpl: {role}{data.spec}: {len(data):,} images at {'x'.join(map(str, data.shape))}, "
                f"{len(data.names)} keypoints ({', '.join(f'{p} {len(i)}' for p, i in data.parts.items())})")
@@ -40,9 +30,6 @@ def _say_data(data: poses.PoseData, role: str = "") -> None:
 
 def _noise(o: dict) -> keypoints.PoseNoise:
     return keypoints.PoseNoise(flip=o["flip"])
-
-
-POSE_OPTIONS = ("canvas", "poses", "test_poses", "pose_scale", "pose_rotation", "clutter", "truncation", "pose_seed")
 
 
 def _load(spec: str, split: str, made: poses.PoseSpec | None, size: int | None) -> poses.PoseData:
@@ -80,12 +67,12 @@ def teach(ctx: typer.Context, o: dict) -> None:
     """dpl teach on poses: a keypoint model (heatmaps on the --arch backbone), or a part expert (--pose-part), on
     the labeled part (--labeled N images); PCK and OKS AP on the test split."""
     if coco_keypoints.is_coco_keypoints_spec(o["data_spec"]):
-        spec, drawn = None, common.given(ctx, *POSE_OPTIONS)
+        spec, drawn = None, common.given(ctx, *common.POSE_OPTIONS)
         if drawn:
             raise DplError(f"{o['data_spec']}: COCO keypoints are annotated people, not drawn figures; "
                            f"{', '.join(drawn)} cannot apply")
     else:
-        spec = _pose_spec(o)
+        spec = common.pose_spec(o, poses.parse_pose_spec(o["data_spec"])[0])
         if o["resize"] is not None:
             raise DplError("--resize sets the side of COCO keypoint crops; figures are drawn at --canvas")
     state = common.resume_spec("teach", o, o["resume"], o["save_every"])

@@ -11,25 +11,30 @@ as `teach` makes it; the task's head (and the jigsaw permutation set) is stored 
     context   Doersch et al. (ICCV'15): the centre patch and one of its 8 neighbours; the pair of embeddings
               predicts the neighbour's position. Colour dropping defeats the chromatic-aberration shortcut.
     simclr    Chen et al. (ICML'20): two views per image, projection head, NT-Xent over the 2N-2 negatives.
+    peclr     Spurr et al. (ICCV'21): SimCLR equivariant to geometry: each view a known rotation, zoom, shift and
+              flip, undone on the projection (read as 2-D points) before NT-Xent; appearance stays invariant.
 
-    views.py     the transforms: jigsaw's permutations, the grid of tiles and patches, SimCLR's views
+    views.py     the transforms: jigsaw's permutations, the grid of tiles and patches, SimCLR's and PeCLR's views,
+                 PeCLR's inverse map of the projection
     training.py  the tasks, their options, and `pretrain`
 
 The names callers use are re-exported here: `pretext.pretrain`, `pretext.TASKS`, ...
 """
 
 from .training import (
-    NEIGHBOURS, TASKS, Context, GridTask, Jigsaw, Pretext, PretextOptions, Rotation, SimCLR, Task, mlp,
-    pretext_objective, pretrain,
+    NEIGHBOURS, TASKS, Context, Figures, GridTask, Jigsaw, PeCLR, Pretext, PretextOptions, Rotation, SimCLR, Task,
+    mlp, pretext_objective, pretrain,
 )
 from .views import (
-    GRID, MIN_TILE, Grid, Views, all_permutations, color_jitter, crop_patches, gaussian_blur, grid_for, grid_offsets,
-    maximal_hamming_permutations, min_grid_size, min_hamming, simclr_view,
+    GRID, MIN_TILE, Geometry, Grid, Views, all_permutations, appearance, color_jitter, crop_patches, gaussian_blur,
+    grid_for, grid_offsets, maximal_hamming_permutations, min_grid_size, min_hamming, move_latent, peclr_view,
+    simclr_view, undo_latent,
 )
 
 __all__ = [
-    "GRID", "MIN_TILE", "NEIGHBOURS", "TASKS", "Context", "Grid", "GridTask", "Jigsaw", "Pretext", "PretextOptions",
-    "Rotation", "SimCLR", "Task", "Views", "all_permutations", "color_jitter", "crop_patches", "gaussian_blur",
-    "grid_for", "grid_offsets", "maximal_hamming_permutations", "min_grid_size", "min_hamming", "mlp",
-    "pretext_objective", "pretrain", "simclr_view",
+    "GRID", "MIN_TILE", "NEIGHBOURS", "TASKS", "Context", "Figures", "Geometry", "Grid", "GridTask", "Jigsaw",
+    "PeCLR", "Pretext", "PretextOptions", "Rotation", "SimCLR", "Task", "Views", "all_permutations", "appearance",
+    "color_jitter", "crop_patches", "gaussian_blur", "grid_for", "grid_offsets", "maximal_hamming_permutations",
+    "min_grid_size", "min_hamming", "mlp", "move_latent", "peclr_view", "pretext_objective", "pretrain",
+    "simclr_view", "undo_latent",
 ]

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ... import DplError, losses, models
-from ...data import augment
+from ...data import augment, images as image_files
 from ...data import Dataset
+from ...data.poses import PoseData
 from ..common import ModelOptions, Trained, checkpoint_meta, make_model, train_record
 from ...engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 from .views import (
-    GRID, Views, crop_patches, grid_for, grid_offsets, maximal_hamming_permutations, min_hamming, simclr_view
+    GRID, Geometry, Views, crop_patches, grid_for, grid_offsets, maximal_hamming_permutations, min_hamming,
+    peclr_view, simclr_view, undo_latent,
 )
 
 # Context prediction: the 8 neighbours of the centre cell (row, column), in label order.
@@ -31,9 +34,10 @@ class PretextOptions:
     permutations: int = 100          # jigsaw: size of the permutation set
     patch_size: int | None = None    # jigsaw, context: side the backbone sees tiles at [default: image size]
     color_drop: bool = True          # context: keep one colour channel of each patch, noise in the others
-    temperature: float = 0.5         # simclr: NT-Xent temperature
-    projection_dim: int = 128        # simclr: output width of the projection head
+    temperature: float = 0.5         # simclr, peclr: NT-Xent temperature
+    projection_dim: int = 128        # simclr, peclr: output width of the projection head
     views: Views = field(default_factory=Views)
+    geometry: Geometry = field(default_factory=Geometry)    # peclr: each view's known geometric transform
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -46,6 +50,9 @@ class PretextOptions:
             raise DplError(f"--patch-size must be at least 1, got {self.patch_size}")
         if not self.temperature > 0:
             raise DplError(f"--temperature must be > 0, got {self.temperature}")
+        if self.task == "peclr" and self.projection_dim % 2:
+            raise DplError(f"--task peclr reads the projection as 2-D points: --projection-dim must be even, got "
+                           f"{self.projection_dim}")
 
 
 
@@ -221,7 +228,60 @@ class SimCLR(Task):
                 "projection_dim": self.opts.projection_dim, **asdict(self.views)}
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Rotation, Jigsaw, Context, SimCLR)}
+class PeCLR(SimCLR):
+    """SimCLR made equivariant to geometry (Spurr et al., ICCV'21): each view is a known rotation, zoom, shift and
+    flip of the image (`Geometry`, instead of SimCLR's random resized crop) plus SimCLR's appearance transforms;
+    its projection, read as points in the plane, is brought back through the inverse of its geometry
+    (`undo_latent`) before NT-Xent, so the two views agree where the latent moves as the image does."""
+
+    name = "peclr"
+
+    def step(self, net, x):
+        (v1, a1, t1), (v2, a2, t2) = (peclr_view(x, self.views, self.opts.geometry, self.flip) for _ in range(2))
+        z = F.normalize(net.head(net.embed(self.inputs(torch.cat([v1, v2])))).float(), dim=1)     # as PeCLR's code
+        z = undo_latent(z, torch.cat([a1, a2]), torch.cat([t1, t2]))
+        sim, positives = losses.contrastive_logits(z, self.opts.temperature)
+        return {"nt_xent": losses.cross_entropy(sim, positives)}, {"acc": losses.accuracy(sim, positives)}
+
+    def record(self):
+        views = {k: v for k, v in super().record().items() if k != "crop_scale"}     # no random resized crop
+        return {**views, "geometry": asdict(self.opts.geometry)}
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Rotation, Jigsaw, Context, SimCLR, PeCLR)}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The images of `poses:` figures as a pool to pretrain on (their keypoints are not read): what `pretrain`,
+    `make_model` and the tasks read of a `Dataset`. A mirrored figure is a figure, so flips apply."""
+
+    poses: PoseData
+    classes: list[str] = field(default_factory=list)
+    num_classes: int = 0
+    hflip: bool = True
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.poses.images
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.poses.shape
+
+    @property
+    def spec(self) -> str:
+        return self.poses.spec
+
+    @cached_property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return image_files.normalization(self.images)
+
+    def describe(self) -> dict:
+        return self.poses.record
 
 
 def pretext_objective(task: Task, net: Pretext):
@@ -231,10 +291,12 @@ def pretext_objective(task: Task, net: Pretext):
     return step
 
 
-def pretrain(ds: Dataset, arch: str, opts: PretextOptions, cfg: TrainConfig, rt: Runtime,
+def pretrain(ds: Dataset | PoseData, arch: str, opts: PretextOptions, cfg: TrainConfig, rt: Runtime,
              on_progress: Progress | None = None, resume: ResumeSpec | None = None) -> Trained:
-    """Train `arch` on `ds` with the pretext task. With cfg.epochs 0 nothing is trained: the checkpoint then
-    holds the initialised backbone (and head), the baseline of every probe table."""
+    """Train `arch` on `ds` (a Dataset, or poses' figures, their keypoints unused) with the pretext task. With
+    cfg.epochs 0 nothing is trained: the checkpoint then holds the initialised backbone (and head), the baseline of
+    every probe table."""
+    ds = Figures(ds) if isinstance(ds, PoseData) else ds
     if len(ds) == 0:
         raise DplError(f"{ds.spec}: no samples to pretrain on")
     batch_size = min(cfg.batch_size, len(ds))

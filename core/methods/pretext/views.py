@@ -1,6 +1,8 @@
 """The transforms of the pretext tasks, on whole uint8 batches on the device, each sample drawing its own
 randomness: jigsaw's permutation set (maximal Hamming distance), the 3x3 grid of tiles and patches that jigsaw
-and context cut, and SimCLR's views (`Views`: random resized crop, colour jitter, grayscale, blur)."""
+and context cut, SimCLR's views (`Views`: random resized crop, colour jitter, grayscale, blur), and PeCLR's
+(`Geometry`: a known rotation, scale, translation and flip per view, then the same appearance transforms) with
+the map of the projection that undoes each view's geometry (`undo_latent`)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,27 @@ class Views:
     def for_size(self, image_size: int) -> Views:
         """SimCLR blurs ImageNet-sized images and leaves CIFAR-sized ones alone: the default blur by size."""
         return self if self.blur_prob is not None else replace(self, blur_prob=0.5 if image_size >= 64 else 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Geometry:
+    """PeCLR's geometric transform of each view, known to the loss and undone on the projection: a rotation about
+    the image centre, a zoom, a shift (and the flip of PretextOptions.flip). The defaults are PeCLR's rotation of
+    up to 45 degrees either way; its crop margin of 0.9-1.5 around a 1.25 box, as a zoom of 0.8-1.25; its crop
+    jitter of up to 15 of 128 pixels, as a shift of up to 0.1 of the side."""
+
+    rotation: float = 45.0                      # degrees, either way
+    scale: tuple[float, float] = (0.8, 1.25)    # zoom about the centre, drawn uniformly in LO, HI
+    translate: float = 0.1                      # shift, a fraction of the side, either way on each axis
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        if not 0 <= self.rotation <= 180:
+            raise DplError(f"--view-rotation is in degrees, 0..180, got {self.rotation:g}")
+        if len(self.scale) != 2 or not 0.25 <= self.scale[0] <= self.scale[1] <= 4:
+            raise DplError(f"--view-scale LO,HI needs 0.25 <= LO <= HI <= 4, got {','.join(map(str, self.scale))}")
+        if not 0 <= self.translate <= 0.5:
+            raise DplError(f"--view-translate is a fraction of the side in [0, 0.5], got {self.translate:g}")
 
 
 # ---- jigsaw permutations --------------------------------------------------------------------------
@@ -203,6 +226,13 @@ def simclr_view(x: torch.Tensor, views: Views, flip: bool) -> torch.Tensor:
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * mirror, cx, sy, cy
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     out = F.grid_sample(x.float() / 255, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return appearance(out, views)
+
+
+def appearance(out: torch.Tensor, views: Views) -> torch.Tensor:
+    """float (B, C, H, W) in [0, 1] -> uint8: SimCLR's colour jitter, grayscale and blur, each sample its own draw."""
+    b, c = out.shape[:2]
+    dev = out.device
     if views.jitter > 0 and views.jitter_prob > 0:
         apply = torch.rand(b, device=dev).view(b, 1, 1, 1) < views.jitter_prob
         out = torch.where(apply, color_jitter(out, views.jitter), out)
@@ -214,3 +244,60 @@ def simclr_view(x: torch.Tensor, views: Views, flip: bool) -> torch.Tensor:
         out = torch.where(apply, gaussian_blur(out, torch.empty(b, device=dev).uniform_(0.1, 2.0)), out)
     return out.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
+
+
+# ---- PeCLR views and their latent inverse ---------------------------------------------------------------
+
+def peclr_view(x: torch.Tensor, views: Views, geometry: Geometry, flip: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 (B, C, H, W) square images -> (one view of each, uint8; `linear` (B, 2, 2); `shift` (B, 2)).
+
+    In coordinates centred on the image, x right and y down, in units of half the side, a point p of the image
+    lands on `linear @ p + 2 * shift` of its view: linear = s R(a) F (R(a) = [[cos a, -sin a], [sin a, cos a]], F
+    mirrors x where the sample is flipped) and `shift` is a fraction of the side. One affine resampling (border
+    pixels brought in from outside are black), then the appearance transforms of `Views`."""
+    b, c, h, w = x.shape
+    dev = x.device
+    angle = torch.empty(b, device=dev).uniform_(-geometry.rotation, geometry.rotation) * (math.pi / 180)
+    zoom = torch.empty(b, device=dev).uniform_(*geometry.scale)
+    shift = torch.empty(b, 2, device=dev).uniform_(-geometry.translate, geometry.translate)
+    mirror = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    cos, sin = angle.cos() * zoom, angle.sin() * zoom
+    linear = torch.stack([torch.stack([cos * mirror, -sin], -1), torch.stack([sin * mirror, cos], -1)], -2)
+    inverse = torch.linalg.inv(linear)
+    # affine_grid maps each output point q to the input point it shows: inverse @ (q - 2 shift)
+    theta = torch.cat([inverse, -(inverse @ (2 * shift)[..., None])], -1)
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    out = F.grid_sample(x.float() / 255, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return appearance(out, views), linear, shift
+
+
+def _points(z: torch.Tensor) -> torch.Tensor:
+    if z.shape[1] % 2:
+        raise DplError(f"PeCLR reads the projection as 2-D points: its width must be even, got {z.shape[1]}")
+    return z.reshape(len(z), -1, 2)
+
+
+def _extent(points: torch.Tensor) -> torch.Tensor:
+    """(N, P, 2) -> (N, 2): the range (max - min) of each sample's points on each axis, held constant (PeCLR)."""
+    points = points.detach()
+    return points.amax(1) - points.amin(1)
+
+
+def move_latent(z: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """What an equivariant projection does under a view's geometry: z (N, D), read as D/2 points in the plane,
+    mapped by `linear` (N, 2, 2), then shifted by `shift` (N, 2) (a fraction of the image side) times the range
+    of the points on each axis (PeCLR: a pixel shift has no size in the latent space, so it is taken relative to
+    the points' extent). The inverse of `undo_latent`."""
+    points = _points(z) @ linear.transpose(1, 2)
+    return (points + shift[:, None] * _extent(points)[:, None]).reshape(z.shape)
+
+
+def undo_latent(z: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """PeCLR's step before NT-Xent: each view's projection z (N, D), read as D/2 points in the plane, brought
+    back through its view's geometry: the shift (relative to the points' range, which a shift leaves alone) taken
+    off, then the inverse of `linear` (rotation, zoom, flip) applied. Exact: undo_latent(move_latent(z, A, t), A,
+    t) == z."""
+    points = _points(z)
+    points = points - shift[:, None] * _extent(points)[:, None]
+    return (points @ torch.linalg.inv(linear).transpose(1, 2)).reshape(z.shape)
