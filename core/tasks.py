@@ -175,12 +175,9 @@ def of_checkpoint(path: Path) -> Task:
 
 def of_folder(path: Path) -> Task:
     """The task of a label folder: box labels (pseudo-boxes), keypoint labels or class labels."""
-    from .data.boxes import is_box_folder
-    from .methods.keypoints.pseudo import is_keypoint_folder
+    from .artifacts import folder_kind
 
-    if is_box_folder(Path(path)):
-        return TASKS[BOX_LABELS]
-    return TASKS[KEYPOINT_LABELS if is_keypoint_folder(Path(path)) else LABELS]
+    return TASKS[{"boxes": BOX_LABELS, "keypoints": KEYPOINT_LABELS}.get(folder_kind(Path(path)), LABELS)]
 
 
 def of_artifact(path: Path) -> Task:

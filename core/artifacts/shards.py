@@ -89,6 +89,16 @@ class Labels:
                       keys=self.keys, skipped=self.skipped)
 
 
+def folder_kind(folder: Path) -> str | None:
+    """The `dpl.kind` of a folder's first shard ("labels", "boxes", "keypoints"); None without a readable one (its
+    reader will say why)."""
+    first = min(Path(folder).glob("shard-*.safetensors"), default=None)
+    try:
+        return None if first is None else read_header(first).meta.get("dpl.kind")
+    except DplError:
+        return None
+
+
 def folder_sha256(folder: Path) -> str:
     """The identity of a label folder: sha256 over its shards' names and sha256s."""
     h = hashlib.sha256()

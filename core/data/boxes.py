@@ -245,11 +245,7 @@ class BoxLabels:
 
 def is_box_folder(folder: Path) -> bool:
     """Whether a folder holds box label shards (False for anything unreadable: its reader will say why)."""
-    first = min(Path(folder).glob("shard-*.safetensors"), default=None)
-    try:
-        return first is not None and artifacts.read_header(first).meta.get("dpl.kind") == KIND
-    except DplError:
-        return False
+    return artifacts.folder_kind(folder) == KIND
 
 
 def write_box_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, index: torch.Tensor,

@@ -49,11 +49,7 @@ class KeypointLabels:
 
 def is_keypoint_folder(folder: Path) -> bool:
     """Whether a folder holds keypoint label shards (False for anything unreadable: its reader says why)."""
-    first = min(Path(folder).glob("shard-*.safetensors"), default=None)
-    try:
-        return first is not None and artifacts.read_header(first).meta.get("dpl.kind") == KIND
-    except DplError:
-        return False
+    return artifacts.folder_kind(folder) == KIND
 
 
 def write_labels(folder: Path, meta: dict, index: torch.Tensor, coords: torch.Tensor, confidence: torch.Tensor,
