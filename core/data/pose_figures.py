@@ -159,12 +159,33 @@ MIN_GAP = _min_gap()
 
 def _pose(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Points (n, K + 3, 2) of n posed figures in standing-height units (pelvis at 0), and thickness factors (n,)."""
+    angles = sample_angles(rng, n)
+    body = sample_body(rng, n)
+    return pose_points(angles, body), body["thick"]
+
+
+def sample_angles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Joint angles (radians) drawn uniformly within LIMITS: lean, roll, yaw (n,); each limb joint (n, 2), per side."""
     u = lambda lo, hi, *shape: rng.uniform(lo, hi, (n, *shape))             # noqa: E731
-    lean, roll, yaw = (np.radians(u(*LIMITS[k])) for k in ("lean", "roll", "yaw"))
-    limb = {k: np.radians(u(*LIMITS[k], 2)) for k in ("shoulder", "elbow", "wrist", "hip", "knee", "foot")}
+    angles = {k: np.radians(u(*LIMITS[k])) for k in ("lean", "roll", "yaw")}
+    return {**angles, **{k: np.radians(u(*LIMITS[k], 2)) for k in ("shoulder", "elbow", "wrist", "hip", "knee", "foot")}}
+
+
+def sample_body(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """What a figure keeps whatever its pose: segment lengths (n,) each, foreshortening (n, 4, 2) of upper arm,
+    forearm, thigh and shin per side, finger spread (n, 2) and capsule thickness (n,)."""
+    u = lambda lo, hi, *shape: rng.uniform(lo, hi, (n, *shape))             # noqa: E731
     size = {k: v * u(1 - LENGTH_JITTER, 1 + LENGTH_JITTER) for k, v in LENGTH.items()}
-    short = u(*FORESHORTEN, 4, 2)                 # upper arm, forearm, thigh, shin; per side
+    short = u(*FORESHORTEN, 4, 2)
     spread, thick = u(*SPREAD, 2), u(*THICKNESS)
+    return {"size": size, "short": short, "spread": spread, "thick": thick}
+
+
+def pose_points(angles: dict[str, np.ndarray], body: dict) -> np.ndarray:
+    """Points (n, K + 3, 2) in standing-height units (pelvis at 0) of bodies posed at `angles`."""
+    lean, roll, yaw = angles["lean"], angles["roll"], angles["yaw"]
+    limb, size, short, spread = angles, body["size"], body["short"], body["spread"]
+    n = len(lean)
     p = np.zeros((n, len(_P), 2))
     p[:, _P["neck"], 1] = -size["torso"]
     p[:, _P["head"]] = p[:, _P["neck"]] + size["neck"][:, None] * _d(np.pi + roll)
@@ -187,7 +208,7 @@ def _pose(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         ankle = knee + (size["shin"] * short[:, 3, k])[:, None] * _d(angle[1])
         toe = ankle + size["foot"][:, None] * _d(angle[2])
         p[:, [_P[f"{s}_{j}"] for j in ("hip", "knee", "ankle", "toe")]] = np.stack([hip, knee, ankle, toe], 1)
-    return p, thick
+    return p
 
 
 def _segment_distance(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -258,7 +279,7 @@ def scene(spec: PoseSpec, n: int, c: int, sources: int, rng: np.random.Generator
             "side": rng.uniform(.2, .6, (n, m)) * side, "angle": rng.uniform(-np.pi, np.pi, (n, m))}
 
 
-def _maps(rng: np.random.Generator, n: int, side: int, ds) -> torch.Tensor:
+def texture_maps(rng: np.random.Generator, n: int, side: int, ds) -> torch.Tensor:
     """n texture maps in [0, 1], (n, C, side, side): source images zoomed, turned and shifted, or procedural."""
     if ds is not None:
         src = ds.images[torch.from_numpy(rng.integers(0, len(ds), n))].float() / 255
@@ -293,15 +314,16 @@ def _tensor(v: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(v)).float()
 
 
-def render(fig: dict, scene: dict, side: int, c: int, ds, dark: bool, rng: np.random.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def render(fig: dict, scene: dict, side: int, c: int, ds, dark: bool, rng: np.random.Generator,
+           maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One chunk of images (n, c, H, W) uint8, the figures' masks (n, H, W) uint8, and which keypoints a
-    distractor in front covers (n, K)."""
+    distractor in front covers (n, K). `maps`: the texture maps (n * 4, c, H, W) of top, bottom, background and
+    distractors in [0, 1] (a clip's frames share theirs); None: drawn here."""
     n, hw = len(fig["points"]), side * side
     ys, xs = torch.meshgrid(torch.arange(side) + .5, torch.arange(side) + .5, indexing="ij")
     gx, gy = xs.reshape(-1), ys.reshape(-1)
     ranges = _tensor(scene["ranges"])[..., None]                              # (n, 4, 2, c, 1)
-    maps = _maps(rng, n * 4, side, ds).reshape(n, 4, -1, hw)
+    maps = (texture_maps(rng, n * 4, side, ds) if maps is None else maps).reshape(n, 4, -1, hw)
     maps = ranges[:, :, 0] + (ranges[:, :, 1] - ranges[:, :, 0]) * maps        # (n, 4, c, HW)
     skin = _tensor(scene["skin"])[..., None].expand(n, c, hw)
     feature = torch.where(skin > .45, skin - .35, skin + .35)
