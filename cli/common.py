@@ -124,6 +124,7 @@ class Panel:
     DATA = "Data"
     SCENES = "Scenes"               # scenes:SOURCE, data with boxes built from a classification source
     POSES = "Poses"                 # poses[:SOURCE], synthetic figures with keypoints
+    CLIPS = "Clips"                 # clips[:SOURCE], moving:SOURCE: synthetic clips
     BAGS = "Bags"                   # bags built from a classification source (dpl mil)
     MODEL = "Model"
     OPTIMIZATION = "Optimization"
@@ -541,9 +542,10 @@ def flush_notes() -> None:
     _notes.clear()
 
 
-def check_output(path: Path, force: bool, inputs: dict | None = None) -> None:
-    """Refuse an output that exists (without --force), is a folder, cannot be written, or is one of the command's
-    inputs (`inputs`: its options; every path among their values): --force replaces outputs, never inputs."""
+def check_output(path: Path, force: bool, inputs: dict | None = None, folder: bool = False) -> None:
+    """Refuse an output that exists (without --force), is a folder (a file, for a `folder` output), cannot be
+    written, or is one of the command's inputs (`inputs`: its options; every path among their values): --force
+    replaces outputs, never inputs."""
     for name, value in (inputs or {}).items():
         if name == "output":
             continue
@@ -553,8 +555,8 @@ def check_output(path: Path, force: bool, inputs: dict | None = None) -> None:
                                f"elsewhere")
     if path.exists() and not force:
         raise DplError(f"{path} exists; pass --force to replace it")
-    if path.is_dir():
-        raise DplError(f"{path} is a folder")
+    if path.exists() and path.is_dir() != folder:
+        raise DplError(f"{path} is {'a file' if folder else 'a folder'}")
     artifacts.check_writable(path)
 
 
@@ -682,6 +684,23 @@ def pose_spec(o: dict, source: str | None = None):
         raise DplError(f"--pose-scale takes LO,HI, got {o['pose_scale']!r}")
     return PoseSpec(source=source, canvas=o["canvas"], count=o["poses"], test_count=o["test_poses"], scale=scale,
                     rotation=o["pose_rotation"], clutter=o["clutter"], truncation=o["truncation"], seed=o["pose_seed"])
+
+
+# the options that shape synthetic clips, clips[:SOURCE] and moving:SOURCE (core/data/clip_figures.py)
+ClipCount = Annotated[int, typer.Option("--clips", min=1, help="Clips: training clips.", rich_help_panel=Panel.CLIPS)]
+TestClips = Annotated[int, typer.Option(min=1, help="Clips: test clips.", rich_help_panel=Panel.CLIPS)]
+Frames = Annotated[int, typer.Option(min=2, max=256, help="Clips: frames per clip.", rich_help_panel=Panel.CLIPS)]
+ClipSeed = Annotated[int, typer.Option(min=0, help="Clips: seed of the clips (each split its own stream of it).", rich_help_panel=Panel.CLIPS)]
+ClipCanvas = Annotated[int, typer.Option("--canvas", help="Poses, clips: the square canvas side, pixels.", rich_help_panel=Panel.CLIPS)]
+CLIP_OPTIONS = ("canvas", "clip_count", "test_clips", "frames", "clip_seed")
+
+
+def clip_spec(o: dict):
+    """The ClipSpec of the clip options (--canvas, --clips, --test-clips, --frames, --clip-seed)."""
+    from ..core.data.clip_figures import ClipSpec
+
+    return ClipSpec(canvas=o["canvas"], count=o["clip_count"], test_count=o["test_clips"], frames=o["frames"],
+                    seed=o["clip_seed"])
 
 
 def float_list(text: str, flag: str) -> tuple[float, ...]:

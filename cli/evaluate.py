@@ -29,6 +29,13 @@ def eval_command(
     knn: Annotated[list[int] | None, typer.Option(min=1, help="Weighted kNN top-1 on frozen features with K neighbours (repeatable; cosine, temperature 0.07).", rich_help_panel=common.Panel.MEASURES)] = None,
     head: Annotated[list[str] | None, typer.Option(help="A multi-head student: measure this head only (repeatable). \\[default: every head, each on its expert's test split]", show_default=False, rich_help_panel=common.Panel.MEASURES)] = None,
     flip_test: common.FlipTest = False,
+    few_shot: Annotated[list[int] | None, typer.Option(min=1, help="Clips: few-shot action recognition with K labeled clips per class (repeatable): per-frame features pooled over time, nearest class mean. \\[default: 1 and 5]", show_default=False, rich_help_panel=common.Panel.MEASURES)] = None,
+    episodes: Annotated[int, typer.Option(min=1, help="Clips: few-shot episodes, each its own seeded draw of the labeled clips.", rich_help_panel=common.Panel.MEASURES)] = 20,
+    canvas: common.ClipCanvas = 64,
+    clip_count: common.ClipCount = 400,
+    test_clips: common.TestClips = 200,
+    frames: common.Frames = 16,
+    clip_seed: common.ClipSeed = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Inference batch size.", rich_help_panel=common.Panel.RUN)] = 512,
     device: common.Device = "auto",
     workers: common.Workers = None,
@@ -47,4 +54,7 @@ def eval_command(
     the same source and are measured on the evaluated data. --seeds summarizes runs repeated with other
     seeds: {"results": [...], "groups": [...]} with --json."""
     options = dict(locals())
-    return dispatch("eval", tasks.same_task("eval", checkpoints), ctx, options, checkpoints[0])
+    # on clips every model with per-frame features is a row of one few-shot table, whatever its task
+    task = tasks.TASKS[tasks.VIDEO_POSE] if tasks.on_data("eval", tasks.TASKS[tasks.CLASSIFIER], data_spec).name \
+        == tasks.VIDEO_POSE else tasks.same_task("eval", checkpoints)
+    return dispatch("eval", task, ctx, options, checkpoints[0])

@@ -31,11 +31,17 @@ COMMON = frozenset({"output", "config", "device", "workers", "force", "as_json",
 _MEASURE = frozenset({"checkpoints", "data_spec", "config", "device", "workers", "as_json", "download", "batch_size"})
 
 CLASSIFIER, EXPERTS, DETECTOR, MIL, WSDDN, KEYPOINTS = "classifier", "experts", "detector", "mil", "wsddn", "keypoints"
+VIDEO_POSE, LANDMARKS = "video-pose", "landmarks"
 LABELS, BOX_LABELS, KEYPOINT_LABELS = "labels", "box-labels", "keypoint-labels"
 # what training a keypoint model takes, whatever the command
 _POSE_TRAINING = COMMON | {"arch", "epochs", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs", "log_every",
                            "ema", "tensorboard", "val", "val_every", "keep", "flip", "stochastic_depth", "seed",
                            "compile", "resume", "save_every", "keep_state", "init"}
+
+# the options that shape synthetic clips (cli/common.CLIP_OPTIONS); what training a video pose student takes
+_CLIPS = frozenset({"canvas", "clip_count", "test_clips", "frames", "clip_seed"})
+_VIDEO_TRAINING = COMMON | {"arch", "epochs", "lr", "optimizer", "momentum", "weight_decay", "warmup_epochs",
+                            "log_every", "ema", "tensorboard", "seed", "compile", "resume", "save_every", "keep_state"}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task(CLASSIFIER, "a classifier", best="top1"),
@@ -54,6 +60,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
                                             "feature_weight", "kd_decay", "head_only", "labeled", "split_seed"},
                "label": COMMON | {"teacher", "data_spec", "shard_size", "labeled", "split_seed", "part", "flip_test"},
                "eval": _MEASURE | {"seeds", "flip_test"}}),
+    # clips: a keypoint teacher labels their frames, a student distils pose and motion from them, and every model
+    # with per-frame features is measured on them by few-shot action recognition
+    Task(VIDEO_POSE, "a video pose student",
+         only={"label": COMMON | _CLIPS | {"teacher", "data_spec", "shard_size", "flip_test"},
+               "distill": _VIDEO_TRAINING | {"labels_dir", "min_confidence", "motion_weight"},
+               "eval": _MEASURE | _CLIPS | {"few_shot", "episodes"}}),
+    Task(LANDMARKS, "a landmark model (dpl landmarks)", only={"eval": _MEASURE | _CLIPS | {"few_shot", "episodes"}}),
     # label folders are measured by `dpl eval` as models are: rows of the same table
     Task(LABELS, "a label folder", why="it is measured on the data it was made for and has no backbone to probe; "
                                        "give a checkpoint",
@@ -84,7 +97,9 @@ OPTIONS: dict[tuple[str, str], frozenset[str]] = {
     ("*", "present"): frozenset({WSDDN}),
     **{("*", o): frozenset({KEYPOINTS}) for o in ("poses", "test_poses", "pose_scale", "pose_rotation", "clutter",
                                                    "truncation", "pose_seed")},
-    ("*", "canvas"): _BOXES | {KEYPOINTS},
+    ("*", "canvas"): _BOXES | {KEYPOINTS, VIDEO_POSE},
+    **{("*", o): frozenset({VIDEO_POSE}) for o in ("clip_count", "test_clips", "frames", "clip_seed", "few_shot",
+                                                    "episodes", "motion_weight")},
     **{("*", o): frozenset({KEYPOINTS}) for o in ("pose_part", "part_size", "kd_decay", "head_only",
                                                    "flip_test")},
 }
@@ -136,6 +151,8 @@ def of_data(spec: str | None) -> Task:
     data with keypoints, else a classifier."""
     if spec is not None and spec.partition(":")[0] in ("poses", "coco-keypoints"):
         return TASKS[KEYPOINTS]
+    if spec is not None and spec.partition(":")[0] in CLIP_SOURCES:
+        return TASKS[VIDEO_POSE]
     from .data.scenes import is_box_spec
 
     return TASKS[DETECTOR if spec is not None and is_box_spec(spec) else CLASSIFIER]
@@ -143,19 +160,29 @@ def of_data(spec: str | None) -> Task:
 
 # what data each kind of task learns from, as refusals name it
 DATA_KINDS = {CLASSIFIER: "classification data", DETECTOR: "data with boxes (scenes:SOURCE or coco:PATH)",
-              KEYPOINTS: "data with keypoints (poses[:SOURCE] or coco-keypoints:PATH)"}
+              KEYPOINTS: "data with keypoints (poses[:SOURCE] or coco-keypoints:PATH)",
+              VIDEO_POSE: "clips (clips[:SOURCE], moving:SOURCE or clipfolder:PATH)"}
+CLIP_SOURCES = ("clips", "moving", "clipfolder")      # core/data/clips.CLIP_SOURCES (a test holds them equal)
 
 
 def check_data(task: Task, spec: str | None, about: Path | str | None) -> None:
     """Refuse data of another kind than an artifact's task: boxes for a detector's or a WSDDN model's, keypoints
     for a keypoint model's, classification data for a classifier's (`about`: the artifact, named first)."""
-    if spec is None or task.name not in _CLASSIFYING | _BOXES | {KEYPOINTS}:
+    if spec is None or task.name not in _CLASSIFYING | _BOXES | {KEYPOINTS, VIDEO_POSE}:
         return
-    wants = DETECTOR if task.name in _BOXES else KEYPOINTS if task.name == KEYPOINTS else CLASSIFIER
+    wants = DETECTOR if task.name in _BOXES else task.name if task.name in (KEYPOINTS, VIDEO_POSE) else CLASSIFIER
     given = of_data(spec).name
     if given != wants:
         prefix = f"{about}: " if about is not None else ""
         raise DplError(f"{prefix}{task.title}, and --data {spec} is {DATA_KINDS[given]}: give {DATA_KINDS[wants]}")
+
+
+def on_data(command: str, task: Task, spec: str | None) -> Task:
+    """The task serving `command` on data `spec` given an artifact of `task`: on clips, labeling with a keypoint
+    teacher and measuring any model are the video pose task's; otherwise the artifact's own."""
+    if spec is not None and of_data(spec).name == VIDEO_POSE and command in ("label", "eval"):
+        return TASKS[VIDEO_POSE]
+    return task
 
 
 def of_checkpoint(path: Path) -> Task:

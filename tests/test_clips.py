@@ -119,3 +119,11 @@ def test_specs_and_bad_input():
         check_length(short, 9, "a window")
     same, note = check_length(short, 8, "a window")
     assert same is short and note is None
+
+
+def test_the_task_table_knows_the_clip_sources():
+    from dpl.core import tasks
+    from dpl.core.data import clips
+
+    assert tasks.CLIP_SOURCES == clips.CLIP_SOURCES
+    assert tasks.of_data("clips:test").name == tasks.of_data("clipfolder:/x").name == tasks.VIDEO_POSE

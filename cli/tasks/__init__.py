@@ -28,6 +28,8 @@ HANDLERS: dict[str, dict[str, str]] = {
     tasks.KEYPOINTS: {"teach": "keypoints:teach", "label": "keypoints:label", "distill": "keypoints:distill",
                       "eval": "keypoints:evaluate"},
     tasks.WSDDN: {"label": "wsddn:label", "eval": "wsddn:evaluate"},
+    tasks.VIDEO_POSE: {"label": "video:label", "distill": "video:distill", "eval": "video:evaluate"},
+    tasks.LANDMARKS: {"eval": "video:evaluate"},
     tasks.LABELS: {"eval": "classifier:label_quality"},
     tasks.BOX_LABELS: {"eval": "detector:box_label_quality"},
     tasks.KEYPOINT_LABELS: {"eval": "keypoints:label_quality"},
@@ -38,6 +40,7 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
     """Hand `command` to `task`'s handler, after refusing what does not apply to it (`about`: the artifact or data
     the refusal names first)."""
     prefix = f"{about}: " if about is not None else ""
+    task = tasks.on_data(command, task, options.get("data_spec"))
     where = HANDLERS[task.name].get(command)
     if where is None:
         served = [tasks.TASKS[name].title for name, by in HANDLERS.items()

@@ -144,7 +144,7 @@ def label(ctx: typer.Context, o: dict) -> None:
     if (lead["input"]["channels"], lead["input"]["size"]) != pool.shape[:2]:
         raise DplError(f"{next(p for p, m in experts if m is lead)}: the model takes {lead['input']['channels']}x{lead['input']['size']} images, "
                        f"{pool.spec} has {'x'.join(map(str, pool.shape))}")
-    common.check_output(folder, o["force"], o)
+    common.check_output(folder, o["force"], o, folder=True)
     artifacts.check_writable(folder)
     _say_data(pool, "labels ")
     rt = train.runtime(o["device"], workers=o["workers"])

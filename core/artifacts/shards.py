@@ -99,6 +99,16 @@ def folder_kind(folder: Path) -> str | None:
         return None
 
 
+def folder_data(folder: Path) -> dict:
+    """The data record (`data`) of a folder's first shard; {} without a readable one (its reader will say why)."""
+    first = min(Path(folder).glob("shard-*.safetensors"), default=None)
+    try:
+        found = {} if first is None else read_header(first).meta.get("data")
+    except DplError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def folder_sha256(folder: Path) -> str:
     """The identity of a label folder: sha256 over its shards' names and sha256s."""
     h = hashlib.sha256()

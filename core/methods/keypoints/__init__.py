@@ -37,7 +37,7 @@ from .training import PCK_FIGURES, SET_KEYS, VAL, check_data, keypoint_objective
 from .crops import PART_CROPS, POSE_PARTS, crop, part_data, part_sets, to_canvas, to_crop, torso
 from .pseudo import (
     KeypointLabels, check_experts, concat, expert_part, is_keypoint_folder, label_experts, quality, read_labels,
-    with_pseudo, without_truth, write_labels,
+    run_model, with_pseudo, without_truth, write_labels,
 )
 from .distill import PoseKD, distill_online
 
@@ -46,7 +46,7 @@ __all__ = [
     "TASK", "KeypointNet", "PoseNoise", "build_keypoint_model", "decode", "default_feature_layer",
     "default_heatmap_stride", "flip_heatmaps", "flip_pairs_permutation", "gaussian_targets", "heatmap_loss",
     "inside", "keypoint_boxes", "keypoint_model_from_spec", "oks", "oks_ap", "pck", "pose_matrices", "pose_noise",
-    "predict", "warp_poses", "PCK_FIGURES", "VAL", "check_data", "keypoint_objective", "load_model", "measure",
+    "predict", "run_model", "warp_poses", "PCK_FIGURES", "VAL", "check_data", "keypoint_objective", "load_model", "measure",
     "teach", "make_model", "SET_KEYS", "PART_CROPS", "POSE_PARTS", "crop", "part_data", "part_sets", "to_canvas", "to_crop",
     "torso", "KeypointLabels", "check_experts", "concat", "expert_part", "is_keypoint_folder", "label_experts",
     "quality", "read_labels", "with_pseudo", "without_truth", "write_labels", "PoseKD", "distill_online",
