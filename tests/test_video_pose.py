@@ -65,7 +65,7 @@ def test_few_shot_table_of_every_kind_of_model(run):
             "--episodes", "3", "--json")
     assert r.code == 0, r
     rows = json.loads(r.stdout)
-    assert [row["features"] for row in rows] == ["student features", "teacher keypoints"]
+    assert [row["features"] for row in rows] == ["student features", "teacher keypoints", "teacher backbone"]
     assert rows[1]["width"] == 64 and all(0 <= row["shot1"] <= 1 for row in rows)
 
 
@@ -75,6 +75,12 @@ def test_refusals(run, tmp_path):
     assert_refused(dpl("label", out / "teacher.safetensors", "--data", "clips", "--canvas", "64", "--clips", "4",
                        "-o", tmp_path / "l"), "takes 1x48x48", "1x64x64")
     assert not (tmp_path / "l").exists()
+    # a body expert (15 joints) cannot serve figures of 32 keypoints
+    r = dpl("teach", "--data", "poses", "--canvas", "48", "--pose-scale", "0.8,0.95", "--poses", "16",
+            "--test-poses", "4", "--pose-part", "body", *FAST, "-o", tmp_path / "body.safetensors")
+    assert r.code == 0, r
+    assert_refused(dpl("label", tmp_path / "body.safetensors", *CLIPS, "-o", tmp_path / "l"),
+                   "15 keypoints", "keypoint sets differ")
     # a classifier is no pose teacher
     r = dpl("teach", "--data", "digits", "--arch", "cnn-s", "--epochs", "1", "--device", "cpu", "-o",
             tmp_path / "c.safetensors")

@@ -62,7 +62,8 @@ def label(ctx: typer.Context, o: dict) -> None:
     batch = min(o["batch_size"], 256)
     run = lambda x: keypoints.run_model(model, ckpt.meta, x, rt, batch, o["flip_test"])   # noqa: E731
     with common.TrainingProgress("label clips") as progress:
-        index, coords, confidence = video_pose.label_clips(run, clips, frames, on_progress=progress)
+        made = video_pose.label_clips(run, clips, frames, on_progress=progress)
+    index, coords, confidence = made["index"], made["coords"], made["confidence"]
     k_set = ckpt.meta["keypoints"]
     meta = {"teachers": [{"role": "whole", "path": str(path), "sha256": ckpt.sha256()}],
             "data": {**clips.record, "frames": frames}, **{k: k_set[k] for k in keypoints.SET_KEYS},
@@ -72,19 +73,14 @@ def label(ctx: typer.Context, o: dict) -> None:
                                                                         o["shard_size"]))
     common.flush_notes()
     found = {"frames": len(index), "mean_confidence": float(confidence.mean())}
-    if clips.has_keypoints:
-        truth = clips.poses(np.arange(len(clips)), np.tile(np.arange(frames), (len(clips), 1)))
-        found.update(_pck(coords, truth["keypoints"].flatten(0, 1), truth["boxes"].flatten(0, 1)))
+    if "keypoints" in made:
+        found["pck"] = keypoints.pck(coords, made["keypoints"], made["boxes"])["all"][0.1]
     if o["as_json"]:
         return common.print_json({"path": str(folder), **found})
     print(folder)
     common.stderr.print(Text(f"pseudo-keypoints of {clips.spec}: {found['frames']:,} frames, mean confidence "
                              f"{found['mean_confidence']:.3f}" + (f", PCK@0.1 {found['pck']:.4f} against the "
                                                                  f"figures' keypoints" if "pck" in found else "")))
-
-
-def _pck(coords: torch.Tensor, truth: torch.Tensor, boxes: torch.Tensor) -> dict:
-    return {"pck": keypoints.pck(coords, truth, boxes)["all"][0.1]}
 
 
 def _clips_of_record(record: dict) -> ClipSet:
@@ -132,45 +128,49 @@ def distill(ctx: typer.Context, o: dict) -> None:
 
 # ---- few-shot action recognition -----------------------------------------------------------------
 
-def _embedding(path: Path, rt: train.Runtime, clips: ClipSet):
-    """(what the features are, embed(frames, previous) -> (n, D)) of a checkpoint of any task with per-frame
-    features: a video pose student's feature vector, a keypoint model's normalised pose, a landmark model's
-    landmarks, a classifier's (or pretrained backbone's) feature vector."""
+def _embeddings(path: Path, rt: train.Runtime, clips: ClipSet) -> list[tuple[str, object, artifacts.Checkpoint]]:
+    """[(what the features are, embed(frames, previous) -> (n, D), checkpoint)] of a checkpoint of any task with
+    per-frame features: a video pose student's feature vector; a keypoint model's normalised pose and its backbone's
+    feature vector (a backbone supervised on poses); a landmark model's landmarks; a classifier's (or pretrained
+    backbone's) feature vector."""
     task = tasks.of_checkpoint(path).name
     if task == tasks.VIDEO_POSE:
         net, ckpt = video_pose.load_student(path)
         _check_input(path, {**ckpt.input, "channels": ckpt.input["channels"] // 2}, clips)
-        return "student features", video_pose.student_embed(net, ckpt.input, rt), ckpt
+        return [("student features", video_pose.student_embed(net, ckpt.input, rt), ckpt)]
     if task == tasks.KEYPOINTS:
         net, ckpt = keypoints.load_model(path)
         _check_input(path, ckpt.input, clips)
-        model = rt.prepare(net)
+        model = rt.prepare(net).eval()
 
         def pose(x, _previous):
             coords, confidence = keypoints.run_model(model, ckpt.meta, x, rt, 256)
             return video.normalised_pose(coords, confidence >= .3).flatten(1)
-        return "teacher keypoints", pose, ckpt
-    if task == "landmarks":
+        return [("teacher keypoints", pose, ckpt),
+                ("teacher backbone", _backbone_features(model.backbone, ckpt.input, rt), ckpt)]
+    if task == tasks.LANDMARKS:
         from ...core.methods import landmarks
 
         net, ckpt = landmarks.load_landmarks(path)
         _check_input(path, ckpt.input, clips)
         net = net.to(rt.device).eval()
-        return "landmarks", lambda x, _p: landmarks.landmark_points(net, x.to(rt.device)).flatten(1), ckpt
+        return [("landmarks", lambda x, _p: landmarks.landmark_points(net, x.to(rt.device)).flatten(1), ckpt)]
     if task not in (tasks.CLASSIFIER, tasks.EXPERTS):
         raise DplError(f"{path}: {tasks.TASKS[task].title} has no per-frame features to measure on clips")
     ckpt = artifacts.load_checkpoint(path)
     _check_input(path, ckpt.input, clips)
     model = rt.prepare(models.build(ckpt.arch))
     artifacts.load_state(model, ckpt.model_state(), path)
-    model.eval()
-    taps = models.Taps(model, [models.FEATURES], stop=True)
+    return [("backbone features", _backbone_features(model.eval(), ckpt.input, rt), ckpt)]
 
+
+def _backbone_features(model, input_meta: dict, rt: train.Runtime):
+    """embed(frames, previous): a registry model's feature vector (the classifier's input) of each frame."""
     def features(x, _previous):
-        with taps:
-            return taps.tensor(augment.to_input(x.to(rt.device), ckpt.input["mean"], ckpt.input["std"]),
+        with models.Taps(model, [models.FEATURES], stop=True) as taps:
+            return taps.tensor(augment.to_input(x.to(rt.device), input_meta["mean"], input_meta["std"]),
                                models.FEATURES)
-    return "backbone features", features, ckpt
+    return features
 
 
 def _check_input(path: Path, input_meta: dict, clips: ClipSet) -> None:
@@ -206,7 +206,7 @@ def evaluate(ctx: typer.Context, o: dict) -> None:
     frames = min(_frames(query_clips), _frames(support_clips))
     shots = sorted(set(o["few_shot"] or DEFAULT_SHOTS))
     rt = train.runtime(o["device"], workers=o["workers"])
-    embeddings = [(path, *_embedding(path, rt, query_clips)) for path in o["checkpoints"]]
+    embeddings = [(path, *found) for path in o["checkpoints"] for found in _embeddings(path, rt, query_clips)]
     support, query = video.clip_frames(support_clips, frames), video.clip_frames(query_clips, frames)
     results = []
     for path, kind, embed, ckpt in embeddings:

@@ -63,22 +63,30 @@ def check_teacher(meta: dict, clips: ClipSet, path) -> None:
 
 @torch.inference_mode()
 def label_clips(run, clips: ClipSet, frames: int, batch_clips: int = 16, on_progress: Progress | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(index (N T,), coords (N T, K, 2), confidence (N T, K)) of every frame of every clip; `run(uint8 frames)`
-    gives a teacher's (coords, confidence)."""
-    index, coords, confidence = [], [], []
+                ) -> dict[str, torch.Tensor]:
+    """{index (N T,), coords (N T, K, 2), confidence (N T, K)} of every frame of every clip, and where the clips
+    have them the true keypoints (N T, K, 3) and boxes (N T, 4) of the same frames (rendered once for both);
+    `run(uint8 frames)` gives a teacher's (coords, confidence)."""
+    found = {"index": [], "coords": [], "confidence": [], "keypoints": [], "boxes": []}
     if on_progress:
         on_progress({"event": "total", "total": len(clips)})
     for start in range(0, len(clips), batch_clips):
         rows = np.arange(start, min(start + batch_clips, len(clips)))
-        x = clips.frames(rows, np.tile(np.arange(frames), (len(rows), 1))).flatten(0, 1)
+        times = np.tile(np.arange(frames), (len(rows), 1))
+        if clips.has_keypoints:
+            made = clips.poses(rows, times)
+            found["keypoints"].append(made["keypoints"].flatten(0, 1))
+            found["boxes"].append(made["boxes"].flatten(0, 1))
+            x = made["frames"].flatten(0, 1)
+        else:
+            x = clips.frames(rows, times).flatten(0, 1)
         c, conf = run(x)
-        index.append(torch.from_numpy((rows[:, None] * frames + np.arange(frames)).reshape(-1)))
-        coords.append(c)
-        confidence.append(conf)
+        found["index"].append(torch.from_numpy((rows[:, None] * frames + np.arange(frames)).reshape(-1)))
+        found["coords"].append(c)
+        found["confidence"].append(conf)
         if on_progress:
             on_progress({"event": "advance", "n": len(rows)})
-    return torch.cat(index), torch.cat(coords), torch.cat(confidence)
+    return {k: torch.cat(v) for k, v in found.items() if v}
 
 
 # ---- the student ---------------------------------------------------------------------------------------
