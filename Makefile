@@ -7,13 +7,13 @@ OUT    ?= demo
 DPL     = $(abspath $(BIN))/dpl
 RUN     = $(abspath $(OUT))
 
-.PHONY: demo test test-fast install data browser docs clean
+.PHONY: demo test test-fast install data browser ffmpeg docs clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,tensorboard]'
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard,video]'
 	touch $@
 
 # Fashion-MNIST from Debian (the slow tests use it; they skip where it cannot be had).
@@ -45,7 +45,15 @@ docs: install browser
 	$(DPL) report $(RUN) -o docs/report.html --force --title "dpl report: make demo (Noisy Student on digits)"
 	$(BIN)/python docs/screenshot.py docs/report.html docs/report.png
 
-test: install data browser
+# Debian's FFmpeg, whose shared libraries torchcodec decodes video files with (PyAV, installed, is the fallback).
+ffmpeg:
+	@if ! ldconfig -p 2>/dev/null | grep -q libavcodec; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq ffmpeg > /dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq ffmpeg > /dev/null; } \
+	    || echo "could not install ffmpeg: video clips decode through PyAV"; \
+	  else echo "not root: video clips decode through PyAV (apt-get install ffmpeg for torchcodec)"; fi; fi
+
+test: install data browser ffmpeg
 	$(BIN)/pytest -q
 
 test-fast: install

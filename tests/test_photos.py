@@ -258,14 +258,3 @@ def test_own_images_recipe_runs_small(tmp_path):
     labels = artifacts.read_labels(tmp_path / "own" / "labels")
     assert len(labels) == 150 and labels.meta["data"]["spec"].endswith("photos/unlabeled:train")
 
-
-def test_plain_pngs_decode_to_the_same_pixels_by_either_decoder():
-    """Plain 8-bit PNGs at the decode size skip PIL (libpng through torchvision.io): the pixels must not change."""
-    rng = np.random.default_rng(1)
-    for mode, shape in (("L", (12, 12)), ("RGB", (12, 12, 3))):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, "PNG")
-        raw = buf.getvalue()
-        assert images._plain_png(raw, 12) and not images._plain_png(raw, 10)
-        for channels in (1, 3):
-            assert np.array_equal(images.decode(raw, 12, channels), images._decode_pil(raw, 12, channels))

@@ -22,7 +22,7 @@ LIGHT_CORE = {"dpl.core", "dpl.core.catalog", "dpl.core.tasks", "dpl.core.textfi
 # The task handlers (paths relative to cli/) import their core at module level: they are loaded only by
 # cli/tasks.dispatch, once a command runs, never for help or completion (the import-time test of `dpl -h` below
 # would see them otherwise).
-HANDLERS_LOADED_ON_DISPATCH = {"tasks/classifier.py", "tasks/detector.py", "tasks/keypoints.py", "tasks/mil.py",
+HANDLERS_LOADED_ON_DISPATCH = {"tasks/classifier.py", "tasks/detector.py", "tasks/keypoints.py", "tasks/mil.py", "tasks/video.py",
                               "tasks/wsddn.py"}
 
 
