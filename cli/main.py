@@ -18,6 +18,7 @@ COMMANDS = {
     "teach": ("teach", "teach_command"), "label": ("label", "label_command"), "distill": ("distill", "distill_command"),
     "hint": ("hint", "hint_command"), "pretrain": ("pretrain", "pretrain_command"), "semi": ("semi", "semi_command"),
     "mil": ("mil", "mil_command"), "wsddn": ("wsddn", "wsddn_command"), "eval": ("evaluate", "eval_command"),
+    "landmarks": ("landmarks", "landmarks_command"),
     "info": ("info", "info_command"), "pack": ("pack", "pack_command"), "report": ("report", "report_command"),
     "plot": ("plot", "plot_app"),
 }
@@ -117,8 +118,8 @@ class Commands(TyperGroup):
 app = typer.Typer(
     name="dpl",
     cls=Commands,
-    help="Distillation and pseudo-labeling pipelines from the command line.\n\n"
-         "Shell completion: dpl --install-completion, then open a new shell.",
+    # the --install-completion row says how to turn on shell completion
+    help="Distillation and pseudo-labeling pipelines from the command line.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -160,6 +161,7 @@ EXAMPLES = {
     "wsddn": ["dpl wsddn --data scenes:fashion-mnist --scenes 1000 --arch cnn-s --epochs 20 -o wsddn.safetensors",
               "dpl eval wsddn.safetensors",
               "dpl label wsddn.safetensors --present 0.5 -o boxes/"],
+    "landmarks": ["dpl landmarks --data clips --landmarks 10 -o lm.safetensors"],
     "eval": ["dpl eval t0.safetensors --json", "dpl eval t0.safetensors s1.safetensors", "dpl eval labels0/",
              "dpl eval det.safetensors chen.safetensors",
              "dpl eval kd-seed1.safetensors kd-seed2.safetensors --seeds"],
