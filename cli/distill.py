@@ -49,7 +49,7 @@ def distill_command(
     bound_margin: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: its margin m: the student's squared regression error counts where it exceeds the teacher's less m. \\[default: 0]", show_default=False, rich_help_panel=common.Panel.DETECTORS)] = None,
     background_weight: Annotated[float | None, typer.Option(min=0.0, help="Detectors, --teacher: weight w0 of the background class in the soft cross-entropy (--alpha weighs that term, on the RoI classifier and the RPN objectness; --feature-loss hint adds the hint on backbone features). \\[default: 1.5]", show_default=False, rich_help_panel=common.Panel.DETECTORS)] = None,
     kd_decay: Annotated[bool, typer.Option("--kd-decay", help="Keypoints, --teacher: the distillation weights fall linearly from 1 to 0 over training (DWPose's weight decay).", rich_help_panel=common.Panel.LOSS)] = False,
-    motion_weight: Annotated[float, typer.Option(min=0.0, help="Clips (a video pose student): the weight of the teacher's pose motion Δp beside its pose (0: the pose alone).", rich_help_panel=common.Panel.LOSS)] = 1.0,
+    motion_weight: Annotated[float, typer.Option(min=0.0, help="Clips (a video pose student): the weight of the teacher's pose motion Δp (divided by its std) beside its pose (0: the pose alone).", rich_help_panel=common.Panel.LOSS)] = 0.1,
     head_only: Annotated[bool, typer.Option("--head-only", help="Keypoints: train the head of the --init model only, its backbone frozen (DWPose's second stage: --teacher and --init the same student).", rich_help_panel=common.Panel.MODEL)] = False,
     scale_jitter: common.ScaleJitter = None,
     arch: common.Arch = "cnn-m",

@@ -12,6 +12,7 @@ SOURCES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "s
 FILE_SOURCES = ("imagefolder", "tar")
 BOX_SOURCES = ("scenes", "coco")
 BAG_FOLDER = "bagfolder"
+CLIP_SOURCES = ("clips", "moving", "clipfolder")                    # data.clips.CLIP_SOURCES
 
 # models.REGISTRY, in its order: classifiers, then each detector family on each backbone.
 _TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d",
@@ -29,7 +30,9 @@ ARCHS = ("cnn-s", "cnn-m", "cnn-l",
 
 LOGIT_LOSSES = ("kd", "dkd", "lskd", "mse")                         # losses.LOGIT_LOSSES
 FEATURE_LOSSES = ("at", "rkd", "pkt", "sp", "crd", "hint")          # losses.FEATURE_LOSSES
-PRETEXT_TASKS = ("rotation", "jigsaw", "context", "simclr", "peclr")   # methods.pretext.TASKS
+PRETEXT_TASKS = ("rotation", "jigsaw", "context", "simclr", "peclr",  # methods.pretext.TASKS: on images,
+                 "order", "odd-one-out", "tracking")                 # then on clips
+CLIP_PRETEXT_TASKS = ("order", "odd-one-out", "tracking")            # methods.pretext.TEMPORAL
 SEMI_ALGORITHMS = ("fixmatch", "flexmatch")                         # methods.semi.ALGORITHMS
 POOLINGS = ("attention", "gated", "max", "mean")                    # methods.mil.POOLINGS
 MAX_PLOTTED_BAGS = 8                                                # methods.mil.MAX_PLOTTED_BAGS

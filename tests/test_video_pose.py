@@ -42,7 +42,7 @@ def test_label_clips_writes_every_frame(run):
 def test_distilled_student_and_its_record(run):
     out, _ = run
     meta = artifacts.read_header(out / "student.safetensors").meta
-    assert meta["task"] == "video-pose" and meta["video_pose"]["motion_weight"] == 1.0
+    assert meta["task"] == "video-pose" and meta["video_pose"]["motion_weight"] == 0.1
     assert meta["input"]["channels"] == 2 and meta["video_pose"]["frames"] == 4
     assert meta["parents"][0]["role"] == "labels"
     net, _ = video_pose.load_student(out / "student.safetensors")

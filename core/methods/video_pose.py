@@ -36,7 +36,7 @@ TASK = "video-pose"
 
 @dataclass(frozen=True)
 class VideoPoseOptions:
-    motion_weight: float = 1.0      # the Δp term's weight (0: pose only)
+    motion_weight: float = 0.1      # the Δp term's weight (0: pose only)
     min_confidence: float = 0.3     # teacher keypoints below this are no target
 
     def __post_init__(self):

@@ -38,6 +38,11 @@ class PretextOptions:
     projection_dim: int = 128        # simclr, peclr: output width of the projection head
     views: Views = field(default_factory=Views)
     geometry: Geometry = field(default_factory=Geometry)    # peclr: each view's known geometric transform
+    tuple_window: int = 5            # order: frames a tuple spans, its ends a and c (temporal.py)
+    sequences: int = 3               # odd-one-out: sequences per question, one of them shuffled
+    sequence_frames: int = 4         # odd-one-out: frames per sequence
+    track_gap: int = 3               # tracking: frames between the query and its positive
+    margin: float = 0.5              # tracking: the triplet ranking loss's margin on 1 - cos
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -50,6 +55,18 @@ class PretextOptions:
             raise DplError(f"--patch-size must be at least 1, got {self.patch_size}")
         if not self.temperature > 0:
             raise DplError(f"--temperature must be > 0, got {self.temperature}")
+        if not self.tuple_window >= 3:
+            raise DplError(f"--tuple-window must be at least 3 frames (a tuple's ends and a frame between), got "
+                           f"{self.tuple_window}")
+        if not self.sequences >= 2:
+            raise DplError(f"--sequences must be at least 2, got {self.sequences}")
+        if not self.sequence_frames >= 3:
+            raise DplError(f"--sequence-frames must be at least 3 (a shuffle that is neither the order nor its "
+                           f"reverse), got {self.sequence_frames}")
+        if not self.track_gap >= 1:
+            raise DplError(f"--track-gap must be at least 1 frame, got {self.track_gap}")
+        if not 0 <= self.margin <= 2:
+            raise DplError(f"--margin must be between 0 and 2 (a distance 1 - cos), got {self.margin}")
         if self.task == "peclr" and self.projection_dim % 2:
             raise DplError(f"--task peclr reads the projection as 2-D points: --projection-dim must be even, got "
                            f"{self.projection_dim}")
@@ -248,7 +265,10 @@ class PeCLR(SimCLR):
         return {**views, "geometry": asdict(self.opts.geometry)}
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Rotation, Jigsaw, Context, SimCLR, PeCLR)}
+# The temporal tasks subclass Task: their module is imported once Task exists (the package imports this one first).
+from .temporal import TEMPORAL  # noqa: E402
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Rotation, Jigsaw, Context, SimCLR, PeCLR, *TEMPORAL)}
 
 
 @dataclass(frozen=True)
@@ -297,6 +317,9 @@ def pretrain(ds: Dataset | PoseData, arch: str, opts: PretextOptions, cfg: Train
     cfg.epochs 0 nothing is trained: the checkpoint then holds the initialised backbone (and head), the baseline of
     every probe table."""
     ds = Figures(ds) if isinstance(ds, PoseData) else ds
+    if opts.task in {t.name for t in TEMPORAL}:
+        raise DplError(f"--task {opts.task} learns from time: it takes clips (--data clips[:SOURCE], moving:SOURCE or "
+                       f"clipfolder:PATH), not {ds.spec}")
     if len(ds) == 0:
         raise DplError(f"{ds.spec}: no samples to pretrain on")
     batch_size = min(cfg.batch_size, len(ds))
