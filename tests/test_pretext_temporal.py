@@ -190,7 +190,8 @@ def test_what_cannot_apply_is_refused_in_one_line(tmp_path):
                    "6 frames", "--task order")
     assert_refused(dpl("pretrain", "--data", "clips", "--task", "odd-one-out", *TINY, "--frames", "4",
                        "--sequence-frames", "5", "-o", out), "5 frames")
-    assert_refused(dpl("pretrain", "--data", "clips", "--task", "rotation", *TINY, "-o", out), "--task rotation", "order")
+    assert_refused(dpl("pretrain", "--data", "clips", "--task", "rotation", *TINY, "-o", out), "--task rotation",
+                   "order")
     assert_refused(dpl("pretrain", "--data", "digits", "--task", "order", "--device", "cpu", "-o", out), "clips")
     assert_refused(dpl("pretrain", "--data", "digits", "--clips", "8", "--device", "cpu", "-o", out), "--clips")
     assert_refused(dpl("pretrain", "--data", "digits", "--track-gap", "2", "--device", "cpu", "-o", out), "--track-gap")

@@ -275,10 +275,7 @@ class ClipTask(Task):
     """A pretext task on clips: `sample` asks each clip of a step a question (frames to render, answers), `step`
     answers it from the rendered frames (uint8 (n, m, C, S, S) on the device)."""
 
-    uses_motion = False
-
-    def __init__(self, opts: PretextOptions, ds: ClipFrames, rt: Runtime, seed: int):
-        super().__init__(opts, ds, rt, seed)
+    uses_motion = False                 # whether `sample` reads the motion profile (rendered once at the start)
 
     @classmethod
     def frames_needed(cls, opts: PretextOptions) -> int:
