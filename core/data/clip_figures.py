@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import DplError, data
-from . import images as image_files
 from . import pose_figures
 from .clips import ClipSet
 from .pose_figures import FLIP_PAIRS, K, NAMES, PARTS, SIGMAS, SKELETON  # noqa: F401
@@ -388,8 +387,3 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None, str | None]:
             raise DplError(f"{spec}: objects and textures come from a single source held in memory (digits, "
                            f"fashion-mnist, ...), its split given after it: {kind}:SOURCE:SPLIT")
     return kind, (parts[0] if parts else None), split
-
-
-def check_size(spec: ClipSpec) -> None:
-    if spec.canvas > image_files.MAX_SIZE:
-        raise DplError(f"--canvas must be at most {image_files.MAX_SIZE}")

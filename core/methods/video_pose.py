@@ -29,7 +29,7 @@ from ..data import augment, memory
 from ..data.clips import ClipSet
 from ..engine.train import Progress, ResumeSpec, Runtime, TrainConfig, fit, seed_everything, steps_per_epoch
 from ..reporting.video import clip_frames, normalised_pose
-from .common import Trained, checkpoint_meta, parent, train_record
+from .common import Trained, checkpoint_meta, train_record
 
 TASK = "video-pose"
 
@@ -210,4 +210,4 @@ def student_embed(net: VideoPoseNet, input_meta: dict, rt: Runtime):
 
 
 __all__ = ["TASK", "VideoPoseOptions", "VideoPoseNet", "check_teacher", "label_clips", "distill", "load_student",
-           "student_embed", "student_input", "targets", "parent"]
+           "student_embed", "student_input", "targets"]
