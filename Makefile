@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,tensorboard,video]'
+	$(BIN)/pip install --quiet -e '.[dev,tensorboard,video,export,timm]'
 	touch $@
 
 # Fashion-MNIST from Debian (the slow tests use it; they skip where it cannot be had).

@@ -185,7 +185,15 @@ def complete_data(incomplete: str) -> list[str]:
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    return [name for name in catalog.ARCHS if name.startswith(incomplete)]
+    """The registry's names, and timm's once `timm:` is typed (only then is timm, and torch, imported)."""
+    if incomplete.startswith(catalog.TIMM):
+        try:
+            import timm
+        except ImportError:
+            return []
+        rest = incomplete[len(catalog.TIMM):]
+        return [catalog.TIMM + name for name in timm.list_models() if name.startswith(rest)]
+    return [name for name in (*catalog.ARCHS, catalog.TIMM) if name.startswith(incomplete)]
 
 
 def completer(choices):
@@ -224,7 +232,7 @@ Stream = Annotated[bool | None, typer.Option(
     "all at once into memory. \\[default: in memory when the decoded pixels fit in 1 GiB]", show_default=False, rich_help_panel=Panel.DATA)]
 # ---- training options (teach, distill, hint, pretrain) ----------------------------------------------
 
-Arch = Annotated[str, typer.Option(autocompletion=complete_arch, help="Architecture from the registry (dpl info --archs lists them).", rich_help_panel=Panel.MODEL)]
+Arch = Annotated[str, typer.Option(autocompletion=complete_arch, help="Architecture from the registry, or timm:NAME for any of timm's (dpl info --archs lists them).", rich_help_panel=Panel.MODEL)]
 Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.", rich_help_panel=Panel.OPTIMIZATION)]
 BatchSize = Annotated[int, typer.Option(min=1, help="Batch size.", rich_help_panel=Panel.OPTIMIZATION)]
 Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (after warmup; cosine decay to 0).", rich_help_panel=Panel.OPTIMIZATION)]
@@ -244,7 +252,9 @@ StochasticDepth = Annotated[float, typer.Option(min=0.0, max=0.99, help="Drop pr
 Init = Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.", rich_help_panel=Panel.MODEL)]
 Pretrained = Annotated[bool, typer.Option(
     "--pretrained", help="Start from torchvision's ImageNet weights for this architecture, read from the torch hub "
-                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent).", rich_help_panel=Panel.MODEL)]
+                         "cache ($TORCH_HOME/hub/checkpoints; downloaded when absent); for timm:NAME, timm's weights "
+                         "(model.safetensors) from the Hugging Face cache ($HF_HUB_CACHE; downloaded when absent, "
+                         "unless HF_HUB_OFFLINE is set).", rich_help_panel=Panel.MODEL)]
 
 
 # ---- records: the metrics log, TensorBoard, validation -----------------------------------------------

@@ -27,7 +27,12 @@ def info_command(
 ):
     """Show what an artifact is and where it came from, or the layers of a model."""
     if archs:
-        return _show({"archs": list(catalog.ARCHS)}, as_json, lambda r: "\n".join(r["archs"]))
+        listed = {"archs": list(catalog.ARCHS)}
+        if (count := models.timm_model_count()) is not None:
+            listed.update(archs=[*listed["archs"], f"{catalog.TIMM}NAME"], timm_models=count)
+        return _show(listed, as_json, lambda r: "\n".join(
+            f"{a}  (any of timm's {r['timm_models']} models: timm.list_models())" if a.startswith(catalog.TIMM) else a
+            for a in r["archs"]))
     if target is None:
         raise DplError("give an artifact path, or --layers ARCH, or --archs")
     if layers:

@@ -19,6 +19,7 @@ COMMANDS = {
     "hint": ("hint", "hint_command"), "pretrain": ("pretrain", "pretrain_command"), "semi": ("semi", "semi_command"),
     "mil": ("mil", "mil_command"), "wsddn": ("wsddn", "wsddn_command"), "eval": ("evaluate", "eval_command"),
     "landmarks": ("landmarks", "landmarks_command"),
+    "export": ("export", "export_command"), "predict": ("predict", "predict_command"),
     "info": ("info", "info_command"), "pack": ("pack", "pack_command"), "report": ("report", "report_command"),
     "plot": ("plot", "plot_app"),
 }
@@ -101,6 +102,9 @@ class Commands(TyperGroup):
         return self.commands.get(name)
 
     def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):      # typer's two-line help of this flag, in one
+            if param.name == "show_completion":
+                param.help = "Print the completion script, to install it yourself."
         self.listing = True
         try:
             return super().format_help(ctx, formatter)
@@ -165,6 +169,10 @@ EXAMPLES = {
     "eval": ["dpl eval t0.safetensors --json", "dpl eval t0.safetensors s1.safetensors", "dpl eval labels0/",
              "dpl eval det.safetensors chen.safetensors",
              "dpl eval kd-seed1.safetensors kd-seed2.safetensors --seeds"],
+    "export": ["dpl export s1.safetensors -o s1.onnx", "dpl export s1.safetensors -o s1-int8.onnx --int8",
+               "dpl export s1.safetensors -o s1.pt --format torchscript"],
+    "predict": ["dpl predict s1.onnx --data imagefolder:photos/new -o predictions.csv --topk 3",
+                "dpl predict s1.safetensors --data digits:test -o predictions.jsonl"],
     "info": ["dpl info t0.safetensors", "dpl info --layers cnn-m --data digits", "dpl info --archs"],
     "pack": ["dpl pack photos/labeled -o shards/ --shard-size 10000", "dpl teach --data tar:shards -o t.safetensors"],
     "report": ["dpl report demo -o report.html", "make -C recipes/noisy-student report"],

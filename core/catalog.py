@@ -28,6 +28,8 @@ ARCHS = ("cnn-s", "cnn-m", "cnn-l",
          *_TORCHVISION,
          *(f"{family}-{b}" for family in DETECTOR_FAMILIES for b in DETECTOR_BACKBONES))
 
+TIMM = "timm:"                                                      # models.TIMM: timm:NAME, any of timm's
+
 LOGIT_LOSSES = ("kd", "dkd", "lskd", "mse")                         # losses.LOGIT_LOSSES
 FEATURE_LOSSES = ("at", "rkd", "pkt", "sp", "crd", "hint")          # losses.FEATURE_LOSSES
 PRETEXT_TASKS = ("rotation", "jigsaw", "context", "simclr", "peclr",  # methods.pretext.TASKS: on images,

@@ -47,7 +47,7 @@ def test_shell_completion_script_and_what_it_completes(monkeypatch, capsys):
     assert code == 0 and "_dpl_completion" in script and "complete" in script, (code, err)
     assert complete("dpl te") == ["teach"]
     assert complete("dpl teach --arch resnet1") == [n for n in models.REGISTRY if n.startswith("resnet1")]
-    assert set(complete("dpl teach --arch ")) == set(models.REGISTRY)
+    assert set(complete("dpl teach --arch ")) == {*models.REGISTRY, "timm:"}     # timm:NAME: any of timm's
     assert "fashion-mnist" in complete("dpl label t.safetensors --data f") and "imagefolder:" in complete("dpl teach --data i")
     assert complete("dpl pretrain --task ji") == ["jigsaw"]
     assert "--epochs" in complete("dpl teach --ep")

@@ -55,6 +55,14 @@ def test_teach_records_a_detector_that_info_and_eval_read(detector):
     assert "backbone.stages.2" in paths and "roi_heads.box_predictor.cls_score" in paths
 
 
+def test_export_and_predict_refuse_a_detector_naming_what_they_serve(detector, tmp_path):
+    r = dpl("export", detector, "-o", tmp_path / "d.onnx")
+    assert_refused(r, str(detector), "a detector, not a classifier or a multi-head student", "dpl export serves")
+    r = dpl("predict", detector, "--data", "digits", "-o", tmp_path / "p.csv")
+    assert_refused(r, str(detector), "a detector", "dpl predict serves")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_eval_seeds_groups_repeated_detector_runs(detector, tmp_path):
     again = tmp_path / "seed1.safetensors"
     r = dpl("teach", *SCENES, "--labeled", "16", "--arch", "frcnn-cnn-s", *FAST, "--seed", "1", "-o", again)

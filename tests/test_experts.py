@@ -184,3 +184,21 @@ def test_heads_metadata_is_validated(experts, tmp_path):
         artifacts.save_checkpoint(path, model, {**ckpt.meta, "heads": heads})
         with pytest.raises(Exception, match=words.replace("(", r"\(")):
             artifacts.load_checkpoint(path)
+
+
+def test_a_two_head_student_exports_one_output_per_head_and_predicts_both(experts, shapes, tmp_path):
+    out = tmp_path / "two.onnx"
+    r = dpl("export", experts["student"], "-o", out, "--data", f"imagefolder:{shapes}", "--json")
+    assert r.code == 0, r
+    assert json.loads(r.stdout)["parity"]["top1_agreement"] == 1.0
+    from dpl.core import deploy
+
+    info = deploy.onnx_info(out)
+    assert info["outputs"] == ["logits_digits", "logits_shapes"] and [h["name"] for h in info["heads"]] == \
+        ["digits", "shapes"]
+    predictions = tmp_path / "p.jsonl"
+    r = dpl("predict", out, "--data", f"imagefolder:{shapes}", "-o", predictions, "--topk", "2")
+    assert r.code == 0, r
+    first = json.loads(predictions.read_text().splitlines()[0])
+    assert set(first["heads"]) == {"digits", "shapes"} and len(first["heads"]["shapes"]) == 2
+    assert first["heads"]["shapes"][0]["class"] in ("cat", "dog", "owl")

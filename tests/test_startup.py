@@ -1,6 +1,6 @@
 """An instant command line: `dpl --version`, `dpl -h`, `dpl COMMAND -h` and shell completion import no torch
 (nor torchvision, matplotlib, numpy); the torch-free catalog of names they show cannot drift from the registries;
-help a person can read (one-line summaries, `dpl -h` in 30 lines, no option name cut at 100 columns)."""
+help a person can read (one-line summaries, `dpl -h` with a line per command, no option name cut at 100 columns)."""
 
 import ast
 import os
@@ -22,8 +22,8 @@ LIGHT_CORE = {"dpl.core", "dpl.core.catalog", "dpl.core.tasks", "dpl.core.textfi
 # The task handlers (paths relative to cli/) import their core at module level: they are loaded only by
 # cli/tasks.dispatch, once a command runs, never for help or completion (the import-time test of `dpl -h` below
 # would see them otherwise).
-HANDLERS_LOADED_ON_DISPATCH = {"tasks/classifier.py", "tasks/detector.py", "tasks/keypoints.py", "tasks/mil.py", "tasks/video.py",
-                              "tasks/wsddn.py"}
+HANDLERS_LOADED_ON_DISPATCH = {"tasks/classifier.py", "tasks/deploy.py", "tasks/detector.py", "tasks/keypoints.py",
+                              "tasks/mil.py", "tasks/video.py", "tasks/wsddn.py"}
 
 
 # ---- the catalog ----------------------------------------------------------------------------------------
@@ -187,9 +187,9 @@ def _help(*args: str, columns: int = 100) -> str:
     return r.stdout
 
 
-def test_dpl_h_lists_every_command_in_30_lines():
+def test_dpl_h_lists_every_command_on_one_line_each():
     shown = _help("-h")
-    assert len(shown.splitlines()) <= 30, shown
+    assert len(shown.splitlines()) <= 14 + len(main.COMMANDS), shown       # the usage, 4 options, and a line each
     at = [shown.find(f"│ {name} ") for name in main.COMMANDS]
     assert -1 not in at and at == sorted(at), shown                  # every command, in the table's order
     for name in main.COMMANDS:

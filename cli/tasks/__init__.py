@@ -19,9 +19,9 @@ from ...core import DplError, tasks
 # task -> command -> "module:function" in this package
 HANDLERS: dict[str, dict[str, str]] = {
     tasks.CLASSIFIER: {"teach": "classifier:teach", "label": "classifier:label", "distill": "classifier:distill",
-                       "eval": "classifier:evaluate"},
+                       "eval": "classifier:evaluate", "export": "deploy:export", "predict": "deploy:predict"},
     tasks.EXPERTS: {"label": "classifier:label", "distill": "classifier:distill_experts",
-                    "eval": "classifier:evaluate"},
+                    "eval": "classifier:evaluate", "export": "deploy:export", "predict": "deploy:predict"},
     tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
                      "eval": "detector:evaluate"},
     tasks.MIL: {"eval": "mil:evaluate"},

@@ -1,5 +1,6 @@
 """torchvision's ImageNet weights (`--pretrained`), read from the torch hub cache through torch's `weights_only`
 loader, downloaded when absent, loaded into a registry model (or a detector's backbone) wherever the shapes fit.
+A timm:NAME model's are timm's, from the Hugging Face cache (timm_models.load_timm_pretrained).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from .. import DplError
 from .cnn import Classifier
-from .registry import first_line
+from .registry import TIMM, first_line
 from .torchvision import TORCHVISION_MOBILE, TORCHVISION_RESNETS
 
 PRETRAINED = TORCHVISION_RESNETS + TORCHVISION_MOBILE     # the archs torchvision has ImageNet weights for
@@ -30,7 +31,7 @@ class Pretrained:
 def pretrained_file(name: str) -> tuple[str, Path]:
     """URL of torchvision's default ImageNet weights for `name` and the torch hub cache file for it."""
     if name not in PRETRAINED:
-        raise DplError(f"no pretrained weights for {name}; --pretrained takes {', '.join(PRETRAINED)}")
+        raise DplError(f"no pretrained weights for {name}; --pretrained takes {', '.join(PRETRAINED)}, or timm:NAME")
     from torchvision.models import get_model_weights
 
     url = get_model_weights(name).DEFAULT.url
@@ -45,7 +46,12 @@ def load_pretrained(model: nn.Module, name: str) -> Pretrained:
     for a class count other than 1000, and the 3x3 stem that replaces resnets' 7x7 conv on images of 64 px
     or less. The first conv of an input with other than 3 channels gets the RGB kernel adapted (timm's
     adapt_input_conv): summed over RGB for one channel, else repeated and scaled by 3 / channels.
+    A timm:NAME model gets timm's weights instead (timm_models.load_timm_pretrained).
     """
+    if name.startswith(TIMM):
+        from .timm_models import load_timm_pretrained
+
+        return load_timm_pretrained(model, name[len(TIMM):])
     url, file = pretrained_file(name)
     state = _read_pretrained(url, file)
     if isinstance(getattr(model, "fc", None), Classifier):     # the resnets' fc sits inside a Classifier

@@ -2,11 +2,13 @@
 
 Every model is built from a plain dict of JSON values (`arch` in a checkpoint's metadata):
 name, num_classes, in_channels, image_size, dropout, stochastic_depth, and the family's own knobs
-(`fitnet-thin:depth=17,width=8`). The detector families add their entries (models/detectors.py).
+(`fitnet-thin:depth=17,width=8`). The detector families add their entries (models/detectors.py). Any of timm's
+models is `timm:NAME[:knobs]` (models/timm_models.py), outside REGISTRY: timm is imported only to build one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from torch import nn
@@ -33,11 +35,22 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+TIMM = "timm:"       # catalog.TIMM: the prefix of timm's models, kept in the name ("timm:resnet18")
+
+
 def parse_arch(text: str) -> tuple[str, dict]:
-    """`NAME[:key=value,...]`, e.g. `fitnet-thin:depth=17,width=8`, -> (name, {key: number})."""
-    name, _, rest = text.partition(":")
-    if name not in REGISTRY:
-        raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    """`NAME[:key=value,...]`, e.g. `fitnet-thin:depth=17,width=8` or `timm:vit_tiny_patch16_224:patch_size=4`,
+    -> (name, {key: number})."""
+    if text.startswith(TIMM):
+        from .timm_models import check_name
+
+        name, _, rest = text[len(TIMM):].partition(":")
+        check_name(name)
+        name = TIMM + name
+    else:
+        name, _, rest = text.partition(":")
+        if name not in REGISTRY:
+            raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}, or timm:NAME")
     extra = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -64,13 +77,20 @@ def arch_spec(arch: str, *, num_classes: int, in_channels: int, image_size: int,
 def build(spec: dict) -> nn.Module:
     spec = dict(spec)
     name = spec.pop("name", None)
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}")
+    timm = isinstance(name, str) and name.startswith(TIMM)
+    if not isinstance(name, str) or not (timm or name in REGISTRY):
+        raise DplError(f"unknown architecture {name!r}; valid: {', '.join(REGISTRY)}, or timm:NAME")
     for key, value in spec.items():     # a checkpoint's arch is untrusted input: numbers, within reason
         if not key.isidentifier() or type(value) not in (int, float) or not abs(value) <= 2**24:
             raise DplError(f"architecture {name}: option {key!r}={value!r} is not a number in range")
+    if timm:
+        from .timm_models import build_timm
+
+        builder = functools.partial(build_timm, name[len(TIMM):])
+    else:
+        builder = REGISTRY[name]
     try:
-        return REGISTRY[name](**spec)
+        return builder(**spec)
     except DplError:
         raise
     except TypeError as e:

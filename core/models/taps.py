@@ -14,9 +14,13 @@ from .. import DplError
 
 
 def feature_layer(model: nn.Module) -> str:
-    """Path of the final linear classifier, whose input is the model's feature vector."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1]
+    """Path of the final linear classifier, whose input is the model's feature vector: a timm model's classifier
+    (fc, head.fc, classifier, ...), else the last Linear."""
+    named = list(model.named_modules())
+    classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    if isinstance(classifier, nn.Linear):
+        return next(name for name, m in named if m is classifier)
+    return [name for name, m in named if isinstance(m, nn.Linear)][-1]
 
 
 def get_layer(model: nn.Module, path: str) -> nn.Module:

@@ -1,5 +1,6 @@
-"""The video pose table over seeds: each model's few-shot accuracy (mean ± std over the out-seed*/summary.json
-found, one value per seed: the mean over its episodes).
+"""The video tables over seeds: each model's few-shot accuracy (mean ± std over the out-seed*/summary.json found,
+one value per seed: the mean over its episodes), then the same for out-seed*/temporal.json (the temporal pretext
+tasks) where any.
 
     python recipes/video-pose/summarize.py [recipes/video-pose]
 """
@@ -12,9 +13,14 @@ from pathlib import Path
 
 
 def main(root: Path) -> None:
-    runs = sorted(root.glob("out-seed*/summary.json"))
-    if not runs:
-        sys.exit(f"no out-seed*/summary.json under {root}")
+    tables = [sorted(root.glob(f"out-seed*/{name}")) for name in ("summary.json", "temporal.json")]
+    if not any(tables):
+        sys.exit(f"no out-seed*/summary.json or temporal.json under {root}")
+    for runs in filter(None, tables):
+        table(runs)
+
+
+def table(runs: list[Path]) -> None:
     found = defaultdict(lambda: defaultdict(list))
     shots = []
     for run in runs:
@@ -24,7 +30,7 @@ def main(root: Path) -> None:
                 if k.startswith("shot") and not k.endswith("_std"):
                     found[key][k].append(v)
                     shots = shots if k in shots else [*shots, k]
-    print(f"few-shot action accuracy, mean ± std over {len(runs)} seed(s) ({', '.join(r.parent.name for r in runs)})")
+    print(f"{runs[0].name}: few-shot action accuracy, mean ± std over {len(runs)} seed(s) ({', '.join(r.parent.name for r in runs)})")
     print(f"| model | features | {' | '.join(f'{s[4:]}-shot' for s in shots)} |")
     print(f"|---|---|{'---|' * len(shots)}")
     for (model, features), by in found.items():
