@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import assert_refused, dpl
+from conftest import assert_refused, dpl, write_imagefolder
 from dpl.core import artifacts
 from dpl.core.data.poses import NAMES, PARTS
 
@@ -65,3 +65,18 @@ def test_keypoint_refusals_come_from_the_task_table(keypoint_model, teacher, tmp
     assert_refused(dpl("eval", teacher, "--data", "poses"), str(teacher), "data with keypoints")
     assert_refused(dpl("teach", *POSES, "--pose-scale", "0.9", "-o", out), "--pose-scale")
     assert not out.exists()
+
+
+def test_predict_writes_every_keypoint_of_each_image(keypoint_model, tmp_path):
+    ckpt = artifacts.load_checkpoint(keypoint_model, task="keypoints")
+    c, s = ckpt.input["channels"], ckpt.input["size"]
+    photos = write_imagefolder(tmp_path / "photos", size=s, mode="L" if c == 1 else "RGB", splits=(None,))
+    out = tmp_path / "kp.jsonl"
+    r = dpl("predict", keypoint_model, "--data", f"imagefolder:{photos}", "-o", out)
+    assert r.code == 0, r
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 18 and list(lines[0]["keypoints"]) == list(NAMES)
+    assert all(len(v) == 3 and 0 <= v[0] <= s and 0 <= v[2] <= 1 for v in lines[0]["keypoints"].values())
+    r = dpl("predict", keypoint_model, "--data", f"imagefolder:{photos}", "-o", tmp_path / "kp.csv")
+    assert r.code == 0, r
+    assert (tmp_path / "kp.csv").read_text().splitlines()[0].startswith(f"file,{NAMES[0]}_x,{NAMES[0]}_y,")

@@ -55,12 +55,21 @@ def test_teach_records_a_detector_that_info_and_eval_read(detector):
     assert "backbone.stages.2" in paths and "roi_heads.box_predictor.cls_score" in paths
 
 
-def test_export_and_predict_refuse_a_detector_naming_what_they_serve(detector, tmp_path):
+def test_export_refuses_a_detector_and_predict_writes_its_boxes(detector, tmp_path):
     r = dpl("export", detector, "-o", tmp_path / "d.onnx")
     assert_refused(r, str(detector), "a detector, not a classifier or a multi-head student", "dpl export serves")
-    r = dpl("predict", detector, "--data", "digits", "-o", tmp_path / "p.csv")
-    assert_refused(r, str(detector), "a detector", "dpl predict serves")
     assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "boxes.jsonl"
+    r = dpl("predict", detector, "--data", "digits:test", "--resize", "32", "-o", out, "--device", "cpu")
+    assert r.code == 0, r
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 445 and lines[0]["file"] == "0"
+    boxes = [b for line in lines for b in line["boxes"]]
+    assert boxes and all(0 <= b["score"] <= 1 and len(b["box"]) == 4 and b["box"][0] <= b["box"][2] for b in boxes)
+    r = dpl("predict", detector, "--data", "digits:test", "--resize", "32", "-o", tmp_path / "boxes.csv")
+    assert r.code == 0, r
+    header = (tmp_path / "boxes.csv").read_text().splitlines()[0]
+    assert header == "file,class,score,x0,y0,x1,y1"
 
 
 def test_eval_seeds_groups_repeated_detector_runs(detector, tmp_path):

@@ -23,10 +23,10 @@ HANDLERS: dict[str, dict[str, str]] = {
     tasks.EXPERTS: {"label": "classifier:label", "distill": "classifier:distill_experts",
                     "eval": "classifier:evaluate", "export": "deploy:export", "predict": "deploy:predict"},
     tasks.DETECTOR: {"teach": "detector:teach", "label": "detector:label", "distill": "detector:distill",
-                     "eval": "detector:evaluate"},
+                     "eval": "detector:evaluate", "predict": "deploy:predict"},
     tasks.MIL: {"eval": "mil:evaluate"},
     tasks.KEYPOINTS: {"teach": "keypoints:teach", "label": "keypoints:label", "distill": "keypoints:distill",
-                      "eval": "keypoints:evaluate"},
+                      "eval": "keypoints:evaluate", "predict": "deploy:predict"},
     tasks.WSDDN: {"label": "wsddn:label", "eval": "wsddn:evaluate"},
     tasks.VIDEO_POSE: {"label": "video:label", "distill": "video:distill", "eval": "video:evaluate"},
     tasks.LANDMARKS: {"eval": "video:evaluate"},
@@ -51,7 +51,7 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
     message = tasks.refused(command, task, given)
     if message:
         raise DplError(prefix + message)
-    if command != "teach":          # teach's task is its data's
+    if command not in ("teach", "predict"):      # teach's task is its data's; predict takes any images
         tasks.check_data(task, options.get("data_spec"), about)
         if "arch" in given:         # a default --arch is checked by the handler, after its own checks
             tasks.check_arch(options["arch"], task.name, command, about)

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import typer
 
 from .. import common
 from ...core import DplError, artifacts, data, deploy
-from ...core.data import images as image_files
+from ...core.data import augment, images as image_files
 from ...core.engine import train
 from ...core.reporting import evaluate
 
@@ -148,7 +149,23 @@ def _say_export(r: dict) -> None:
 FORMATS = (".csv", ".jsonl")
 
 
+@dataclass
+class Predictor:
+    """What a task predicts for a batch of uint8 images: `run(x)` -> per-image outputs; `record(out, i)` -> image
+    i's JSON object (without its file); `header` and `row(out, i)` -> its CSV rows (a detector writes one per box)."""
+
+    channels: int
+    size: int
+    runtime: str
+    run: object
+    record: object
+    header: list[str]
+    rows: object
+    classes: list[str] = field(default_factory=list)       # a classifier's, to score against the source's labels
+
+
 def predict(ctx: typer.Context, o: dict) -> None:
+    """dpl predict with a classifier, a multi-head student, their ONNX exports, a detector or a keypoint model."""
     output = o["output"]
     if output.suffix.lower() not in FORMATS:
         raise DplError(f"{output}: predictions are written as {' or '.join(FORMATS)}; name the file so")
@@ -156,28 +173,25 @@ def predict(ctx: typer.Context, o: dict) -> None:
         raise DplError(f"{output}: the folder {output.parent} does not exist")
     common.check_output(output, o["force"], {"model": o["model"]})
     source = o["model"]
+    files = data.is_image_files(o["data_spec"])
     if source.suffix.lower() == ".onnx":
-        exported = deploy.load_onnx(source)
-        info, rt = exported.info, None
-        inp, heads, classes = info["input"], info.get("heads") or [], info.get("classes") or []
+        exported, rt = deploy.load_onnx(source), None
     else:
-        ckpt = artifacts.load_checkpoint(source)
+        task = artifacts.read_header(source, kind="checkpoint").meta.get("task", "classifier")
         rt = train.runtime(o["device"], workers=o["workers"])
-        model = ckpt.build_model().to(rt.device).eval()
-        inp, heads, classes = ckpt.input, ckpt.heads, list(ckpt.meta.get("classes") or [])
-    c, s = inp["channels"], inp["size"]
-    resize = o["resize"] or (s if data.is_image_files(o["data_spec"]) else None)
-    ds = data.load(o["data_spec"], resize=resize, channels=c, download=o["download"],
-                   stream=True if data.is_image_files(o["data_spec"]) else None, workers=o["workers"])
+    predictor = (_classifier(exported, None, None, o["topk"]) if rt is None else
+                 _detector(source, rt, o) if task == "detector" else
+                 _keypoints(source, rt) if task == "keypoints" else
+                 _classifier(None, artifacts.load_checkpoint(source), rt, o["topk"]))
+    c, s = predictor.channels, predictor.size
+    ds = data.load(o["data_spec"], resize=o["resize"] or (s if files else None), channels=c, download=o["download"],
+                   stream=True if files else None, workers=o["workers"])
     if ds.shape != (c, s, s):
         fix = "their channels differ" if ds.shape[0] != c else f"give --resize {s}"
         raise DplError(f"{source} takes {c}x{s}x{s} images and {ds.spec} has {'x'.join(map(str, ds.shape))}: {fix}")
     common.say_source(ds)
-    groups = [(h["name"], list(h["classes"])) for h in heads] or [("", classes)]
-    if any(not names for _, names in groups):
-        raise DplError(f"{source}: records no class names")
-    k = min(o["topk"], *(len(names) for _, names in groups))
-    columns = _columns(groups, k, known=bool((ds.labels >= 0).any()) and not heads)
+    scored = bool(predictor.classes) and bool((ds.labels >= 0).any())
+    header = predictor.header + (["true"] if scored else [])
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     skipped, done, correct, known = [], 0, 0, 0
     start = time.perf_counter()
@@ -185,34 +199,34 @@ def predict(ctx: typer.Context, o: dict) -> None:
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f) if output.suffix.lower() == ".csv" else None
             if writer:
-                writer.writerow(columns)
-            rows = (_onnx_batches(exported, ds, o) if rt is None else _model_batches(model, inp, ds, rt, o))
-            for begin, logits, ok in rows:
-                probs = torch.from_numpy(np.concatenate(logits, axis=1)).float()
-                splits = [len(names) for _, names in groups]
-                per_head = [p.softmax(1).topk(k, dim=1) for p in probs.split(splits, dim=1)]
-                for i in range(len(ok)):
-                    index = begin + i
-                    name = _name(ds, index)
-                    if not ok[i]:
-                        skipped.append(name)
-                        continue
-                    top = [[(names[j], float(p)) for p, j in zip(t.values[i], t.indices[i])]
-                           for (_, names), t in zip(groups, per_head)]
-                    truth = int(ds.labels[index])
-                    if truth >= 0 and not heads:
-                        known += 1
-                        correct += int(top[0][0][0] == classes[truth])
-                    _write(f, writer, name, groups, top, ds.classes[truth] if truth >= 0 and not heads else None,
-                           "true" in columns)
-                    done += 1
+                writer.writerow(header)
+            with torch.inference_mode():
+                for begin, x, ok in image_files.batches(ds.images, o["batch_size"], o["workers"],
+                                                        pin=bool(rt and rt.cuda), model_on_cpu=not (rt and rt.cuda)):
+                    out = predictor.run(x)
+                    for i in range(len(ok)):
+                        name = _name(ds, begin + i)
+                        if not ok[i]:
+                            skipped.append(name)
+                            continue
+                        truth = ds.classes[int(ds.labels[begin + i])] if scored and ds.labels[begin + i] >= 0 else None
+                        record = {"file": name, **predictor.record(out, i)}
+                        if truth is not None:
+                            known += 1
+                            correct += record["top"][0]["class"] == truth
+                            record["true"] = truth
+                        if writer:
+                            writer.writerows([[name, *row, *([truth or ""] if scored else [])]
+                                              for row in predictor.rows(out, i)])
+                        else:
+                            f.write(json.dumps(record) + "\n")
+                        done += 1
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     result = {"path": str(output), "images": done, "skipped": len(skipped), "skipped_files": skipped[:data.MAX_LISTED],
-              "seconds": seconds, "images_per_s": done / seconds if seconds else None,
-              "runtime": "onnxruntime" if rt is None else f"dpl ({rt.device.type})",
+              "seconds": seconds, "images_per_s": done / seconds if seconds else None, "runtime": predictor.runtime,
               "top1": correct / known if known else None}
     common.flush_notes()
     if o["as_json"]:
@@ -227,30 +241,92 @@ def predict(ctx: typer.Context, o: dict) -> None:
     print(output)
 
 
-def _columns(groups: list[tuple[str, list[str]]], k: int, known: bool) -> list[str]:
-    out = ["file"]
-    for head, _ in groups:
-        prefix = f"{head}." if head else ""
-        for j in range(1, k + 1):
-            suffix = "" if j == 1 else f"_{j}"
-            out += [f"{prefix}class{suffix}", f"{prefix}prob{suffix}"]
-    return out + (["true"] if known else [])
+def _classifier(exported: deploy.Exported | None, ckpt: artifacts.Checkpoint | None, rt, topk: int) -> Predictor:
+    """Top-k classes of a checkpoint (on the runtime's device) or an ONNX export (onnxruntime), per head."""
+    if ckpt is not None:
+        inp, heads, classes = ckpt.input, ckpt.heads, list(ckpt.meta.get("classes") or [])
+        model = ckpt.build_model().to(rt.device).eval()
 
-
-def _write(f, writer, name: str, groups, top, truth: str | None, with_truth: bool) -> None:
-    if writer:
-        row = [name] + [v for head in top for cls, p in head for v in (cls, f"{p:.6f}")]
-        writer.writerow(row + ([truth or ""] if with_truth else []))
-        return
-    record = {"file": name}
-    if groups[0][0]:
-        record["heads"] = {head: [{"class": cls, "prob": round(p, 6)} for cls, p in t]
-                           for (head, _), t in zip(groups, top)}
+        def logits(x):
+            with rt.autocast():
+                return model(augment.to_input(x.to(rt.device, non_blocking=True), inp["mean"], inp["std"],
+                                              rt.cuda)).float().cpu()
+        runtime = f"dpl ({rt.device.type})"
     else:
-        record["top"] = [{"class": cls, "prob": round(p, 6)} for cls, p in top[0]]
-    if truth is not None:
-        record["true"] = truth
-    f.write(json.dumps(record) + "\n")
+        info = exported.info
+        inp, heads, classes = info["input"], info.get("heads") or [], info.get("classes") or []
+        logits = None
+        runtime = "onnxruntime"
+    groups = [(h["name"], list(h["classes"])) for h in heads] or [("", classes)]
+    if any(not names for _, names in groups):
+        raise DplError(f"{ckpt.path if ckpt is not None else exported.path}: records no class names (a pretext "
+                       "or probe backbone has no classes to predict)")
+    k = min(topk, *(len(names) for _, names in groups))
+
+    def run(x):
+        z = logits(x) if logits else torch.from_numpy(np.concatenate(exported.logits(x), axis=1))
+        top = [p.softmax(1).topk(k, dim=1) for p in z.split([len(n) for _, n in groups], dim=1)]
+        return [[[(names[j], float(v)) for v, j in zip(t.values[i], t.indices[i])] for i in range(len(z))]
+                for (_, names), t in zip(groups, top)]
+
+    def record(out, i):
+        tops = [[{"class": c, "prob": round(p, 6)} for c, p in head[i]] for head in out]
+        return {"heads": dict(zip((g for g, _ in groups), tops))} if heads else {"top": tops[0]}
+
+    header = [f"{g + '.' if g else ''}{col}{'' if j == 1 else f'_{j}'}" for g, _ in groups
+              for j in range(1, k + 1) for col in ("class", "prob")]
+    return Predictor(inp["channels"], inp["size"], runtime, run, record, ["file", *header],
+                     lambda out, i: [[v for head in out for c, p in head[i] for v in (c, f"{p:.6f}")]],
+                     classes=[] if heads else classes)
+
+
+def _detector(path: Path, rt, o: dict) -> Predictor:
+    """A detector's boxes (image pixels, x0 y0 x1 y1), classes and scores; a CSV row per box."""
+    from ...core.methods import detect
+
+    model, ckpt = detect.load_detector(path)
+    model.to(rt.device).eval()
+    classes = list(ckpt.meta.get("classes") or [])
+
+    def run(x):
+        return detect.detect(model, x, ckpt.input, rt, batch_size=len(x))
+
+    def record(out, i):
+        b = out.of(i)
+        return {"boxes": [{"class": classes[int(c)], "score": round(float(s), 6),
+                           "box": [round(float(v), 2) for v in box]}
+                          for box, c, s in zip(b["boxes"], b["labels"], b["scores"])]}
+
+    def rows(out, i):       # a row per box; an image without boxes keeps a row with its name alone
+        return [[r["class"], f"{r['score']:.6f}", *r["box"]] for r in record(out, i)["boxes"]] or [[""] * 6]
+
+    c, s = ckpt.input["channels"], ckpt.input["size"]
+    return Predictor(c, s, f"dpl ({rt.device.type})", run, record, ["file", "class", "score", "x0", "y0", "x1", "y1"],
+                     rows)
+
+
+def _keypoints(path: Path, rt) -> Predictor:
+    """A keypoint model's keypoints (image pixels) and confidences."""
+    from ...core.methods import keypoints
+
+    model, ckpt = keypoints.load_model(path)
+    model.to(rt.device).eval()
+    names = list(ckpt.meta["keypoints"]["names"])
+    inp = ckpt.input
+
+    def run(x):
+        return keypoints.predict(model, augment.to_input(x.to(rt.device), inp["mean"], inp["std"]), len(x))
+
+    def record(out, i):
+        coords, conf = out
+        return {"keypoints": {n: [round(float(coords[i, j, 0]), 2), round(float(coords[i, j, 1]), 2),
+                                  round(float(conf[i, j]), 4)] for j, n in enumerate(names)}}
+
+    def rows(out, i):
+        return [[v for x, y, p in record(out, i)["keypoints"].values() for v in (x, y, p)]]
+
+    header = ["file", *(f"{n}_{v}" for n in names for v in ("x", "y", "conf"))]
+    return Predictor(inp["channels"], inp["size"], f"dpl ({rt.device.type})", run, record, header, rows)
 
 
 def _name(ds: data.Dataset, index: int) -> str:
@@ -258,18 +334,3 @@ def _name(ds: data.Dataset, index: int) -> str:
         return str(index)
     key = ds.keys[index]
     return os.fsdecode(key) if isinstance(key, bytes) else str(key)
-
-
-def _model_batches(model, inp: dict, ds: data.Dataset, rt, o: dict):
-    with torch.inference_mode():
-        start = 0
-        for x, ok in evaluate.model_inputs(ds.images, inp, rt, o["batch_size"], o["workers"]):
-            with rt.autocast():
-                logits = model(x).float().cpu().numpy()
-            yield start, [logits], ok.cpu().numpy()
-            start += len(ok)
-
-
-def _onnx_batches(exported: deploy.Exported, ds: data.Dataset, o: dict):
-    for start, x, ok in image_files.batches(ds.images, o["batch_size"], o["workers"]):
-        yield start, exported.logits(x), ok.numpy()
