@@ -54,7 +54,7 @@ ffmpeg:
 	  else echo "not root: video clips decode through PyAV (apt-get install ffmpeg for torchcodec)"; fi; fi
 
 test: install data browser ffmpeg
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations 15
 
 test-fast: install
 	$(BIN)/pytest -q -m 'not slow'

@@ -45,7 +45,7 @@ def throughput(run, images: torch.Tensor, batch: int) -> float:
 
 def export_both(model, meta, example, folder: Path, name: str) -> tuple[Path, Path]:
     net = deploy.wrap(model, meta)
-    info = deploy.describe(meta, Path(name), "", "", "onnx", False, False)
+    info = deploy.describe(meta, Path(name), "", "onnx", False)
     fp32, int8 = folder / f"{name}.onnx", folder / f"{name}-int8.onnx"
     exporter = deploy.export_onnx(net, example.float() / 255, fp32, info)
     deploy.quantize_int8(fp32, int8)

@@ -57,17 +57,18 @@ def output_names(heads: list[dict]) -> list[str]:
     return [f"logits_{h['name']}" for h in heads] if heads else ["logits"]
 
 
-def describe(meta: dict, path: Path, sha256: str, exporter: str, fmt: str, half: bool, int8: bool) -> dict:
-    """The export's own metadata: what a user (or dpl predict) needs to run it."""
+def describe(meta: dict, path: Path, sha256: str, fmt: str, half: bool) -> dict:
+    """The export's own metadata: what a user (or dpl predict) needs to run it (the exporter is added by the
+    export, an int8 precision by the quantisation)."""
     heads = [{"name": h["name"], "classes": list(h["classes"])} for h in meta.get("heads") or []]
     inp = meta["input"]
-    return {"task": meta.get("task", "experts" if heads else "classifier"), "format": fmt, "exporter": exporter,
+    return {"task": meta.get("task", "experts" if heads else "classifier"), "format": fmt,
             "opset": OPSET if fmt == "onnx" else None, "classes": list(meta.get("classes") or []), "heads": heads,
             "outputs": output_names(heads),
             "input": {"name": "images", "dtype": "float16" if half else "float32",
                       "layout": "NCHW", "channels": inp["channels"], "size": inp["size"], "range": "[0, 1]",
                       "normalization": "folded in", "mean": list(inp["mean"]), "std": list(inp["std"])},
-            "precision": "int8-dynamic" if int8 else "float16" if half else "float32",
+            "precision": "float16" if half else "float32",
             "checkpoint": str(path), "checkpoint_sha256": sha256, "arch": meta["arch"].get("name")}
 
 
@@ -91,8 +92,6 @@ def _quiet():
 
 def export_onnx(net: Normalized, example: torch.Tensor, out: Path, info: dict) -> str:
     """Write `net` as ONNX at `out` with a dynamic batch axis and dpl's metadata; the exporter used."""
-    import onnx
-
     names = list(info["outputs"])
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
@@ -111,14 +110,20 @@ def export_onnx(net: Normalized, example: torch.Tensor, out: Path, info: dict) -
             raise DplError(f"the model does not export to ONNX (dynamo: {dynamo_error}; TorchScript-based: "
                            f"{first_line(e2)})") from None
         exporter = "torchscript"
-    model = onnx.load(str(out))
-    info = {**info, "exporter": exporter}
+    set_info(out, {**info, "exporter": exporter})
+    return exporter
+
+
+def set_info(path: Path, info: dict) -> None:
+    """Write dpl's metadata into an ONNX file (replacing what metadata it had)."""
+    import onnx
+
+    model = onnx.load(str(path))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(info)
     model.producer_name = "dpl"
-    onnx.save(model, str(out))
-    return exporter
+    onnx.save(model, str(path))
 
 
 def export_torchscript(net: Normalized, example: torch.Tensor, out: Path, info: dict) -> str:

@@ -100,6 +100,12 @@ def test_predict_with_a_checkpoint_and_its_onnx_export_on_a_folder_with_odd_file
     assert [r["class"] for r in rows[teacher]] == [r["class"] for r in rows[onnx_file]]
     np.testing.assert_allclose([float(r["prob"]) for r in rows[teacher]], [float(r["prob"]) for r in rows[onnx_file]],
                                atol=1e-4)
+    shards = tmp_path / "shards"                       # the same photos as tar shards, streamed alike
+    assert dpl("pack", photos, "-o", shards, "--shard-size", "5").code == 0
+    r = dpl("predict", onnx_file, "--data", f"tar:{shards}", "-o", tmp_path / "tar.csv", "--topk", "3")
+    assert r.code == 0, r
+    with (tmp_path / "tar.csv").open() as f:
+        assert sorted(r["class"] for r in csv.DictReader(f)) == sorted(r["class"] for r in rows[onnx_file])
     r = dpl("predict", onnx_file, "--data", "digits:test", "-o", tmp_path / "p.jsonl", "--json")
     assert r.code == 0, r
     result = json.loads(r.stdout)

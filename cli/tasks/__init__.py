@@ -36,6 +36,11 @@ HANDLERS: dict[str, dict[str, str]] = {
 }
 
 
+# why a command serves only some tasks, said after its refusal of the others
+UNSERVED = {"export": " (an export holds the model's logits; a detector's box decoding and non-maximum suppression "
+                      "and a keypoint model's heatmap decoding are not exported)"}
+
+
 def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, about: Path | str | None = None):
     """Hand `command` to `task`'s handler, after refusing what does not apply to it (`about`: the artifact or data
     the refusal names first)."""
@@ -46,7 +51,7 @@ def dispatch(command: str, task: tasks.Task, ctx: typer.Context, options: dict, 
         served = [tasks.TASKS[name].title for name, by in HANDLERS.items()
                   if command in by and name not in (tasks.LABELS, tasks.BOX_LABELS, tasks.KEYPOINT_LABELS)]
         raise DplError(f"{prefix}{task.title}, not {', '.join(served[:-1])} or {served[-1]}: "
-                       f"dpl {command} serves those")
+                       f"dpl {command} serves those{UNSERVED.get(command, '')}")
     given = common.given_options(ctx)
     message = tasks.refused(command, task, given)
     if message:

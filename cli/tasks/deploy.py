@@ -43,7 +43,7 @@ def export(ctx: typer.Context, o: dict) -> None:
     example = images[:2].float() / 255
     if o["half"]:
         net, example = net.half(), example.half()
-    info = deploy.describe(ckpt.meta, ckpt.path, ckpt.sha256(), "", fmt, o["half"], False)
+    info = deploy.describe(ckpt.meta, ckpt.path, ckpt.sha256(), fmt, o["half"])
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         if fmt == "onnx":
@@ -68,7 +68,7 @@ def export(ctx: typer.Context, o: dict) -> None:
                 deploy.quantize_int8(tmp, quantized)
                 exported = deploy.load_onnx(quantized, {**exported.info, "precision": "int8-dynamic"})
                 q = deploy.compare(reference, _all_logits(exported, images, o["batch_size"]), labels)
-                _set_info(quantized, {**exported.info, "exporter": exporter})
+                deploy.set_info(quantized, {**exported.info, "exporter": exporter})
                 os.replace(quantized, tmp)
             finally:
                 quantized.unlink(missing_ok=True)
@@ -83,16 +83,6 @@ def export(ctx: typer.Context, o: dict) -> None:
     else:
         _say_export(result)
         print(output)
-
-
-def _set_info(path: Path, info: dict) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = deploy.META_KEY, json.dumps(info)
-    onnx.save(model, str(path))
 
 
 def _check_data(ckpt: artifacts.Checkpoint, spec: str | None, download: bool) -> data.Dataset:
