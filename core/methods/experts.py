@@ -126,7 +126,10 @@ def expert_of(labels: artifacts.Labels) -> tuple[str | None, str | None]:
     spec = meta.get("data", {}).get("spec")
     if spec is None:
         return None, None
-    return spec, f"{data.parse_spec(spec)[0]}:test"
+    try:
+        return spec, f"{data.parse_spec(spec)[0]}:test"
+    except DplError as e:       # a corrupt or foreign checkpoint's data spec
+        raise DplError(f"{entry['path']}: {e}") from None
 
 
 def check_pool(heads: list[Head], pool: Dataset) -> torch.Tensor:
