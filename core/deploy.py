@@ -95,8 +95,9 @@ def export_onnx(net: Normalized, example: torch.Tensor, out: Path, info: dict) -
     names = list(info["outputs"])
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
-            program = torch.onnx.export(net, (example,), input_names=["images"], output_names=names, opset_version=OPSET,
-                                        dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+            program = torch.onnx.export(net, (example,), input_names=["images"], output_names=names,
+                                        opset_version=OPSET, dynamo=True,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
             program.save(str(out))
         exporter = "dynamo"
     except Exception as e:     # noqa: BLE001  any failure of torch.export: the TorchScript-based exporter
@@ -155,10 +156,6 @@ class Exported:
     info: dict
     run: object                     # callable: float array (N, C, S, S) -> list of arrays
 
-    @property
-    def heads(self) -> list[dict]:
-        return self.info.get("heads") or []
-
     def logits(self, images: torch.Tensor) -> list[np.ndarray]:
         x = images.float().div_(255)
         if self.info["input"]["dtype"] == "float16":
@@ -199,8 +196,8 @@ def onnx_info(path: Path) -> dict:
     return info
 
 
-def load_onnx(path: Path, info: dict | None = None) -> Exported:
-    info = info or onnx_info(path)
+def load_onnx(path: Path) -> Exported:
+    info = onnx_info(path)
     session = _session(path)
     name = session.get_inputs()[0].name
 

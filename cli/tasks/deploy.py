@@ -66,9 +66,9 @@ def export(ctx: typer.Context, o: dict) -> None:
             quantized = tmp.with_name(tmp.name + ".int8")
             try:
                 deploy.quantize_int8(tmp, quantized)
-                exported = deploy.load_onnx(quantized, {**exported.info, "precision": "int8-dynamic"})
-                q = deploy.compare(reference, _all_logits(exported, images, o["batch_size"]), labels)
-                deploy.set_info(quantized, {**exported.info, "exporter": exporter})
+                deploy.set_info(quantized, {**exported.info, "precision": "int8-dynamic"})
+                int8_logits = _all_logits(deploy.load_onnx(quantized), images, o["batch_size"])
+                q = deploy.compare(reference, int8_logits, labels)
                 os.replace(quantized, tmp)
             finally:
                 quantized.unlink(missing_ok=True)
@@ -89,7 +89,10 @@ def _check_data(ckpt: artifacts.Checkpoint, spec: str | None, download: bool) ->
     """The images an export is checked on: --data, else the test split of the checkpoint's data, else that data."""
     c, s = ckpt.input["channels"], ckpt.input["size"]
     made = ckpt.meta.get("data", {})
-    candidates = [spec] if spec else [f"{data.parse_spec(made['spec'])[0]}:test", made["spec"]] if "spec" in made else []
+    if spec:
+        candidates = [spec]
+    else:
+        candidates = [f"{data.parse_spec(made['spec'])[0]}:test", made["spec"]] if "spec" in made else []
     if not candidates:
         raise DplError(f"{ckpt.path}: records no data to check the export on; give --data")
     errors = []
@@ -136,7 +139,7 @@ def _say_export(r: dict) -> None:
 
 # ---- predict ----------------------------------------------------------------------------------------------------
 
-FORMATS = (".csv", ".jsonl")
+PREDICTION_FILES = (".csv", ".jsonl")
 
 
 @dataclass
@@ -157,8 +160,8 @@ class Predictor:
 def predict(ctx: typer.Context, o: dict) -> None:
     """dpl predict with a classifier, a multi-head student, their ONNX exports, a detector or a keypoint model."""
     output = o["output"]
-    if output.suffix.lower() not in FORMATS:
-        raise DplError(f"{output}: predictions are written as {' or '.join(FORMATS)}; name the file so")
+    if output.suffix.lower() not in PREDICTION_FILES:
+        raise DplError(f"{output}: predictions are written as {' or '.join(PREDICTION_FILES)}; name the file so")
     if not output.parent.is_dir():
         raise DplError(f"{output}: the folder {output.parent} does not exist")
     common.check_output(output, o["force"], {"model": o["model"]})
@@ -245,7 +248,9 @@ def _classifier(exported: deploy.Exported | None, ckpt: artifacts.Checkpoint | N
     else:
         info = exported.info
         inp, heads, classes = info["input"], info.get("heads") or [], info.get("classes") or []
-        logits = None
+
+        def logits(x):
+            return torch.from_numpy(np.concatenate(exported.logits(x), axis=1))
         runtime = "onnxruntime"
     groups = [(h["name"], list(h["classes"])) for h in heads] or [("", classes)]
     if any(not names for _, names in groups):
@@ -254,7 +259,7 @@ def _classifier(exported: deploy.Exported | None, ckpt: artifacts.Checkpoint | N
     k = min(topk, *(len(names) for _, names in groups))
 
     def run(x):
-        z = logits(x) if logits else torch.from_numpy(np.concatenate(exported.logits(x), axis=1))
+        z = logits(x)
         top = [p.softmax(1).topk(k, dim=1) for p in z.split([len(n) for _, n in groups], dim=1)]
         return [[[(names[j], float(v)) for v, j in zip(t.values[i], t.indices[i])] for i in range(len(z))]
                 for (_, names), t in zip(groups, top)]
