@@ -90,6 +90,8 @@ OPTIONS: dict[tuple[str, str], frozenset[str]] = {
         # eval's probes and heads
         "linear_probe", "layer", "knn", "head")},
     **{("label", o): _CLASSIFYING for o in ("ensemble", "soft", "topk", "tau")},
+    # stored views (consistent-view offline KD) are labeled by one classifier or an ensemble
+    **{("label", o): frozenset({CLASSIFIER}) for o in ("views", "view_seed", "crop", "flip")},
     ("predict", "topk"): _CLASSIFYING,
     # a multi-head student learns each expert's labels on every image of the pool they label
     **{("distill", o): frozenset({CLASSIFIER}) for o in ("labeled_data", "labeled_per_class", "val_per_class")},

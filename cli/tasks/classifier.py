@@ -47,6 +47,9 @@ def label(ctx: typer.Context, o: dict) -> None:
     unlabeled part (or the whole split), with their accuracy where the data has labels."""
     output, resume = o["output"], o["resume"]
     teachers = list(o["teacher"]) + list(o["ensemble"] or [])
+    view_flags = [flag for name, flag in common.given_options(ctx).items() if name in ("view_seed", "crop", "flip")]
+    if view_flags and o["views"] is None:
+        raise DplError(f"{', '.join(view_flags)} shape the stored views of --views K: give --views, or drop them")
     rank, world = distributed.shard_of(o["shard"])
     first = artifacts.read_header(teachers[0], kind="checkpoint")
     heads = _heads_of(teachers, first, o["head"])
@@ -59,7 +62,9 @@ def label(ctx: typer.Context, o: dict) -> None:
     else:
         mine = common.own_shards(output, rank, world, o["force"], resume)
     opts = labeling.LabelOptions(mode="hard" if not o["soft"] else ("topk" if o["topk"] else "soft"), topk=o["topk"],
-                                 tau=o["tau"], shard_size=o["shard_size"], batch_size=o["batch_size"])
+                                 tau=o["tau"], shard_size=o["shard_size"], batch_size=o["batch_size"],
+                                 views=o["views"], view_seed=o["view_seed"],
+                                 view_noise=common.noise_options({**o, "randaugment": None}))
     spec, split, size = common.data_of(first.meta, o["data_spec"], common.partition(o), o["resize"], first.path)
     ds = data.load(spec, partition=split, part=o["part"] or ("unlabeled" if split.active else "all"),
                    download=o["download"], resize=size, channels=first.meta.get("input", {}).get("channels"),
@@ -101,6 +106,9 @@ def _heads_of(teachers: list[Path], first: artifacts.Header, chosen: list[str] |
 
 def _report(output: Path, done: dict, ds: data.Dataset, by: str = "") -> None:
     print(output)
+    if done.get("views"):
+        common.stderr.print(f"stored {done['views']} views per sample beside the un-augmented image's labels: "
+                            f"{done['view_bytes_per_sample_view']:.1f} bytes per sample per view")
     if done["skipped"]:
         common.stderr.print(f"skipped {done['skipped']} unreadable image files (listed in the shards' metadata)")
     if done["quality"] is not None:
@@ -196,6 +204,10 @@ def distill_experts(ctx: typer.Context, o: dict) -> None:
     """Several --labels: one student with a head per folder, on the pool they all label (core/methods/experts.py)."""
     state, cfg, model_opts, noise, opts, _, sinks, rt = _distill_setup(o)
     labels = [artifacts.read_labels(f, o["allow_partial"]) for f in o["labels_dir"]]
+    for lab in labels:
+        if lab.views is not None:
+            raise DplError(f"{lab.path}: view labels (dpl label --views) replay into one student of one folder; a "
+                           "student of several experts learns from their un-augmented labels: label without --views")
     made = labels[0].meta["data"]
     spec, split, size = common.data_of(labels[0].meta, o["data_spec"], data.Partition(), o["resize"], o["labels_dir"][0])
     pool = data.load(spec, partition=split, part=made.get("part", "all"), download=o["download"], resize=size,

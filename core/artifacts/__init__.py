@@ -16,6 +16,7 @@ from .files import (DTYPE_SIZES, FORMAT, MAX_HEADER, PLAIN_KEYS, Header, atomic_
                     sha256_file)
 from .checkpoints import (OBJECTIVE_PREFIX, Checkpoint, check_state, checkpoint_task, input_meta, load_checkpoint,
                           load_state, save_checkpoint)
-from .shards import (KEY_TENSORS, LABEL_KEYS, SHARD_DTYPES, SHARD_NDIM, SHARD_TENSORS, Labels, check_complete,
+from .shards import (KEY_TENSORS, LABEL_KEYS, SHARD_DTYPES, SHARD_NDIM, SHARD_TENSORS, VIEW_FORMAT, LabelViews,
+                     Labels, check_complete,
                      decode_keys, encode_keys, folder_data, folder_kind, folder_sha256, read_labels, same_shard,
                      shard_headers, shard_meta, shard_name)

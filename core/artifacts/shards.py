@@ -29,6 +29,44 @@ SHARD_DTYPES = {"index": torch.int64, "label": torch.int64, "confidence": torch.
                 "probs": torch.float16, "topk_index": torch.int32, "topk_prob": torch.float16}
 
 
+# View labels (`dpl label --views K`) add, per sample, K stored augmentations and the teacher's output on each:
+# the crop offsets and flips, and the probabilities (soft) or top k (topk) of every view, beside the un-augmented
+# image's in the tensors above. Their metadata `views` says how they were drawn; VIEW_FORMAT is its version.
+VIEW_FORMAT = 1
+VIEW_KEYS = ("format", "count", "crop_pad", "hflip", "size", "seed")
+VIEW_TENSORS = {"soft": ("view_offset", "view_flip", "view_probs"),
+                "topk": ("view_offset", "view_flip", "view_topk_index", "view_topk_prob")}
+VIEW_DTYPES = {"view_offset": torch.int16, "view_flip": torch.uint8, "view_probs": torch.float16,
+               "view_topk_index": torch.int32, "view_topk_prob": torch.float16}
+
+
+@dataclass
+class LabelViews:
+    """A view label folder's stored views, rows as the folder's: crop offsets (n, K, 2) (row, column in the image
+    padded by `crop_pad`), flips (n, K), and the teacher's output on each view (probs (n, K, C), or topk_index and
+    topk_prob (n, K, k))."""
+
+    meta: dict
+    offset: torch.Tensor
+    flip: torch.Tensor
+    probs: torch.Tensor | None = None
+    topk_index: torch.Tensor | None = None
+    topk_prob: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        return self.meta["count"]
+
+    def to(self, device) -> "LabelViews":
+        return LabelViews(self.meta, **{k: None if getattr(self, k) is None else getattr(self, k).to(device)
+                                        for k in ("offset", "flip", "probs", "topk_index", "topk_prob")})
+
+    def bytes_per_view(self) -> float:
+        """Storage of the views' tensors per sample per view."""
+        ts = [t for t in (self.offset, self.flip, self.probs, self.topk_index, self.topk_prob) if t is not None]
+        return sum(t.numel() * t.element_size() for t in ts) / max(1, self.offset.shape[0] * self.count)
+
+
 # Shards of image files also carry each sample's key (its path or shard key, UTF-8, concatenated, with
 # offsets) and the positions of the files that could not be decoded.
 KEY_TENSORS = {"key_bytes": torch.uint8, "key_offsets": torch.int64, "skipped": torch.int64}
@@ -68,6 +106,7 @@ class Labels:
     topk_prob: torch.Tensor | None = None      # (n, k) float16, mode topk
     keys: np.ndarray | None = None             # image files: each row's sample key (bytes)
     skipped: int = 0                           # image files the teacher could not read
+    views: LabelViews | None = None            # dpl label --views: stored augmentations and their outputs
 
     @property
     def mode(self) -> str:
@@ -86,7 +125,7 @@ class Labels:
     def to(self, device) -> "Labels":
         moved = {k: getattr(self, k) for k in ("index", "label", "confidence", "probs", "topk_index", "topk_prob")}
         return Labels(self.path, self.meta, **{k: None if v is None else v.to(device) for k, v in moved.items()},
-                      keys=self.keys, skipped=self.skipped)
+                      keys=self.keys, skipped=self.skipped, views=None if self.views is None else self.views.to(device))
 
 
 def folder_kind(folder: Path) -> str | None:
@@ -146,11 +185,15 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     mode, c = common["mode"], common["num_classes"]
     if mode not in SHARD_TENSORS:
         raise DplError(f"{folder}: unknown label mode {mode!r}")
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS[mode]}
+    views = _views_meta(folder, headers, mode)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in SHARD_TENSORS[mode] + (
+        VIEW_TENSORS[mode] if views else ())}
     keys: list[np.ndarray] = []
     skipped: list[torch.Tensor] = []
     for h in headers:
         _check_shard_shapes(folder, h, first, mode, c)
+        if views:
+            _check_view_shapes(h, mode, views["count"], c)
         tensors = _load_shard(folder, h, parts, headers[0])
         if "key_bytes" in tensors:
             keys.append(decode_keys(tensors, h.path))
@@ -163,7 +206,55 @@ def read_labels(folder: Path, allow_partial: bool = False) -> Labels:
     sample_keys = np.concatenate(keys)[order.numpy()] if keys else None
     if sample_keys is not None and len(np.unique(sample_keys)) != len(sample_keys):
         raise DplError(f"{folder}: a sample key appears twice")
-    return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps))
+    stored = None
+    if views:
+        stored = LabelViews(views, **{name[len("view_"):]: cat.pop(name) for name in VIEW_TENSORS[mode]})
+        _check_views(folder, stored, c)
+    return Labels(folder, first.meta, **cat, keys=sample_keys, skipped=len(gaps), views=stored)
+
+
+def _views_meta(folder: Path, headers: list[Header], mode: str) -> dict | None:
+    """The folder's `views` record (None for labels of un-augmented images only), the same in every shard and of
+    the format this reader knows."""
+    views = headers[0].meta.get("views")
+    for h in headers:
+        if h.meta.get("views") != views:
+            raise DplError(f"{folder}: mixed label folder: {h.path.name} differs from {headers[0].path.name} in 'views'")
+    if views is None:
+        return None
+    if not isinstance(views, dict) or views.get("format") != VIEW_FORMAT:
+        found = views.get("format") if isinstance(views, dict) else views
+        raise DplError(f"{folder}: view labels of format {found!r}, and this dpl reads format {VIEW_FORMAT}: "
+                       "label the data again with this dpl (dpl label --views K)")
+    missing = [k for k in VIEW_KEYS if k not in views]
+    if missing or not (isinstance(views["count"], int) and views["count"] >= 1):
+        raise DplError(f"{folder}: its views record lacks {', '.join(missing) or 'a view count of at least 1'}")
+    if mode not in VIEW_TENSORS:
+        raise DplError(f"{folder}: {mode} labels cannot hold views")
+    return views
+
+
+def _check_view_shapes(h: Header, mode: str, k: int, c: int) -> None:
+    """A view shard's tensors, as declared: (count, K, ...) with the columns of its mode."""
+    n = h.meta["count"]
+    for name in VIEW_TENSORS[mode]:
+        info = h.tensors.get(name)
+        if info is None:
+            raise DplError(f"{h.path}: view label shard lacks tensor {name!r}")
+        shape = info["shape"]
+        tail = {"view_offset": [2], "view_flip": [], "view_probs": [c]}.get(name)
+        if shape[:2] != [n, k] or (tail is not None and shape[2:] != tail) or (tail is None and len(shape) != 3):
+            raise DplError(f"{h.path}: tensor {name!r} has shape {shape}, expected ({n}, {k}, ...) for {k} views of "
+                           f"{n} samples")
+
+
+def _check_views(folder: Path, views: LabelViews, c: int) -> None:
+    """Stored offsets inside the padded image and top-k classes inside 0..C-1."""
+    pad = views.meta["crop_pad"]
+    if len(views.offset) and (views.offset.min() < 0 or views.offset.max() > 2 * pad):
+        raise DplError(f"{folder}: view crop offsets outside 0..{2 * pad}")
+    if views.topk_index is not None and ((views.topk_index < 0) | (views.topk_index >= c)).any():
+        raise DplError(f"{folder}: view top-k class indices outside 0..{c - 1}")
 
 
 def shard_headers(folder: Path, kind: str = "labels", keys: tuple[str, ...] = LABEL_KEYS) -> list[Header]:
@@ -231,8 +322,9 @@ def _load_shard(folder: Path, h: Header, parts: dict[str, list[torch.Tensor]], f
     tensors = load_tensors(h)
     for name in parts:
         t = tensors[name]
-        if t.dtype != SHARD_DTYPES[name]:
-            raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {SHARD_DTYPES[name]}")
+        expected = SHARD_DTYPES.get(name) or VIEW_DTYPES[name]
+        if t.dtype != expected:
+            raise DplError(f"{h.path}: tensor {name!r} is {t.dtype}, expected {expected}")
         parts[name].append(t)
     for name, dtype in KEY_TENSORS.items():
         if name in tensors and (tensors[name].dtype != dtype or tensors[name].ndim != 1):

@@ -56,10 +56,18 @@ def to_input(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.T
 
 
 def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    b = x.shape[0]
     oy = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
     ox = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    return crop_at(x, pad, torch.cat([oy, ox], dim=1))
+
+
+def crop_at(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Each image zero-padded by `pad` and cut back to its size at its own (row, column) offset, (B, 2) in
+    0..2*pad: the random crop's geometry with the offsets given (stored views replay them)."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy, ox = offsets.long().to(x.device).split(1, dim=1)
     rows = (oy + torch.arange(h, device=x.device))[:, :, None]   # (B, H, 1)
     cols = (ox + torch.arange(w, device=x.device))[:, None, :]   # (B, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -67,8 +75,35 @@ def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return flip_where(x, torch.rand(x.shape[0], device=x.device) < 0.5)
+
+
+def flip_where(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips.bool().to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+# ---- stored views: the crop and flip of each view drawn once, kept, and replayed -------------------------------
+
+def sample_views(n: int, k: int, pad: int, hflip: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K views of each of n images: crop offsets (n, K, 2) int16 in 0..2*pad and flips (n, K) uint8, drawn
+    from `seed` alone (sample i's views do not depend on which rank or shard labels it)."""
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, 2 * pad + 1, (n, k, 2), generator=g, dtype=torch.int16)
+    flips = torch.randint(0, 2, (n, k), generator=g, dtype=torch.uint8)
+    return offsets, flips * hflip
+
+
+def view_of(x: torch.Tensor, pad: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """The stored view of each image: crop at `offsets` (B, 2) after padding by `pad`, then flip where `flips`."""
+    if pad:
+        x = crop_at(x, pad, offsets)
+    return flip_where(x, flips)
+
+
+def replay(x: torch.Tensor, noise: Noise, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """A stored view of each image (what the teacher saw), then the student's RandAugment on top where asked."""
+    x = view_of(x, noise.crop_pad, offsets, flips)
+    return randaugment(x, *noise.randaugment) if noise.randaugment else x
 
 
 # ---- RandAugment ----------------------------------------------------------------------------------

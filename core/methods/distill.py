@@ -227,21 +227,46 @@ class Teachers:
             self.taps.remove()
 
 
+class ViewReplay:
+    """Stored views replayed (consistent-view offline KD, `dpl label --views K`): in epoch e, label row r shows its
+    view (start[r] + e) mod K, `start` drawn from the run's seed, so over K epochs each row shows each of its
+    views once; the view's crop and flip are the stored ones and its target the teacher's output on it."""
+
+    def __init__(self, views: artifacts.LabelViews, rows: torch.Tensor, seed: int, device):
+        start = torch.randint(0, views.count, (len(views.offset),), generator=torch.Generator().manual_seed(seed))
+        self.start, self.rows, self.count = start.to(device), rows.to(device), views.count
+        self.offset, self.flip = views.offset.to(device), views.flip.to(device)
+
+    def pick(self, iu: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the pseudo-labeled rows `iu` of a step: (each row's view, its crop offsets, its flip)."""
+        r = self.rows[iu]
+        v = (self.start[r] + epoch) % self.count
+        return v, self.offset[r, v], self.flip[r, v]
+
+
 def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers: Teachers | None,
                       input_meta: dict, noise: augment.Noise, opts: DistillOptions, rt: Runtime,
                       clock: Clock | None = None, features: FeatureTerm | None = None,
-                      y_stored: torch.Tensor | None = None):
+                      y_stored: torch.Tensor | None = None, views: ViewReplay | None = None):
     """The step: noised batch through the student (and live teachers); the loss terms of the module docstring.
-    `targets(rows, teacher_probs)` gives the pseudo-labeled rows' targets at tau; `clock` (set by fit) drives
+    `targets(rows, teacher_probs, view)` gives the pseudo-labeled rows' targets at tau; `clock` (set by fit) drives
     the loss warm-up; `features` adds its term (the student then runs through its taps); `y_stored`, the true
-    label of each stored label row, makes the pseudo-labeled rows offline KD's (opts.true_labels)."""
+    label of each stored label row, makes the pseudo-labeled rows offline KD's (opts.true_labels); `views` replays
+    the stored views on the pseudo-labeled rows (the labeled rows are noised as usual)."""
     logit_loss = logit_loss_of(opts)
     tau = opts.tau
     n_labeled = len(y_labeled) if y_labeled is not None else 0
 
     def step(batch):
         (il, iu), x = batch
-        x = augment.apply(x, noise)
+        view = None
+        if views is None or iu is None:
+            x = augment.apply(x, noise)
+        else:
+            n_l = 0 if il is None else len(il)
+            view, offsets, flips = views.pick(iu, clock.epoch)
+            replayed = augment.replay(x[n_l:], noise, offsets, flips)
+            x = torch.cat([augment.apply(x[:n_l], noise), replayed]) if n_l else replayed
         x_in = augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)
         terms, stats = {}, {}
         if features is None:
@@ -261,7 +286,7 @@ def distill_objective(forward, y_labeled: torch.Tensor | None, targets, teachers
             if t_probs is not None and opts.alpha > 0:
                 terms["kd"] = opts.alpha * warm * logit_loss(logits[:n_l], t_probs[:n_l], y, tau)
         if iu is not None:
-            target, s_u = targets(iu, None if t_probs is None else t_probs[n_l:]), logits[n_l:]
+            target, s_u = targets(iu, None if t_probs is None else t_probs[n_l:], view), logits[n_l:]
             if y_stored is not None:      # offline KD: the stored rows' true labels, as a live teacher's labeled rows
                 y = y_stored[iu]
                 terms["ce"] = losses.cross_entropy(s_u, y)
@@ -287,7 +312,8 @@ def floored(labels: artifacts.Labels, loss: str) -> artifacts.Labels:
     count a probability that underflowed float16 as the smallest one it holds, floored before re-tempering so
     that the floor moves with the tau like every other probability."""
     if labels.mode == "soft" and loss in losses.FULL_DISTRIBUTION:
-        return replace(labels, probs=labels.probs.clamp_min(losses.FP16_SMALLEST))
+        views = labels.views and replace(labels.views, probs=labels.views.probs.clamp_min(losses.FP16_SMALLEST))
+        return replace(labels, probs=labels.probs.clamp_min(losses.FP16_SMALLEST), views=views)
     return labels
 
 
@@ -310,6 +336,9 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     opts = opts.resolved(labels, bool(teacher_paths), labeled is not None, pseudo is not None, cfg.epochs,
                          _of_labeled_images(labels, labeled, pseudo))
     base = _check_parts(labeled, pseudo)
+    noise = noise_opts.for_data(base)
+    if labels is not None and labels.views is not None:
+        check_views(labels, base, noise)
     teachers_ckpt = load_teachers(teacher_paths, base)
     positions = label.check_labels_fit(labels, pseudo) if pseudo is not None and labels is not None else None
 
@@ -318,9 +347,9 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     model = rt.prepare(model)
     teachers = Teachers(teachers_ckpt, rt) if teachers_ckpt else None
     input_meta = input_of(base)
-    noise = noise_opts.for_data(base)
 
     rows = label.select(labels, opts.min_confidence, opts.balance) if positions is not None else None
+    views = None if rows is None or labels.views is None else ViewReplay(labels.views, rows, cfg.seed, rt.device)
     feed, n_pseudo = _feed(labeled, pseudo, positions, rows, rt)
     mix = Mix.plan(0 if labeled is None else len(labeled), n_pseudo, cfg.batch_size, opts.unlabeled_ratio)
     term = _feature_term(features, model, teachers, base.shape, mix, opts, labels is not None, rt)
@@ -328,7 +357,7 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     clock = Clock()
     objective = distill_objective(rt.compiled(model), labeled.labels.to(rt.device) if labeled is not None else None,
                                   _targets(labels, rows, opts, rt), teachers, input_meta, noise, opts, rt, clock, term,
-                                  pseudo.labels[positions[rows]].to(rt.device) if opts.true_labels else None)
+                                  pseudo.labels[positions[rows]].to(rt.device) if opts.true_labels else None, views)
     with hooked(teachers, term):
         history = fit(module, objective, mix.batches(feed, cfg.seed, rt.device), mix.steps, cfg, rt, on_progress,
                       resume, batch_images=mix.rows, validation=val_opts.validation(model, val, input_meta, rt),
@@ -340,11 +369,24 @@ def distill(labeled: Dataset | None, pseudo: Dataset | None, labels: artifacts.L
     metrics = {"train_loss": kept_epoch(history, val_opts)["loss"], **test_metrics(model, test, input_meta, rt)}
     pseudo_record = None if pseudo is None else {
         **pseudo.describe(), "selected": n_pseudo, **({} if labels is None else {"labeled_by_teacher": len(labels)})}
-    record = {**asdict(opts), **({"features": term.record()} if term is not None else {})}
+    record = {**asdict(opts), **({"features": term.record()} if term is not None else {}),
+              **({"views": views.count} if views is not None else {})}
     meta = checkpoint_meta(spec, base, parents, cfg, train_record(cfg, cfg.batch_size, noise, steps_per_epoch=mix.steps),
                            metrics, history, val, val_opts, pseudo=pseudo_record, distill=record)
     heads = {} if term is None else {k: v.cpu() for k, v in term.heads.state_dict().items()}
     return Trained(model.cpu(), meta, history, objective=heads)
+
+
+def check_views(labels: artifacts.Labels, base: Dataset, noise: augment.Noise) -> None:
+    """Stored views replay only on images of their size, under the student's own crop and flip."""
+    stored = labels.views.meta
+    said = lambda size, pad, flip: (f"{size} px images cropped after padding by {pad}" if pad else  # noqa: E731
+                                    f"{size} px images uncropped") + (", flipped" if flip else ", unflipped")
+    mine = (base.shape[1], noise.crop_pad, noise.hflip)
+    if (stored["size"], stored["crop_pad"], stored["hflip"]) != mine:
+        raise DplError(f"{labels.path}: its stored views are of {said(stored['size'], stored['crop_pad'], stored['hflip'])}"
+                       f"; this distill's student sees {said(*mine)}: distill with the views' size (--resize "
+                       f"{stored['size']}), crop and flip, or label again with --views for this one")
 
 
 def _feed(labeled: Dataset | None, pseudo: Dataset | None, positions: torch.Tensor | None, rows: torch.Tensor | None,
@@ -368,9 +410,9 @@ def _targets(labels: artifacts.Labels | None, rows: torch.Tensor | None, opts: D
     """`targets(rows of the batch, live teacher probabilities)`: the selected stored labels' targets at tau, or the
     live teachers' probabilities."""
     if rows is None:
-        return lambda iu, t_probs: t_probs
+        return lambda iu, t_probs, view: t_probs
     rows, on_device = rows.to(rt.device), floored(labels, opts.loss).to(rt.device)
-    return lambda iu, t_probs: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard)
+    return lambda iu, t_probs, view: label.soft_targets(on_device, rows[iu], opts.tau, opts.hard, view)
 
 
 def _feature_term(features: FeatureOptions, model: nn.Module, teachers: Teachers | None, shape, mix: Mix,

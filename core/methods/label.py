@@ -15,10 +15,11 @@ from .. import DplError, artifacts
 from ..data import augment, images as image_files
 from ..reporting import evaluate
 from ..data import MAX_LISTED, Dataset
-from .common import load_teachers
+from .common import NoiseOptions, load_teachers
 from ..engine.train import Progress, Runtime
 
 MODES = ("hard", "soft", "topk")
+MAX_VIEWS = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +29,9 @@ class LabelOptions:
     tau: float = 1.0
     shard_size: int = 50_000
     batch_size: int = 512
+    views: int | None = None        # K stored augmentations per sample and the teacher's output on each
+    view_seed: int = 0
+    view_noise: NoiseOptions = NoiseOptions()    # the views' crop and flip (RandAugment is not stored)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -39,6 +43,16 @@ class LabelOptions:
                            "a mode other than topk")
         if self.shard_size < 1 or self.batch_size < 1:
             raise DplError("--shard-size and --batch-size must be at least 1")
+        if self.views is not None:
+            if not 1 <= self.views <= MAX_VIEWS:
+                raise DplError(f"--views K stores K augmented views per sample: K must be in 1..{MAX_VIEWS}, "
+                               f"got {self.views}")
+            if self.mode == "hard":
+                raise DplError("--views stores the teacher's class distribution on each view, and --hard keeps "
+                               "none: give --views with --soft (the default) or --topk K")
+            if not (self.view_noise.crop or self.view_noise.flip):
+                raise DplError("--views with --no-crop and --no-flip would store K copies of the un-augmented "
+                               "image's labels: keep a crop or a flip")
 
     def check_classes(self, num_classes: int) -> None:
         if self.mode == "topk" and not 1 <= self.topk <= num_classes:
@@ -49,55 +63,84 @@ def teacher_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOpt
                   emit: Progress) -> torch.Tensor:
     """Mean over teachers of softmax(logits / tau), each teacher un-noised (eval mode, no augmentation).
     Each batch is decoded once for all teachers; rows of unreadable image files are NaN."""
-    return head_probs(teachers, images, opts, rt, emit, [slice(None)])[0]
+    return head_probs(teachers, images, opts, rt, emit, [slice(None)])[0][0]
+
+
+@dataclass(frozen=True)
+class StoredViews:
+    """The views of the samples being labeled: crop offsets (n, K, 2) after padding by `pad`, flips (n, K)."""
+
+    pad: int
+    offset: torch.Tensor
+    flip: torch.Tensor
+
+    def rows(self, start: int, stop: int) -> StoredViews:
+        return StoredViews(self.pad, self.offset[start:stop], self.flip[start:stop])
 
 
 def head_probs(teachers: list[tuple[nn.Module, dict]], images, opts: LabelOptions, rt: Runtime, emit: Progress,
-               columns: list[slice]) -> list[torch.Tensor]:
+               columns: list[slice], views: StoredViews | None = None
+               ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """`teacher_probs` of each slice of the logits in `columns` (a multi-head student's heads, each its own
-    softmax), from one forward pass per batch."""
+    softmax), from one forward pass per batch; with `views` (one per row of `images`), also the probabilities of
+    every view, (n, K, C), each view a forward of its own batch."""
+    k = 0 if views is None else views.offset.shape[1]
     chunks, readable = [[] for _ in columns], []
     with torch.inference_mode():
         for model, _ in teachers:
             model.eval()
+        at = 0
         for x, ok in evaluate.device_batches(images, rt, opts.batch_size, rt.workers):
-            probs = [0] * len(columns)
+            inputs = [x] + [augment.view_of(x, views.pad, views.offset[at:at + len(x), v], views.flip[at:at + len(x), v])
+                            for v in range(k)]
+            at += len(x)
+            probs = [[0] * len(columns) for _ in inputs]
             for model, input_meta in teachers:
-                with rt.autocast():
-                    logits = model(augment.to_input(x, input_meta["mean"], input_meta["std"], rt.cuda)).float()
-                probs = [p + (logits[:, cols] / opts.tau).softmax(dim=1) for p, cols in zip(probs, columns)]
-            for kept, p in zip(chunks, probs):
-                kept.append(p / len(teachers))     # kept on the device: no wait for each batch
+                for p_view, x_view in zip(probs, inputs):
+                    with rt.autocast():
+                        logits = model(augment.to_input(x_view, input_meta["mean"], input_meta["std"], rt.cuda)).float()
+                    p_view[:] = [p + (logits[:, cols] / opts.tau).softmax(dim=1) for p, cols in zip(p_view, columns)]
+            for c, kept in enumerate(chunks):     # kept on the device: no wait for each batch
+                kept.append(torch.stack([p_view[c] for p_view in probs], dim=1) / len(teachers))
             readable.append(ok)
             emit({"event": "advance", "n": len(ok) * len(teachers)})
     ok = torch.cat(readable).cpu()
     out = []
     for kept in chunks:
-        probs = torch.cat(kept).float().cpu()
+        probs = torch.cat(kept).float().cpu()       # (n, 1 + K, C)
         probs[~ok] = float("nan")
-        out.append(probs)
+        out.append((probs[:, 0], probs[:, 1:] if k else None))
     return out
 
 
-def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions, keys: list[str] | None = None
-                  ) -> dict[str, torch.Tensor]:
+def shard_tensors(probs: torch.Tensor, start: int, opts: LabelOptions, keys: list[str] | None = None,
+                  views: StoredViews | None = None, view_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One shard's tensors for samples start .. start + len(probs) - 1, less the unreadable (NaN) rows,
-    whose positions go to `skipped`. Image files keep each sample's key beside its index."""
+    whose positions go to `skipped`. Image files keep each sample's key beside its index. With `views` (these
+    samples') and `view_probs` (n, K, C), each view's crop, flip and probabilities (or top k) too."""
     readable = ~probs.isnan().any(dim=1)
     positions = torch.arange(start, start + len(probs), dtype=torch.int64)
     probs = probs[readable]
     confidence, label = probs.max(dim=1)
     shard = {"index": positions[readable], "label": label.to(torch.int64), "confidence": confidence.float()}
-    if opts.mode == "soft":
-        shard["probs"] = probs.half()
-    elif opts.mode == "topk":
-        top = probs.topk(opts.topk, dim=1)
-        shard["topk_index"] = top.indices.to(torch.int32)
-        shard["topk_prob"] = top.values.half()
+    shard.update(_stored_probs(probs, opts))
+    if views is not None:
+        shard["view_offset"], shard["view_flip"] = views.offset[readable], views.flip[readable]
+        shard.update({f"view_{name}": t for name, t in _stored_probs(view_probs[readable], opts).items()})
     if keys is not None:
         shard.update(artifacts.encode_keys([k for k, ok in zip(keys, readable.tolist()) if ok]))
         shard["skipped"] = positions[~readable]
     return shard
+
+
+def _stored_probs(probs: torch.Tensor, opts: LabelOptions) -> dict[str, torch.Tensor]:
+    """What the mode stores of probabilities (..., C): all of them (soft), the top k (topk), nothing (hard)."""
+    if opts.mode == "soft":
+        return {"probs": probs.half()}
+    if opts.mode == "topk":
+        top = probs.topk(opts.topk, dim=-1)
+        return {"topk_index": top.indices.to(torch.int32), "topk_prob": top.values.half()}
+    return {}
 
 
 def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -139,8 +182,18 @@ def label(teacher_paths: list[Path], ds: Dataset, opts: LabelOptions, rt: Runtim
         "data": ds.describe(), "tau": opts.tau, "mode": opts.mode, "topk": opts.topk,
         "num_classes": num_classes, "classes": classes, "total": len(ds), "world": world,
     }
+    views = None
+    if opts.views:
+        noise = opts.view_noise.for_data(ds)
+        if not (noise.crop_pad or noise.hflip):
+            raise DplError(f"--views: {ds.spec} takes no flip (its classes do not survive one), and --no-crop leaves "
+                           "no crop: the views would all be the un-augmented image")
+        offset, flip = augment.sample_views(len(ds), opts.views, noise.crop_pad, noise.hflip, opts.view_seed)
+        views = StoredViews(noise.crop_pad, offset, flip)
+        meta["views"] = {"format": artifacts.VIEW_FORMAT, "count": opts.views, "crop_pad": noise.crop_pad,
+                         "hflip": noise.hflip, "size": ds.shape[1], "seed": opts.view_seed}
     return _label_into(checkpoints, [_Output(Path(folder), meta, slice(None), True)], ds, opts, rt, rank, world,
-                       resume, replace, on_progress)[0]
+                       resume, replace, on_progress, views)[0]
 
 
 def label_heads(student: Path, names: list[str] | None, ds: Dataset, opts: LabelOptions, rt: Runtime, root: Path,
@@ -150,6 +203,9 @@ def label_heads(student: Path, names: list[str] | None, ds: Dataset, opts: Label
     an ordinary label folder of the head's classes, its teacher the student (and the head's name). Returns
     `label`'s summary per head, with its name and folder."""
     _check_world(ds, world)
+    if opts.views:
+        raise DplError(f"{student}: --views labels with one model or an ensemble; a multi-head student's heads "
+                       "are labeled without views")
     ckpt = artifacts.load_checkpoint(student)
     if not ckpt.heads:
         raise DplError(f"{student}: a model with one output has no heads to label with (--head picks one of a "
@@ -179,9 +235,9 @@ def _check_world(ds: Dataset, world: int) -> None:
 
 def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output], ds: Dataset, opts: LabelOptions,
                 rt: Runtime, rank: int, world: int, resume: bool, replace: list[Path],
-                on_progress: Progress | None) -> list[dict]:
-    """The labeling loop of `label` and `label_heads`: each batch through the teachers once, a shard series
-    per output folder."""
+                on_progress: Progress | None, views: StoredViews | None = None) -> list[dict]:
+    """The labeling loop of `label` and `label_heads`: each batch through the teachers once (and once per stored
+    view), a shard series per output folder."""
     teachers = [(rt.prepare(c.build_model()), c.input) for c in checkpoints]
     for o in outputs:               # made once the teachers are built: a refused checkpoint leaves no folder
         o.folder.mkdir(parents=True, exist_ok=True)
@@ -191,7 +247,8 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
     starts = list(range(first, last, opts.shard_size))
     emit = on_progress or (lambda e: None)
     emit({"event": "total", "total": (last - first) * len(teachers)})
-    found = [{"label": [], "confidence": [], "index": [], "skipped": [], "written": 0} for _ in outputs]
+    found = [{"label": [], "confidence": [], "index": [], "skipped": [], "written": 0, "view_bytes": 0}
+             for _ in outputs]
     for seq, start in enumerate(starts):
         stop = min(start + opts.shard_size, last)
         paths = [o.folder / artifacts.shard_name(rank, seq) for o in outputs]
@@ -199,30 +256,33 @@ def _label_into(checkpoints: list[artifacts.Checkpoint], outputs: list[_Output],
                                                                                    stop - start))
                 for p, o in zip(paths, outputs)]
         keys = None if ds.keys is None else [os.fsdecode(k) for k in ds.keys[start:stop]]
-        probs = _shard_probs(teachers, outputs, ds, start, stop, all(kept), opts, rt, emit)
-        for o, path, keep, p, f in zip(outputs, paths, kept, probs, found):
+        shard_views = None if views is None else views.rows(start, stop)
+        probs = _shard_probs(teachers, outputs, ds, start, stop, all(kept), opts, rt, emit, shard_views)
+        for o, path, keep, (p, p_views), f in zip(outputs, paths, kept, probs, found):
             if keep:
                 done = artifacts.load_tensors(artifacts.read_header(path, kind="labels"))
             else:
-                done = shard_tensors(p, start, opts, keys)
+                done = shard_tensors(p, start, opts, keys, shard_views, p_views)
                 bad = done.get("skipped", torch.zeros(0, dtype=torch.int64)).tolist()
                 write_shard(o.folder, o.meta, rank, seq, len(starts), done, [keys[i - start] for i in bad])
                 f["written"] += 1
             for k in ("label", "confidence", "index"):
                 f[k].append(done[k])
+            f["view_bytes"] += sum(t.numel() * t.element_size() for name, t in done.items() if name.startswith("view_"))
             f["skipped"].append(len(done.get("skipped", ())))
     return [_summary(o, f, ds, rank, world, last - first, len(starts)) for o, f in zip(outputs, found)]
 
 
 def _shard_probs(teachers: list[tuple[nn.Module, dict]], outputs: list[_Output], ds: Dataset, start: int, stop: int,
-                 all_kept: bool, opts: LabelOptions, rt: Runtime, emit: Progress) -> list[torch.Tensor | None]:
-    """Each output's probabilities of samples start .. stop - 1, from one pass of the teachers; none where every
-    output keeps its shard (the progress advances all the same)."""
+                 all_kept: bool, opts: LabelOptions, rt: Runtime, emit: Progress, views: StoredViews | None
+                 ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """Each output's probabilities of samples start .. stop - 1 (and of their views), from one pass of the
+    teachers; none where every output keeps its shard (the progress advances all the same)."""
     if all_kept:
         emit({"event": "advance", "n": (stop - start) * len(teachers)})
-        return [None] * len(outputs)
+        return [(None, None)] * len(outputs)
     return head_probs(teachers, image_files.rows_of(ds.images, slice(start, stop)), opts, rt, emit,
-                      [o.columns for o in outputs])
+                      [o.columns for o in outputs], views)
 
 
 def _summary(o: _Output, f: dict, ds: Dataset, rank: int, world: int, samples: int, shards: int) -> dict:
@@ -233,7 +293,16 @@ def _summary(o: _Output, f: dict, ds: Dataset, rank: int, world: int, samples: i
         quality = evaluate.label_quality(torch.cat(f["label"]), torch.cat(f["confidence"]), truth)
     return {"rank": rank, "world": world, "samples": samples, "shards": shards, "written": f["written"],
             "kept": shards - f["written"], "total": len(ds), "skipped": sum(f["skipped"]) + len(ds.skipped),
-            "quality": quality}
+            "quality": quality, **_views_summary(o, f)}
+
+
+def _views_summary(o: _Output, f: dict) -> dict:
+    """With views: their count and the storage they take per sample per view."""
+    views = o.meta.get("views")
+    rows = sum(len(i) for i in f["index"])
+    if not views:
+        return {}
+    return {"views": views["count"], "view_bytes_per_sample_view": f["view_bytes"] / max(1, rows * views["count"])}
 
 
 def write_shard(folder: Path, meta: dict, rank: int, seq: int, rank_shards: int, tensors: dict[str, torch.Tensor],
@@ -300,19 +369,26 @@ def select(labels: artifacts.Labels, min_confidence: float | None = None, balanc
     return rows
 
 
-def soft_targets(labels: artifacts.Labels, rows: torch.Tensor, tau: float, hard: bool) -> torch.Tensor:
-    """Dense float targets (len(rows), C) at temperature `tau`, re-tempered from the stored ones.
+def soft_targets(labels: artifacts.Labels, rows: torch.Tensor, tau: float, hard: bool,
+                 view: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense float targets (len(rows), C) at temperature `tau`, re-tempered from the stored ones; with `view`
+    (one per row), those of that stored view of each row's sample.
 
     Stored probabilities were made at the labels' tau t0; p ** (t0 / tau), renormalised, is exactly
     softmax(logits / tau) for full probabilities (and for top-k, within the top k).
     """
     c = labels.num_classes
-    if hard or labels.mode == "hard":
+    if labels.mode == "hard" or (hard and view is None):
         return torch.nn.functional.one_hot(labels.label[rows], c).float()
+    stored = labels if view is None else labels.views
+    at = rows if view is None else (rows, view)
     if labels.mode == "soft":
-        p = labels.probs[rows].float()
+        p = stored.probs[at].float()
     else:
-        p = torch.zeros(len(rows), c, device=rows.device).scatter_(1, labels.topk_index[rows].long(), labels.topk_prob[rows].float())
+        p = torch.zeros(len(rows), c, device=rows.device).scatter_(1, stored.topk_index[at].long(),
+                                                                   stored.topk_prob[at].float())
+    if hard:            # a view's hard target: its own argmax
+        return torch.nn.functional.one_hot(p.argmax(dim=1), c).float()
     power = labels.meta["tau"] / tau
     if power != 1.0:
         p = p.clamp_min(1e-12).pow(power) * (p > 0)
