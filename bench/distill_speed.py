@@ -1,7 +1,8 @@
 """Side by side in one run, on the same data, model and batch size (no augmentation):
 
 - offline `distill` from label shards vs `teach` of the same student, per-epoch time (target <= 1.15);
-- online KD (live teacher) vs `teach`, per-epoch time (reported);
+- online KD (live teacher) vs `teach`, per-epoch time, against its bound 1 + (teacher forward / student step) + 0.05,
+  both terms timed bare on the same batches (a forward under inference_mode; forward, backward and SGD step);
 - `label` throughput vs the bare `model(x)` forward under inference_mode (target >= 0.9);
 - bytes per sample of top-10 soft labels for 10 and 1,000 classes (target <= 100).
 
@@ -42,6 +43,39 @@ def bare_forward_throughput(ckpt, images, rt, batch_size) -> float:
         if rt.cuda:
             torch.cuda.synchronize()
     return len(images) / (time.perf_counter() - start)
+
+
+def bare_seconds_per_batch(ckpt_path, student_arch, images, rt, batch_size, steps=30) -> tuple[float, float]:
+    """(teacher forward, student training step) seconds per batch, hand-written, on the same batches."""
+    ckpt = artifacts.load_checkpoint(ckpt_path)
+    teacher = rt.prepare(ckpt.build_model()).eval()
+    c, h, _ = images.shape[1:]
+    student = rt.prepare(models.build(models.arch_spec(student_arch, num_classes=ckpt.num_classes, in_channels=c,
+                                                       image_size=h))).train()
+    opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    batches = [augment.to_input(images[i: i + batch_size].to(rt.device), ckpt.input["mean"], ckpt.input["std"])
+               for i in range(0, steps * batch_size, batch_size)]
+    y = torch.zeros(batch_size, dtype=torch.long, device=rt.device)
+
+    def timed(fn) -> float:
+        fn(batches[0])                      # warm-up
+        start = time.perf_counter()
+        for x in batches[1:]:
+            fn(x)
+        if rt.cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / (len(batches) - 1)
+
+    def forward(x):
+        with torch.inference_mode():
+            teacher(x)
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(student(x), y).backward()
+        opt.step()
+
+    return timed(forward), timed(step)
 
 
 def label_throughput(ckpt_path, ds, rt, batch_size, folder) -> float:
@@ -108,14 +142,20 @@ def main():
             bare.append(bare_forward_throughput(ckpt, ds.images, rt, 512))
             lab.append(label_throughput(teacher_path, ds, rt, 512, tmp / "timed-labels"))
         sizes = {c: bytes_per_sample(c, 20_000, tmp) for c in (10, 1000)}
+        terms = [bare_seconds_per_batch(teacher_path, args.student, ds.images, rt, args.batch_size)
+                 for _ in range(args.rounds)]
+        fwd, step = statistics.median(t[0] for t in terms), statistics.median(t[1] for t in terms)
 
     offline = statistics.median(offline_t) / statistics.median(teach_t)
     online = statistics.median(online_t) / statistics.median(teach_t)
     throughput = statistics.median(lab) / statistics.median(bare)
+    bound = 1 + fwd / step + 0.05
+    print(f"teacher forward {1000 * fwd:.1f} ms/batch, student step {1000 * step:.1f} ms/batch: online KD / teach bound "
+          f"1 + {fwd / step:.3f} + 0.05 = {bound:.3f}, measured {online:.3f}")
     print(f"label {statistics.median(lab):.0f} samples/s vs bare forward {statistics.median(bare):.0f} samples/s")
     print(f"top-10 soft labels: {sizes[10]:.1f} bytes/sample at 10 classes, {sizes[1000]:.1f} at 1,000 classes")
     print(f"SUMMARY distill_speed: offline distill / teach = {offline:.3f} (target <= 1.15); "
-          f"online KD / teach = {online:.3f}; label / bare forward = {throughput:.3f} (target >= 0.9); "
+          f"online KD / teach = {online:.3f} (bound {bound:.3f}); label / bare forward = {throughput:.3f} (target >= 0.9); "
           f"top-10 bytes/sample {sizes[10]:.1f} (10 classes), {sizes[1000]:.1f} (1,000) (target <= 100)")
 
 

@@ -10,6 +10,11 @@ from typer.testing import CliRunner
 
 from dpl.cli.main import app
 
+# Under pytest-xdist (`make test` runs a worker per core) each worker computes on one thread, and so do the processes
+# its tests start: workers of several OpenMP threads each would spin on more threads than there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion = pytest.mark.skipif(
     not FASHION.exists() and not (Path(os.environ.get("DPL_DATA", "/nonexistent")) / "fashion-mnist").exists(),

@@ -160,3 +160,19 @@ def test_view_labels_of_another_format_are_refused_in_one_line(view_labels, tmp_
     out = tmp_path / "s.safetensors"
     assert_refused(dpl(*DISTILL, "--labels", old, "-o", out), "format 0", "format 1", "--views")
     assert not out.exists()
+
+
+def test_re_tempering_up_says_how_many_probabilities_float16_lost(teacher, tmp_path):
+    labels = tmp_path / "t1"
+    assert dpl("label", teacher, "--device", "cpu", "-o", labels).code == 0
+    zeros = float((artifacts.read_labels(labels).probs == 0).float().mean())
+    r = dpl("distill", "--labels", labels, "--arch", "cnn-s", "--epochs", "1", "--tau", "4", "--device", "cpu",
+            "-o", tmp_path / "s.safetensors")
+    assert r.code == 0, r
+    said = [line for line in r.stderr.splitlines() if "underflowed float16" in line]
+    assert bool(said) == (zeros > 0), (zeros, r.stderr)
+    if said:
+        assert f"{100 * zeros:.1f}%" in said[0] and "--tau 4" in said[0]
+    r = dpl("distill", "--labels", labels, "--arch", "cnn-s", "--epochs", "1", "--tau", "0.5", "--device", "cpu",
+            "-o", tmp_path / "s2.safetensors")
+    assert r.code == 0 and "underflowed" not in r.stderr, r

@@ -144,6 +144,8 @@ def distill(ctx: typer.Context, o: dict) -> None:
     labels_dir = o["labels_dir"][0] if o["labels_dir"] else None
     teachers = list(o["teacher"] or [])
     labels = artifacts.read_labels(labels_dir, o["allow_partial"]) if labels_dir is not None else None
+    if labels is not None and o["tau"] is not None:
+        _say_lost_to_float16(labels, o["tau"])
     source = distillation.source_meta(labels, teachers)
     spec, split, size = common.data_of(source, o["data_spec"], common.partition(o), o["resize"],
                                        labels_dir or teachers[0])
@@ -183,6 +185,20 @@ def distill(ctx: typer.Context, o: dict) -> None:
                          common.test_split(labeled_ds or pseudo_ds), on_progress=progress, resume=state,
                          val=val_ds, val_opts=val_opts, features=features)
     common.write_result(o["output"], result, state, o["keep_state"])
+
+
+def _say_lost_to_float16(labels: artifacts.Labels, tau: float) -> None:
+    """Re-tempering stored probabilities to a higher tau raises the small ones, and those that underflowed
+    float16 stay 0: say how many, and how to keep them."""
+    made = labels.meta["tau"]
+    stored = labels.probs if labels.mode == "soft" else None
+    if stored is None or tau <= made:
+        return
+    lost = float((stored == 0).float().mean())
+    if lost > 0:
+        common.say(f"dpl: {labels.path} was labeled at tau {made:g} and is re-tempered to tau {tau:g}; {100 * lost:.1f}% "
+                   f"of its stored probabilities underflowed float16 and stay 0 (the teacher's smallest): label at "
+                   f"--tau {tau:g} to keep them")
 
 
 def _teacher_data(labels: artifacts.Labels, spec: str) -> dict | None:
