@@ -53,11 +53,14 @@ ffmpeg:
 	    || echo "could not install ffmpeg: video clips decode through PyAV"; \
 	  else echo "not root: video clips decode through PyAV (apt-get install ffmpeg for torchcodec)"; fi; fi
 
+# A worker per core (pytest-xdist; each computes on one thread, tests/conftest.py), whole test files per worker so
+# module fixtures are made once; the 15 slowest tests printed, so that they stay visible.
 test: install data browser ffmpeg
-	$(BIN)/pytest -q --durations 15
+	$(BIN)/pytest -q -n auto --dist loadfile --durations 15
 
+# The inner loop: the unit tests, without the end-to-end runs of whole commands (marked e2e) and Fashion-MNIST (slow).
 test-fast: install
-	$(BIN)/pytest -q -m 'not slow'
+	$(BIN)/pytest -q -n auto --dist loadfile -m 'not slow and not e2e'
 
 clean:
 	rm -rf $(OUT) build *.egg-info

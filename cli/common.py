@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import re
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -69,7 +70,9 @@ methods_common = lazy("dpl.core.methods.common")     # ModelOptions, NoiseOption
 progress_bar, tables = lazy("rich.progress"), lazy("rich.table")
 
 # Off a terminal (logs, make), tables keep their full width instead of 80 columns.
-stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Not a terminal: 160 columns, or more where $COLUMNS says so (a table written to a file keeps long paths whole).
+_COLUMNS = os.environ.get("COLUMNS", "")
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else max(160, int(_COLUMNS) if _COLUMNS.isdigit() else 0))
 
 
 def fail(message: str, code: int = 2):

@@ -174,3 +174,18 @@ def listing(*roots: Path) -> dict[str, tuple]:
             else:
                 seen[str(p)] = ("folder",)
     return seen
+
+
+# The test files whose end-to-end runs of whole commands (recipes, subprocesses, signals, torchrun, fuzzing) take
+# most of the suite's time: `make test` runs them, `make test-fast` (-m 'not e2e') leaves them out.
+E2E_FILES = {"test_distributed.py", "test_cli_label_distill.py", "test_cli_hint.py", "test_resume.py", "test_fuzz.py",
+             "test_photos.py", "test_cli_teach_eval.py", "test_house.py", "test_timm.py", "test_ema.py", "test_semi.py",
+             "test_pretrain.py", "test_refusals.py", "test_detect.py", "test_records.py", "test_export.py",
+             "test_startup.py", "test_conventions.py", "test_plot.py", "test_workers.py", "test_plot_keypoints.py",
+             "test_pretrained.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,9 @@ from dpl.core.methods import label
 from dpl.core.engine import train
 
 PER_CLASS = ["--labeled-per-class", "10"]
+
+# the recipe's summary table, written to a file, keeps its long temporary paths whole
+WIDE = {**os.environ, "COLUMNS": "400"}
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +207,9 @@ def test_label_output_is_refused_when_it_exists(small_teacher, soft_labels):
 
 def test_noisy_student_makefile_runs_and_rerun_is_a_noop(tmp_path):
     recipe = Path(__file__).parents[1] / "recipes" / "noisy-student"
-    args = ["make", "-C", str(recipe), f"OUT={tmp_path}/ns", "ITERS=2", "EPOCHS=3", "TEACHER_EPOCHS=20",
+    args = ["make", "-C", str(recipe), f"OUT={tmp_path}/ns", "ITERS=2", "EPOCHS=1", "TEACHER_EPOCHS=3",
             "ARCHS=cnn-s cnn-s cnn-m"]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=WIDE)
     assert first.returncode == 0, first.stderr
     for name in ("model0.safetensors", "labels0", "model1.safetensors", "labels1", "model2.safetensors", "summary.txt"):
         assert (tmp_path / "ns" / name).exists()
@@ -213,7 +217,7 @@ def test_noisy_student_makefile_runs_and_rerun_is_a_noop(tmp_path):
     assert "model2.safetensors" in summary and "top1" in summary
     up_to_date = subprocess.run([*args[:3], "-q", *args[3:], f"{tmp_path}/ns/summary.txt"])
     assert up_to_date.returncode == 0
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=WIDE)
     assert again.returncode == 0 and not [l for l in again.stdout.splitlines() if " -o " in l]   # no command ran
 
 

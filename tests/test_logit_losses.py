@@ -86,7 +86,7 @@ def test_the_warm_up_scales_the_distillation_terms_by_the_clock_s_epochs(loss):
 
     def terms(warmup: float, clock: train.Clock | None):
         opts = DistillOptions(loss=loss, loss_warmup_epochs=warmup).resolved(None, True, True, True, epochs=10)
-        step = distill_objective(net, y, lambda iu, t: stored[iu], teachers, {"mean": [0.5], "std": [0.25]},
+        step = distill_objective(net, y, lambda iu, t, view: stored[iu], teachers, {"mean": [0.5], "std": [0.25]},
                                  augment.Noise(), opts, train.runtime("cpu"), clock)
         found, _ = step(((torch.arange(2), torch.arange(4)), images))
         return found
@@ -138,7 +138,7 @@ def test_offline_kd_gives_stored_rows_the_terms_a_live_teacher_gives_labeled_row
     offline_opts = DistillOptions(loss=loss, alpha=0.5).resolved(type("L", (), {"meta": {"tau": 1.0}, "mode": "soft"})(),
                                                                  False, False, True, epochs=10, known=True)
     assert offline_opts.true_labels and offline_opts.unlabeled_weight == 0.5
-    step = distill_objective(net, None, lambda iu, t: stored[iu], None, inp, augment.Noise(), offline_opts, rt,
+    step = distill_objective(net, None, lambda iu, t, view: stored[iu], None, inp, augment.Noise(), offline_opts, rt,
                              y_stored=y)
     offline, stats = step(((None, torch.arange(4)), images))
     assert set(offline) == {"ce", "kd"} and "acc" in stats

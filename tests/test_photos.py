@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,6 +18,9 @@ from dpl.core import artifacts, data
 from dpl.core.data import images
 
 CPU = ("--device", "cpu")
+
+# the recipe's summary table, written to a file, keeps its long temporary paths whole
+WIDE = {**os.environ, "COLUMNS": "400"}
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +255,7 @@ def test_own_images_recipe_runs_small(tmp_path):
     recipe = Path(__file__).parents[1] / "recipes" / "own-images"
     args = ["make", "-C", str(recipe), f"OUT={tmp_path}/own", "SOURCE=digits", "LABELED=5", "POOL=150", "TEST=4",
             "SIZE=12", "ARCH=cnn-s", "TEACHER_EPOCHS=3", "EPOCHS=1", "DEVICE=cpu"]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=WIDE)
     assert r.returncode == 0, r.stderr
     summary = (tmp_path / "own" / "summary.txt").read_text()
     assert "student.safetensors" in summary and "top1" in summary
